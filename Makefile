@@ -1,0 +1,34 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/deepvid demo $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check deepvid_jax tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q $(ARGS)
+
+$(BIN)/.bench: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(BIN)/.bench
+	$(BIN)/python benchmarks/explain_throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

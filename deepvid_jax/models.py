@@ -1,0 +1,168 @@
+"""Flax linen models: the teacher classifier and the convolutional VAE.
+
+Models are plain `nn.Module`s configured by frozen dataclasses; their parameters live in explicit
+pytrees and every use goes through a pure function (`teacher_logits`, `vae.encode`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """A small CNN classifier: conv blocks (3x3 conv, ReLU, 2x2 max-pool), then an MLP head.
+
+    Attributes:
+      num_classes: K, the number of logits.
+      features: channels of each conv block; each block halves H and W.
+      hidden: width of the dense layer before the logits.
+      image_shape: (H, W, C) of inputs; taken from the data by the training code.
+    """
+
+    num_classes: int = 10
+    features: tuple[int, ...] = (32, 64)
+    hidden: int = 128
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+
+class Teacher(nn.Module):
+    """images [B, H, W, C] float32 in [0, 1] -> logits [B, K]."""
+
+    config: TeacherConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, f in enumerate(self.config.features):
+            x = nn.Conv(f, (3, 3), name=f"conv{i}")(x)
+            x = nn.relu(x)
+            self.sow("intermediates", f"conv{i}", x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.config.hidden, name="dense")(x))
+        self.sow("intermediates", "dense", x)
+        return nn.Dense(self.config.num_classes, name="logits")(x)
+
+
+def init_teacher(key: jax.Array, config: TeacherConfig) -> dict:
+    """Fresh teacher parameters for inputs of shape ``config.image_shape``."""
+    return Teacher(config).init(key, jnp.zeros((1, *config.image_shape)))["params"]
+
+
+def teacher_logits(params: dict, images: jax.Array, config: TeacherConfig = TeacherConfig()):
+    """Pure teacher forward pass.
+
+    Args:
+      params: teacher parameter pytree.
+      images: [B, H, W, C] float32 in [0, 1].
+      config: the architecture the parameters were made for.
+
+    Returns:
+      logits [B, K] float32.
+    """
+    return Teacher(config).apply({"params": params}, images)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """A convolutional VAE with a diagonal Gaussian posterior and Bernoulli pixel likelihood.
+
+    Attributes:
+      latent_dim: size of z.
+      features: channels of the encoder's stride-2 convs (mirrored by the decoder). H and W
+        must be divisible by 2 ** len(features).
+      hidden: width of the dense layer between convs and the latent code.
+      image_shape: (H, W, C) of the images; taken from the data by the training code.
+    """
+
+    latent_dim: int = 16
+    features: tuple[int, ...] = (32, 64)
+    hidden: int = 256
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    def __post_init__(self):
+        h, w, _ = self.image_shape
+        stride = 2 ** len(self.features)
+        if h % stride or w % stride:
+            raise ValueError(
+                f"VAEConfig: image_shape {self.image_shape} needs H and W divisible by {stride} "
+                f"(2 ** len(features={self.features}))."
+            )
+        if self.latent_dim < 1:
+            raise ValueError(f"VAEConfig: latent_dim must be >= 1, got {self.latent_dim}.")
+
+
+class Encoder(nn.Module):
+    """images [B, H, W, C] -> (mean [B, Z], logvar [B, Z])."""
+
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        for f in self.config.features:
+            x = nn.relu(nn.Conv(f, (3, 3), strides=(2, 2))(x))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.config.hidden)(x))
+        mean = nn.Dense(self.config.latent_dim, name="mean")(x)
+        logvar = nn.Dense(self.config.latent_dim, name="logvar")(x)
+        return mean, logvar
+
+
+def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
+    """[B, H, W, C * f * f] -> [B, H * f, W * f, C]: sub-pixel upsampling (Shi et al. 2016)."""
+    b, h, w, c = x.shape
+    c //= factor * factor
+    x = x.reshape(b, h, w, factor, factor, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * factor, w * factor, c)
+
+
+class Decoder(nn.Module):
+    """z [B, Z] -> pixel logits [B, H, W, C] (sigmoid gives the Bernoulli means).
+
+    Each stage doubles H and W with a 3x3 conv to 4x the channels followed by a pixel shuffle:
+    the same function class as a stride-2 transposed conv, but ~25x faster on XLA:CPU here.
+    """
+
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h, w, c = self.config.image_shape
+        features = self.config.features
+        stride = 2 ** len(features)
+        base = (h // stride, w // stride, features[-1])
+        x = nn.relu(nn.Dense(self.config.hidden)(z))
+        x = nn.relu(nn.Dense(math.prod(base))(x))
+        x = x.reshape((z.shape[0], *base))
+        outs = (*reversed(features[:-1]), c)
+        for i, f in enumerate(outs):
+            x = pixel_shuffle(nn.Conv(4 * f, (3, 3))(x))
+            if i < len(outs) - 1:
+                x = nn.relu(x)
+        return x
+
+
+class VAE(nn.Module):
+    """Holds encoder and decoder so that they share one parameter pytree."""
+
+    config: VAEConfig
+
+    def setup(self):
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+
+    def __call__(self, x: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        mean, logvar = self.encoder(x)
+        z = mean + jnp.exp(0.5 * logvar) * eps
+        return self.decoder(z), mean, logvar
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        return self.decoder(z)

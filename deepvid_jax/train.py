@@ -1,0 +1,285 @@
+"""Training of the teacher classifier and the VAE.
+
+Each model has a pure jitted ``train_step(state, batch, key) -> (state, metrics)`` and an
+``evaluate_*`` function; `fit` is the one loop that drives either, with a progress bar and an
+evaluation after every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from deepvid_jax import vae
+from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by both models.
+
+    Attributes:
+      epochs: passes over the training set.
+      batch_size: examples per step; the last incomplete batch of an epoch is dropped so that
+        one compiled step serves every batch (each epoch reshuffles, so all data is seen).
+      learning_rate: Adam step size.
+      seed: seeds parameter init, shuffling and the VAE's noise.
+      eval_batch_size: examples per evaluation call.
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+
+# Defaults measured on MNIST test[:8000] (README): ~97.9 % teacher accuracy, faithful VAE.
+TEACHER_TRAIN = TrainConfig(epochs=6)
+VAE_TRAIN = TrainConfig(epochs=20)
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the model config, a static field (part of the jit cache key)."""
+
+    config: Any = flax.struct.field(pytree_node=False, default=None)
+
+
+def create_state(params: dict, model_config: Any, train_config: TrainConfig) -> TrainState:
+    """A TrainState with Adam at ``train_config.learning_rate``."""
+    return TrainState.create(
+        apply_fn=None,
+        params=params,
+        tx=optax.adam(train_config.learning_rate),
+        config=model_config,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_loss(params: dict, images: jax.Array, labels: jax.Array, config: TeacherConfig):
+    """Mean cross-entropy and the logits [B, K] (aux)."""
+    logits = teacher_logits(params, images, config)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+@jax.jit
+def teacher_train_step(state: TrainState, batch: tuple, key: jax.Array):
+    """One Adam step on cross-entropy.
+
+    Args:
+      state: `TrainState` whose config is a `TeacherConfig`.
+      batch: (images [B, H, W, C] float32 in [0, 1], labels [B] int32).
+      key: unused (the teacher has no dropout); kept so both models share one signature.
+
+    Returns:
+      (new state, {"loss", "accuracy"}).
+    """
+    del key
+    images, labels = batch
+    (loss, logits), grads = jax.value_and_grad(teacher_loss, has_aux=True)(
+        state.params, images, labels, state.config
+    )
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": accuracy}
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _teacher_eval_batch(params, images, labels, config):
+    loss, logits = teacher_loss(params, images, labels, config)
+    return loss * images.shape[0], jnp.sum(jnp.argmax(logits, -1) == labels)
+
+
+def evaluate_teacher(
+    params: dict, images: np.ndarray, labels: np.ndarray, config: TeacherConfig,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """Test loss and accuracy over [N, H, W, C] images and [N] labels."""
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(images), batch_size):
+        loss, hits = _teacher_eval_batch(
+            params, images[i : i + batch_size], labels[i : i + batch_size], config
+        )
+        total_loss += float(loss)
+        correct += int(hits)
+    return {"loss": total_loss / len(images), "accuracy": correct / len(images)}
+
+
+# --------------------------------------------------------------------------------------------
+# VAE
+# --------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def vae_train_step(state: TrainState, batch: tuple, key: jax.Array):
+    """One Adam step on the negative ELBO.
+
+    Args:
+      state: `TrainState` whose config is a `VAEConfig`.
+      batch: (images [B, H, W, C] float32 in [0, 1],) — labels, if present, are ignored.
+      key: PRNG key for the reparameterised sample.
+
+    Returns:
+      (new state, {"loss" (negative ELBO, nats/image), "recon", "kl"}).
+    """
+    images = batch[0]
+    (loss, aux), grads = jax.value_and_grad(vae.negative_elbo, has_aux=True)(
+        state.params, images, key, config=state.config
+    )
+    return state.apply_gradients(grads=grads), {"loss": loss, **aux}
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _vae_eval_batch(params, images, key, config):
+    loss, aux = vae.negative_elbo(params, images, key, config=config)
+    recon = vae.reconstruct(params, images, config=config)
+    sq_err = jnp.sum(jnp.mean((recon - images) ** 2, axis=(1, 2, 3)))
+    return loss * images.shape[0], aux["kl"] * images.shape[0], sq_err
+
+
+
+def evaluate_vae(
+    params: dict, images: np.ndarray, key: jax.Array, config: VAEConfig, batch_size: int = 1000
+) -> dict[str, float]:
+    """Held-out negative ELBO (nats/image), its KL part, and the reconstruction MSE per pixel."""
+    totals = np.zeros(3)
+    for j, i in enumerate(range(0, len(images), batch_size)):
+        out = _vae_eval_batch(
+            params, images[i : i + batch_size], jax.random.fold_in(key, j), config
+        )
+        totals += np.array([float(o) for o in out])
+    neg_elbo, kl, mse = totals / len(images)
+    return {"neg_elbo": neg_elbo, "kl": kl, "recon_mse": mse}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def fit(
+    state: TrainState,
+    train_step: Callable,
+    train_arrays: tuple[np.ndarray, ...],
+    evaluate: Callable[[dict], dict[str, float]],
+    config: TrainConfig,
+    *,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Runs ``config.epochs`` epochs of shuffled mini-batches, evaluating after each.
+
+    Args:
+      state: initial `TrainState`.
+      train_step: pure jitted ``(state, batch, key) -> (state, metrics)``.
+      train_arrays: arrays sharing a leading axis N; a batch is a tuple of slices of them.
+      evaluate: ``params -> metrics`` run after every epoch.
+      config: `TrainConfig`.
+      desc: progress bar label.
+      progress: show a tqdm bar.
+
+    Returns:
+      (final state, one dict per epoch with mean train metrics and eval metrics).
+    """
+    n = len(train_arrays[0])
+    steps = n // config.batch_size
+    if steps == 0:
+        raise ValueError(
+            f"{desc}: batch_size {config.batch_size} exceeds the {n} training examples."
+        )
+    key = jax.random.PRNGKey(config.seed)
+    history = []
+    bar = tqdm(total=steps * config.epochs, desc=desc, disable=not progress, unit="step")
+    for epoch in range(config.epochs):
+        key, perm_key = jax.random.split(key)
+        perm = np.asarray(jax.random.permutation(perm_key, n))
+        sums: dict[str, float] = {}
+        for s in range(steps):
+            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+            batch = tuple(jnp.asarray(a[idx]) for a in train_arrays)
+            key, step_key = jax.random.split(key)
+            state, metrics = train_step(state, batch, step_key)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.update(1)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
+        record.update({f"eval_{k}": v for k, v in evaluate(state.params).items()})
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("eval_")})
+        if progress:
+            tqdm.write(f"{desc} epoch {epoch + 1}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"
+            ))
+    bar.close()
+    return state, history
+
+
+def train_teacher(
+    train: tuple[np.ndarray, np.ndarray],
+    eval: tuple[np.ndarray, np.ndarray],
+    model_config: TeacherConfig,
+    config: TrainConfig = TEACHER_TRAIN,
+    *,
+    progress: bool = True,
+) -> tuple[dict, list[dict[str, float]]]:
+    """Trains a teacher from scratch.
+
+    Args:
+      train: (images [N, H, W, C] float32 in [0, 1], labels [N] int32).
+      eval: held-out (images, labels), evaluated after each epoch.
+      model_config: `TeacherConfig`; its image_shape must match the images.
+
+    Returns:
+      (params, history).
+    """
+    _check_shape(train[0], model_config.image_shape, "teacher")
+    params = init_teacher(jax.random.PRNGKey(config.seed), model_config)
+    state = create_state(params, model_config, config)
+    state, history = fit(
+        state, teacher_train_step, train,
+        lambda p: evaluate_teacher(p, *eval, model_config, config.eval_batch_size),
+        config, desc="teacher", progress=progress,
+    )
+    return state.params, history
+
+
+def train_vae(
+    train_images: np.ndarray,
+    eval_images: np.ndarray,
+    model_config: VAEConfig,
+    config: TrainConfig = VAE_TRAIN,
+    *,
+    progress: bool = True,
+) -> tuple[dict, list[dict[str, float]]]:
+    """Trains a VAE from scratch on [N, H, W, C] images in [0, 1]; returns (params, history)."""
+    _check_shape(train_images, model_config.image_shape, "VAE")
+    params = vae.init_vae(jax.random.PRNGKey(config.seed), model_config)
+    state = create_state(params, model_config, config)
+    eval_key = jax.random.PRNGKey(config.seed + 1)
+    state, history = fit(
+        state, vae_train_step, (train_images,),
+        lambda p: evaluate_vae(p, eval_images, eval_key, model_config, config.eval_batch_size),
+        config, desc="vae", progress=progress,
+    )
+    return state.params, history
+
+
+def _check_shape(images: np.ndarray, image_shape: tuple[int, ...], what: str) -> None:
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{what}: images of shape {images.shape} do not match the config's image_shape "
+            f"{tuple(image_shape)} (expected [N, {', '.join(map(str, image_shape))}])."
+        )
