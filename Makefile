@@ -18,7 +18,7 @@ demo: $(BIN)/.installed
 	$(BIN)/deepvid demo $(ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check deepvid_jax tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/pytest -q $(ARGS)

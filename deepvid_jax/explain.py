@@ -1,0 +1,328 @@
+"""DeepVID explanations, batched: neighbours -> teacher soft labels -> linear student.
+
+`explain_instance` explains one image and is a pure function; `explain_batch` is its `vmap` over
+instances (pure, jittable); `explain` is the driver that validates input, splits any number of
+images into fixed-size chunks (padding the last one, so one compiled program serves all), shards
+each chunk's instance axis over the available devices, and gathers the result on the host.
+
+Instance ``i`` of a call always uses the key ``fold_in(key, i)``, so a result does not depend on
+the chunk size, the device count, or which other images share the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from deepvid_jax import metrics
+from deepvid_jax.models import VAEConfig
+from deepvid_jax.neighbors import NeighborConfig, sample_neighbors
+from deepvid_jax.student import StudentConfig, fit_student
+
+TeacherApply = Callable[[object, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    """Everything that shapes an explanation (hashable: it is a static argument of `jit`).
+
+    Attributes:
+      num_classes: K; the teacher must output K logits.
+      vae: architecture of the VAE whose parameters are passed (image shape included).
+      neighbors: how neighbours are drawn, and how many (`NeighborConfig.num`).
+      student: distillation settings.
+      holdout: of the ``neighbors.num`` neighbours, the last ``holdout`` are not used to fit the
+        student and measure its fidelity instead.
+      chunk_size: instances per compiled call; bounds device memory whatever the batch.
+      return_neighbors: also return the neighbours and the teacher's probabilities on them.
+      shard: split each chunk's instances over all local devices when there are several.
+    """
+
+    num_classes: int = 10
+    vae: VAEConfig = VAEConfig()
+    neighbors: NeighborConfig = NeighborConfig()
+    student: StudentConfig = StudentConfig()
+    holdout: int = 128
+    chunk_size: int = 64
+    return_neighbors: bool = False
+    shard: bool = True
+
+    def __post_init__(self):
+        if self.chunk_size < 1:
+            raise ValueError(f"ExplainConfig.chunk_size must be >= 1, got {self.chunk_size}.")
+        if not 1 <= self.holdout < self.neighbors.num:
+            raise ValueError(
+                f"ExplainConfig.holdout must be in [1, neighbors.num - 1] = "
+                f"[1, {self.neighbors.num - 1}], got {self.holdout}."
+            )
+        if self.num_classes < 2:
+            raise ValueError(f"ExplainConfig.num_classes must be >= 2, got {self.num_classes}.")
+
+    @property
+    def num_fit(self) -> int:
+        """Neighbours used to fit the student."""
+        return self.neighbors.num - self.holdout
+
+
+class Fidelity(NamedTuple):
+    """Student vs teacher on held-out neighbours (per instance: [B] when batched).
+
+    top1: argmax agreement; kl: KL(teacher || student) in nats; r2: R^2 of class probabilities.
+    """
+
+    top1: jax.Array
+    kl: jax.Array
+    r2: jax.Array
+
+
+class Explanation(NamedTuple):
+    """One explanation per instance (a pytree; leading axis B when batched).
+
+    weights: [B, H, W, C, K] the student's weights, one image per class, centred over classes.
+    bias: [B, K].
+    teacher_probs, student_probs: [B, K] at the instance itself.
+    fidelity: `Fidelity` of [B] arrays.
+    neighbors: [B, N, H, W, C] or None (``return_neighbors``).
+    neighbor_probs: [B, N, K] teacher probabilities on the neighbours, or None.
+    """
+
+    weights: jax.Array
+    bias: jax.Array
+    teacher_probs: jax.Array
+    student_probs: jax.Array
+    fidelity: Fidelity
+    neighbors: jax.Array | None = None
+    neighbor_probs: jax.Array | None = None
+
+    def evidence(self, images: jax.Array, class_idx: jax.Array) -> jax.Array:
+        """weights x input for one class per instance: images [B, H, W, C], class_idx [B] ->
+        [B, H, W, C] (each pixel's contribution to that class's logit)."""
+        w = jnp.take_along_axis(self.weights, jnp.asarray(class_idx)[:, None, None, None, None],
+                                axis=-1)[..., 0]
+        return w * images
+
+
+def explain_instance(
+    image: jax.Array,
+    key: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    vae_params,
+    config: ExplainConfig,
+) -> Explanation:
+    """Explains one image.
+
+    Args:
+      image: [H, W, C] float32 in [0, 1].
+      key: PRNG key for its neighbours.
+      teacher_apply: pure ``(params, images [N, H, W, C]) -> logits [N, K]``.
+      teacher_params: the teacher's parameters (any pytree).
+      vae_params: VAE parameters (unused by the "pixel" sampler; may be None then).
+      config: `ExplainConfig`.
+
+    Returns:
+      `Explanation` without the batch axis.
+    """
+    nb = sample_neighbors(image, key, vae_params, config.neighbors, config.vae)
+    t_logits = teacher_apply(teacher_params, nb)
+    x = nb.reshape(nb.shape[0], -1)
+    n = config.num_fit
+    w, b, _ = fit_student(x[:n], t_logits[:n], config.student)
+    s_hold = x[n:] @ w + b
+    fidelity = Fidelity(
+        metrics.top1_agreement(s_hold, t_logits[n:]),
+        metrics.kl_divergence(t_logits[n:], s_hold),
+        metrics.probability_r2(t_logits[n:], s_hold),
+    )
+    return Explanation(
+        weights=w.reshape(*image.shape, -1),
+        bias=b,
+        teacher_probs=jax.nn.softmax(teacher_apply(teacher_params, image[None])[0]),
+        student_probs=jax.nn.softmax(image.reshape(-1) @ w + b),
+        fidelity=fidelity,
+        neighbors=nb if config.return_neighbors else None,
+        neighbor_probs=jax.nn.softmax(t_logits) if config.return_neighbors else None,
+    )
+
+
+def instance_keys(key: jax.Array, start: int, count: int) -> jax.Array:
+    """Keys [count] of instances start..start+count-1: ``fold_in(key, i)``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + count))
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
+def explain_batch(
+    images: jax.Array,
+    keys: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    vae_params,
+    config: ExplainConfig,
+) -> Explanation:
+    """`explain_instance` vmapped over images [B, H, W, C] and keys [B]; one jitted program."""
+    fn = functools.partial(
+        explain_instance, teacher_apply=teacher_apply, teacher_params=teacher_params,
+        vae_params=vae_params, config=config,
+    )
+    return jax.vmap(fn)(images, keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks (on the host, before anything is traced)
+# --------------------------------------------------------------------------------------------
+
+
+def validate_images(images, image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Returns images as float32 numpy [B, H, W, C], or raises a ValueError naming the problem."""
+    arr = np.asarray(images)
+    if arr.ndim != 4:
+        hint = " (a single image? use images[None])" if arr.ndim == 3 else ""
+        raise ValueError(f"images must have shape [B, H, W, C]; got shape {arr.shape}{hint}.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"images must be floating point in [0, 1]; got dtype {arr.dtype} "
+            "(for uint8 pixels use images / 255)."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("images is empty (B = 0).")
+    if image_shape is not None and tuple(arr.shape[1:]) != tuple(image_shape):
+        what = "channels" if arr.shape[1:3] == tuple(image_shape[:2]) else "image shape"
+        raise ValueError(
+            f"images have {what} mismatch: per-image shape {tuple(arr.shape[1:])}, the VAE "
+            f"expects {tuple(image_shape)} (H, W, C)."
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"images contain NaN or inf ({int(bad.sum())} values, in images {rows[:10].tolist()})."
+        )
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"images must be in [0, 1]; got values in [{lo:.4g}, {hi:.4g}].")
+    return arr.astype(np.float32, copy=False)
+
+
+def check_teacher(teacher_apply: TeacherApply, teacher_params, image_shape, num_classes: int):
+    """Abstractly evaluates the teacher on one image; raises if it does not give [1, K] logits."""
+    probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    try:
+        out = jax.eval_shape(teacher_apply, teacher_params, probe)
+    except Exception as e:
+        raise ValueError(
+            f"teacher_apply failed on images of shape [1, {', '.join(map(str, image_shape))}]: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if getattr(out, "shape", None) != (1, num_classes):
+        raise ValueError(
+            f"teacher_apply returned shape {getattr(out, 'shape', out)} for one image; the config "
+            f"expects logits [1, {num_classes}] (ExplainConfig.num_classes = {num_classes})."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _mesh(config: ExplainConfig) -> Mesh | None:
+    devices = jax.local_devices()
+    if not config.shard or len(devices) < 2:
+        return None
+    return Mesh(np.array(devices), ("instances",))
+
+
+def explain(
+    images,
+    key: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    vae_params,
+    config: ExplainConfig = ExplainConfig(),
+    progress: bool = False,
+) -> Explanation:
+    """Explains every image, in chunks of ``config.chunk_size``, sharded over local devices.
+
+    Args:
+      images: [B, H, W, C] float in [0, 1] (numpy or jax).
+      key: PRNG key; instance i uses ``fold_in(key, i)``.
+      teacher_apply: pure ``(params, images) -> logits [N, K]``; to explain a non-JAX model,
+        wrap it with `callback_teacher`.
+      teacher_params: its parameters.
+      vae_params: VAE parameters (None is allowed with the "pixel" sampler).
+      config: `ExplainConfig`.
+      progress: show a progress bar over chunks.
+
+    Returns:
+      `Explanation` of numpy arrays with leading axis B.
+
+    Raises:
+      ValueError: on malformed images (rank, channels, dtype, NaN, range) or a teacher whose
+        output is not [N, num_classes].
+    """
+    image_shape = config.vae.image_shape if config.neighbors.sampler == "vae" else None
+    arr = validate_images(images, image_shape)
+    if config.neighbors.sampler == "vae" and vae_params is None:
+        raise ValueError("The 'vae' sampler needs vae_params.")
+    check_teacher(teacher_apply, teacher_params, arr.shape[1:], config.num_classes)
+
+    mesh = _mesh(config)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    chunk = -(-config.chunk_size // n_dev) * n_dev  # a multiple of the device count
+    chunk = min(chunk, -(-len(arr) // n_dev) * n_dev)  # no bigger than needed
+    if mesh is not None:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        teacher_params = jax.device_put(teacher_params, replicated)
+        vae_params = jax.device_put(vae_params, replicated)
+        split = NamedSharding(mesh, PartitionSpec("instances"))
+
+    outputs = []
+    starts = range(0, len(arr), chunk)
+    for start in tqdm(starts, desc="explain", unit="chunk", disable=not progress):
+        x = arr[start : start + chunk]
+        real = len(x)
+        if real < chunk:  # pad with copies of the last image: same shape, no recompilation
+            x = np.concatenate([x, np.repeat(x[-1:], chunk - real, axis=0)])
+        keys = instance_keys(key, start, chunk)
+        x = jnp.asarray(x)
+        if mesh is not None:
+            x, keys = jax.device_put(x, split), jax.device_put(keys, split)
+        out = explain_batch(
+            x, keys, teacher_apply=teacher_apply, teacher_params=teacher_params,
+            vae_params=vae_params, config=config,
+        )
+        outputs.append(jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -> TeacherApply:
+    """Wraps a non-JAX classifier (numpy in, logits out) as a pure JAX ``teacher_apply``.
+
+    The returned function ignores its params argument and calls ``fn(images [N, H, W, C])`` on
+    the host through `jax.pure_callback`; under `vmap` it is called once per instance. ``fn``
+    must be a pure function of its input. Pass ``teacher_params=None``.
+
+    Keep the returned object and reuse it: it is a static argument of `jit`, and a new wrapper
+    means a new compilation.
+    """
+
+    def apply(params, images):
+        del params
+        out = jax.ShapeDtypeStruct((images.shape[0], num_classes), jnp.float32)
+        return jax.pure_callback(
+            lambda x: np.asarray(fn(np.asarray(x)), dtype=np.float32), out, images,
+            vmap_method="sequential",
+        )
+
+    return apply

@@ -1,0 +1,131 @@
+"""Neighbourhoods of one image: VAE-latent samples (DeepVID) and pixel perturbations (baseline).
+
+Functions here act on **one** instance (``image: [H, W, C]``) and return its neighbours; the
+explain pipeline `jax.vmap`s them over instances. DeepVID's diagnosis views (interpolation between
+two instances, traversal of each latent dimension) live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from deepvid_jax import vae
+from deepvid_jax.models import VAEConfig
+
+SAMPLERS = ("vae", "pixel")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborConfig:
+    """How neighbours of an instance are drawn.
+
+    Attributes:
+      sampler: "vae" (decode z ~ N(mu(x), (scale * s)^2), DeepVID) or "pixel" (x + Gaussian
+        noise, clipped to [0, 1]: the LIME-style random-perturbation baseline).
+      num: neighbours per instance (student training and held-out fidelity together).
+      latent_scale: standard deviation of the latent perturbation, in prior units.
+      use_posterior_std: scale the latent noise by the encoder's own std exp(logvar / 2)
+        instead of 1, so the neighbourhood follows the posterior's shape.
+      pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
+    """
+
+    sampler: str = "vae"
+    num: int = 512
+    latent_scale: float = 1.0
+    use_posterior_std: bool = False
+    pixel_noise: float = 0.3
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"NeighborConfig.sampler must be one of {SAMPLERS}: {self.sampler!r}")
+        if self.num < 2:
+            raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
+        if self.latent_scale < 0 or self.pixel_noise < 0:
+            raise ValueError("NeighborConfig: latent_scale and pixel_noise must be >= 0.")
+
+
+def latent_neighbors(
+    vae_params: dict,
+    image: jax.Array,
+    key: jax.Array,
+    *,
+    num: int,
+    scale: float,
+    use_posterior_std: bool = False,
+    vae_config: VAEConfig = VAEConfig(),
+) -> tuple[jax.Array, jax.Array]:
+    """Decoded samples around an image's latent code.
+
+    Args:
+      image: [H, W, C] float32 in [0, 1].
+      key: PRNG key.
+      num: N, neighbours to draw.
+      scale: std of the Gaussian around the posterior mean.
+      use_posterior_std: multiply the noise by the posterior std.
+
+    Returns:
+      (neighbours [N, H, W, C] in [0, 1], their latent codes [N, Z]).
+    """
+    mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
+    std = jnp.exp(0.5 * logvar) if use_posterior_std else jnp.ones_like(mean)
+    eps = jax.random.normal(key, (num, vae_config.latent_dim))
+    z = mean + scale * std * eps
+    return vae.decode(vae_params, z, config=vae_config), z
+
+
+def pixel_neighbors(image: jax.Array, key: jax.Array, *, num: int, noise: float) -> jax.Array:
+    """image [H, W, C] -> clip(image + noise * eps, 0, 1) [N, H, W, C]."""
+    eps = jax.random.normal(key, (num, *image.shape))
+    return jnp.clip(image[None] + noise * eps, 0.0, 1.0)
+
+
+def sample_neighbors(
+    image: jax.Array,
+    key: jax.Array,
+    vae_params: dict | None,
+    config: NeighborConfig,
+    vae_config: VAEConfig,
+) -> jax.Array:
+    """Neighbours [config.num, H, W, C] of one image [H, W, C] with the configured sampler."""
+    if config.sampler == "pixel":
+        return pixel_neighbors(image, key, num=config.num, noise=config.pixel_noise)
+    return latent_neighbors(
+        vae_params, image, key, num=config.num, scale=config.latent_scale,
+        use_posterior_std=config.use_posterior_std, vae_config=vae_config,
+    )[0]
+
+
+def interpolate(
+    vae_params: dict, a: jax.Array, b: jax.Array, steps: int, *, vae_config: VAEConfig
+) -> jax.Array:
+    """Decodes the straight line between the latent means of images a and b [H, W, C].
+
+    Returns:
+      [steps, H, W, C]; the first and last are the reconstructions of a and b.
+    """
+    means, _ = vae.encode(vae_params, jnp.stack([a, b]), config=vae_config)
+    t = jnp.linspace(0.0, 1.0, steps)[:, None]
+    return vae.decode(vae_params, (1 - t) * means[0] + t * means[1], config=vae_config)
+
+
+def traverse(
+    vae_params: dict, image: jax.Array, values: jax.Array, *, vae_config: VAEConfig
+) -> jax.Array:
+    """Moves the image's latent mean along each latent axis in turn.
+
+    Args:
+      image: [H, W, C].
+      values: [V] offsets added to one latent coordinate at a time (prior units).
+
+    Returns:
+      [Z, V, H, W, C]: row d varies latent dimension d, the others held at the mean.
+    """
+    mean, _ = vae.encode(vae_params, image[None], config=vae_config)
+    z_dim = vae_config.latent_dim
+    offsets = jnp.eye(z_dim)[:, None, :] * values[None, :, None]  # [Z, V, Z]
+    z = (mean[0] + offsets).reshape(-1, z_dim)
+    out = vae.decode(vae_params, z, config=vae_config)
+    return out.reshape(z_dim, values.shape[0], *out.shape[1:])
