@@ -1,9 +1,10 @@
-"""The ``deepvid`` command line: train-teacher, train-vae, demo (and explain)."""
+"""The ``deepvid`` command line: train-teacher, train-vae, demo, explain."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -12,9 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deepvid_jax import checkpoint, data, train, viz
+from deepvid_jax import checkpoint, data, neighbors, train, viz
+from deepvid_jax import explain as explain_lib
 from deepvid_jax import vae as vae_lib
-from deepvid_jax.models import TeacherConfig, VAEConfig
+from deepvid_jax.models import TeacherConfig, VAEConfig, teacher_logits
+from deepvid_jax.neighbors import NeighborConfig
 
 DEFAULT_DATASET = data.EMBEDDED_DATASET
 # The embedded digits are ~1.4k images: more epochs cost less than one MNIST epoch.
@@ -108,13 +111,81 @@ def cmd_train_vae(args) -> int:
     return 0
 
 
+def explain_and_report(
+    args, images: np.ndarray, labels: np.ndarray, class_names, models: dict, out: Path
+) -> dict:
+    """Explains ``images`` with the restored/trained models; writes figures and returns a
+    JSON-ready summary (per-instance fidelity, timings)."""
+    tcfg, vcfg = models["teacher_config"], models["vae_config"]
+    default_holdout = explain_lib.ExplainConfig.holdout
+    config = explain_lib.ExplainConfig(
+        num_classes=tcfg.num_classes, vae=vcfg, chunk_size=args.chunk_size,
+        holdout=max(1, min(default_holdout, args.neighbors // 4)),
+        neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
+                                 latent_scale=args.latent_scale),
+        return_neighbors=True,
+    )
+    apply = functools.partial(teacher_logits, config=tcfg)
+    start = time.perf_counter()
+    e = explain_lib.explain(
+        images, jax.random.PRNGKey(args.seed), teacher_apply=apply,
+        teacher_params=models["teacher"], vae_params=models["vae"], config=config,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    n_fig = min(args.figures, len(images))
+    recon = np.asarray(vae_lib.reconstruct(models["vae"], images[:n_fig], config=vcfg))
+    figures = []
+    for i in range(n_fig):
+        figures.append(str(viz.explanation_figure(
+            images[i], recon[i], e.neighbors[i], e.neighbor_probs[i], e.weights[i],
+            e.teacher_probs[i], class_names, out / f"explanation_{i:03d}.png",
+            fidelity=(float(e.fidelity.top1[i]), float(e.fidelity.kl[i])),
+        )))
+    values = np.linspace(-3, 3, 7)
+    trav = neighbors.traverse(models["vae"], images[0], values, vae_config=vcfg)
+    figures.append(str(viz.traversal_figure(np.asarray(trav), values, out / "traversal.png")))
+    summary = {
+        "instances": len(images),
+        "config": dataclasses.asdict(config),
+        "explain_seconds_incl_compile": seconds,
+        "explanations_per_second_incl_compile": len(images) / seconds,
+        "fidelity_mean": {k: float(np.mean(v)) for k, v in e.fidelity._asdict().items()},
+        "teacher_accuracy_on_explained": float(np.mean(e.teacher_probs.argmax(-1) == labels)),
+        "per_instance": [
+            {"label": int(labels[i]), "teacher": int(e.teacher_probs[i].argmax()),
+             "student": int(e.student_probs[i].argmax()),
+             **{k: float(v[i]) for k, v in e.fidelity._asdict().items()}}
+            for i in range(len(images))
+        ],
+        "figures": figures,
+    }
+    (out / "explanations.json").write_text(json.dumps(summary, indent=2, default=float))
+    fm = summary["fidelity_mean"]
+    print(f"explain: {len(images)} instances x {args.neighbors} neighbours in {seconds:.1f}s "
+          f"(incl. compile); held-out fidelity top-1 {fm['top1']:.3f}, KL {fm['kl']:.3f}; "
+          f"figures in {out}")
+    return summary
+
+
+def _restore_models(folder: Path) -> dict:
+    tp, tcfg, tmeta = checkpoint.restore(folder / "teacher", kind="teacher")
+    vp, vcfg, vmeta = checkpoint.restore(folder / "vae", kind="vae")
+    return {"teacher": tp, "teacher_config": tcfg, "vae": vp, "vae_config": vcfg,
+            "teacher_metrics": tmeta["metrics"], "vae_metrics": vmeta["metrics"]}
+
+
 def cmd_demo(args) -> int:
-    """Trains (or restores, with --reuse) teacher and VAE on the dataset and writes a summary."""
+    """Trains (or restores, with --reuse) teacher and VAE, explains test images, writes figures
+    and a JSON summary."""
     if args.quick:
         args.epochs = args.epochs or 2
+        args.count = min(args.count, 8)
+        args.neighbors = min(args.neighbors, 128)
     tr, ev = _load_splits(args)
     out = Path(args.out)
-    summary: dict = {"dataset": _dataset_meta(args, tr), "jax_backend": jax.default_backend()}
+    summary: dict = {"dataset": _dataset_meta(args, tr), "jax_backend": jax.default_backend(),
+                     "devices": [str(d) for d in jax.devices()]}
     for kind, trainer in (("teacher", train_teacher_to), ("vae", train_vae_to)):
         if args.reuse and (out / kind / "meta.json").is_file():
             _, _, meta = checkpoint.restore(out / kind, kind=kind)
@@ -122,10 +193,50 @@ def cmd_demo(args) -> int:
             summary[kind] = meta["metrics"]
         else:
             summary[kind] = trainer(args, tr, ev)[2]
+    models = _restore_models(out)
+    n = min(args.count, len(ev.images))
+    summary["explain"] = explain_and_report(
+        args, ev.images[:n], ev.labels[:n], tr.info.class_names, models, out / "explanations"
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"demo: summary in {out / 'summary.json'}; "
-          f"figures in {out / 'vae'} and {out / 'teacher'}")
+    print(f"demo: teacher accuracy {summary['teacher']['eval_accuracy']:.4f}; summary in "
+          f"{out / 'summary.json'}; figures in {out / 'explanations'}")
     return 0
+
+
+def _parse_indices(text: str, n: int) -> np.ndarray:
+    try:
+        if ":" in text:
+            start, stop = (int(p) if p else None for p in text.split(":"))
+            return np.arange(n)[slice(start, stop)]
+        return np.array([int(p) for p in text.split(",")])
+    except ValueError as e:
+        raise ValueError(f"--indices {text!r}: expected 'start:stop' or 'i,j,k'.") from e
+
+
+def cmd_explain(args) -> int:
+    ds = data.load(args.dataset, args.split, data_dir=args.data_dir)
+    idx = _parse_indices(args.indices, len(ds.images))
+    if len(idx) == 0 or idx.max() >= len(ds.images) or idx.min() < -len(ds.images):
+        raise ValueError(f"--indices {args.indices!r} selects nothing valid in "
+                         f"{len(ds.images)} images of {args.split!r}.")
+    models = _restore_models(Path(args.checkpoints))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    explain_and_report(args, ds.images[idx], ds.labels[idx], ds.info.class_names, models, out)
+    return 0
+
+
+def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
+    d = explain_lib.ExplainConfig()
+    p.add_argument("--neighbors", type=int, default=d.neighbors.num,
+                   help="Neighbours per instance (fit + held out).")
+    p.add_argument("--latent-scale", type=float, default=d.neighbors.latent_scale)
+    p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    p.add_argument("--figures", type=int, default=4, help="Explanation figures to write.")
+    if count:
+        p.add_argument("--count", type=int, default=count, help="Test images to explain.")
 
 
 def _common(p: argparse.ArgumentParser, *, out: str) -> None:
@@ -156,9 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_vae)
     p = sub.add_parser("demo", help="The README's main job, on the embedded dataset by default.")
     _common(p, out="runs/demo")
-    p.add_argument("--quick", action="store_true", help="Smallest setting (CI): 2 epochs.")
+    p.add_argument("--quick", action="store_true",
+                   help="Smallest setting (CI): 2 epochs, 8 instances, 128 neighbours.")
     p.add_argument("--reuse", action="store_true", help="Restore existing checkpoints in --out.")
+    _explain_options(p, count=64)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("explain", help="Explain images with trained checkpoints.")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--indices", default="0:16", help="'start:stop' or 'i,j,k' within the split.")
+    p.add_argument("--checkpoints", required=True,
+                   help="Folder with teacher/ and vae/ (the --out of train-* or demo).")
+    p.add_argument("--out", default="runs/explain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _explain_options(p, count=0)
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

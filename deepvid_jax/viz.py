@@ -56,3 +56,90 @@ def training_curves(history: Sequence[dict], keys: Sequence[str], path: str | Pa
         ax.set_xlabel("epoch")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def explanation_figure(
+    image: np.ndarray,
+    reconstruction: np.ndarray,
+    neighbors: np.ndarray,
+    neighbor_probs: np.ndarray,
+    weights: np.ndarray,
+    teacher_probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    fidelity: tuple[float, float] | None = None,
+    num_neighbors: int = 10,
+) -> Path:
+    """One DeepVID explanation.
+
+    Row 1: input, VAE reconstruction, evidence (weights x input) for the teacher's class.
+    Row 2: neighbours with the teacher's label and probability.
+    Row 3: the student's weight image per class (red pushes towards the class, blue away),
+    one diverging colour scale centred at zero and shared by every class.
+
+    Args:
+      image, reconstruction: [H, W, C]; neighbors: [N, H, W, C]; neighbor_probs: [N, K];
+      weights: [H, W, C, K]; teacher_probs: [K]; fidelity: (top-1, KL) on held-out neighbours.
+    """
+    k = weights.shape[-1]
+    cols = max(k, num_neighbors)
+    fig, axes = plt.subplots(3, cols, figsize=(1.25 * cols, 4.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    pred = int(np.argmax(teacher_probs))
+    w = weights.mean(axis=2)  # average over channels: [H, W, K]
+    evidence = (weights[..., pred] * image).sum(axis=-1)
+    vmax = float(np.abs(w).max()) or 1.0
+    ev_max = float(np.abs(evidence).max()) or 1.0
+    panels = [
+        (image, dict(vmin=0, vmax=1), f"input\nteacher: {class_names[pred]} "
+         f"({teacher_probs[pred]:.2f})"),
+        (reconstruction, dict(vmin=0, vmax=1), "VAE recon."),
+        (evidence, dict(cmap="RdBu_r", vmin=-ev_max, vmax=ev_max), f"evidence for '{pred}'"
+         if str(pred) == class_names[pred] else f"evidence: {class_names[pred]}"),
+    ]
+    for ax, (img, kw, title) in zip(axes[0], panels, strict=False):
+        ax.axis("on")
+        _show(ax, img, **kw)
+        ax.set_title(title, fontsize=8)
+    if fidelity is not None:
+        axes[0, 3].text(0, 0.5, "student fidelity on held-out\nneighbours: "
+                        f"top-1 {fidelity[0]:.2f},\nKL {fidelity[1]:.3f} nats",
+                        fontsize=8, va="center")
+    for i in range(min(num_neighbors, len(neighbors))):
+        ax = axes[1, i]
+        ax.axis("on")
+        lab = int(np.argmax(neighbor_probs[i]))
+        _show(ax, neighbors[i], vmin=0, vmax=1)
+        ax.set_title(f"{class_names[lab]} ({neighbor_probs[i, lab]:.2f})", fontsize=8,
+                     color="black" if lab == pred else "crimson")
+    axes[1, 0].set_ylabel("neighbours", fontsize=8)
+    for c in range(k):
+        ax = axes[2, c]
+        ax.axis("on")
+        im = _show_return(ax, w[..., c], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_title(f"W[{class_names[c]}]", fontsize=8, fontweight="bold" if c == pred else None)
+    fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01)
+    return _save(fig, path)
+
+
+def _show_return(ax, image, **kwargs):
+    im = ax.imshow(image, **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def traversal_figure(traversal: np.ndarray, values: Sequence[float], path: str | Path) -> Path:
+    """Latent traversal [Z, V, H, W, C]: row d moves latent dimension d through ``values``."""
+    z, v = traversal.shape[:2]
+    fig, axes = plt.subplots(z, v, figsize=(0.9 * v, 0.9 * z), squeeze=False)
+    for d in range(z):
+        for j in range(v):
+            _show(axes[d, j], traversal[d, j], vmin=0, vmax=1)
+        axes[d, 0].set_ylabel(f"z{d}", fontsize=7, rotation=0, labelpad=10)
+    for j in range(v):
+        axes[0, j].set_title(f"{values[j]:+.1f}", fontsize=7)
+    fig.suptitle("latent traversal (offset from the instance's code)", fontsize=9)
+    return _save(fig, path)
