@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--neighbors", default="64,256,1024")
     p.add_argument("--lime-images", type=int, default=8)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default="", help="Suffix of the output file names.")
     args = p.parse_args(argv)
 
     tp, tcfg, _ = checkpoint.restore(Path(args.checkpoints) / "teacher", kind="teacher")
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "matmul_flops_per_s": peak, "rows": rows,
               "args": vars(args), "config_defaults": dataclasses.asdict(ex.ExplainConfig())}
-    tag = machine["backend"]
+    tag = machine["backend"] + (f"_{args.tag}" if args.tag else "")
     (out / f"explain_throughput_{tag}.json").write_text(json.dumps(result, indent=2))
     (out / f"explain_throughput_{tag}.md").write_text(text + "\n")
     print(f"wrote {out / f'explain_throughput_{tag}.json'}")
