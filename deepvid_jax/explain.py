@@ -72,15 +72,7 @@ class ExplainConfig:
         return self.neighbors.num - self.holdout
 
 
-class Fidelity(NamedTuple):
-    """Student vs teacher on held-out neighbours (per instance: [B] when batched).
-
-    top1: argmax agreement; kl: KL(teacher || student) in nats; r2: R^2 of class probabilities.
-    """
-
-    top1: jax.Array
-    kl: jax.Array
-    r2: jax.Array
+Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 
 class Explanation(NamedTuple):
@@ -102,12 +94,16 @@ class Explanation(NamedTuple):
     neighbors: jax.Array | None = None
     neighbor_probs: jax.Array | None = None
 
+    def class_weights(self, class_idx: jax.Array) -> jax.Array:
+        """The weight image of one class per instance: class_idx [B] -> [B, H, W, C]; DeepVID's
+        attribution for that class."""
+        idx = jnp.asarray(class_idx)[:, None, None, None, None]
+        return jnp.take_along_axis(jnp.asarray(self.weights), idx, axis=-1)[..., 0]
+
     def evidence(self, images: jax.Array, class_idx: jax.Array) -> jax.Array:
         """weights x input for one class per instance: images [B, H, W, C], class_idx [B] ->
         [B, H, W, C] (each pixel's contribution to that class's logit)."""
-        w = jnp.take_along_axis(self.weights, jnp.asarray(class_idx)[:, None, None, None, None],
-                                axis=-1)[..., 0]
-        return w * images
+        return self.class_weights(class_idx) * images
 
 
 def explain_instance(
@@ -138,11 +134,7 @@ def explain_instance(
     n = config.num_fit
     w, b, _ = fit_student(x[:n], t_logits[:n], config.student)
     s_hold = x[n:] @ w + b
-    fidelity = Fidelity(
-        metrics.top1_agreement(s_hold, t_logits[n:]),
-        metrics.kl_divergence(t_logits[n:], s_hold),
-        metrics.probability_r2(t_logits[n:], s_hold),
-    )
+    fidelity = metrics.fidelity(t_logits[n:], s_hold)
     return Explanation(
         weights=w.reshape(*image.shape, -1),
         bias=b,
@@ -152,6 +144,24 @@ def explain_instance(
         neighbors=nb if config.return_neighbors else None,
         neighbor_probs=jax.nn.softmax(t_logits) if config.return_neighbors else None,
     )
+
+
+def student_fidelity(
+    weights: jax.Array, bias: jax.Array, neighbors: jax.Array, teacher_logits: jax.Array
+) -> metrics.Fidelity:
+    """Fidelity of explanations' students on any neighbours, e.g. of another sampler.
+
+    Args:
+      weights: [B, H, W, C, K]; bias: [B, K] (an `Explanation`'s).
+      neighbors: [B, N, H, W, C]; teacher_logits: [B, N, K] the teacher's on them.
+
+    Returns:
+      `metrics.Fidelity` of [B] arrays.
+    """
+    b, n = neighbors.shape[:2]
+    w = weights.reshape(b, -1, weights.shape[-1])
+    s = jnp.einsum("bnd,bdk->bnk", neighbors.reshape(b, n, -1), w) + bias[:, None, :]
+    return metrics.fidelity(teacher_logits, s)
 
 
 def instance_keys(key: jax.Array, start: int, count: int) -> jax.Array:

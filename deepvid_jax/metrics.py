@@ -1,9 +1,25 @@
-"""Agreement between a surrogate and its teacher. All functions are pure and batched."""
+"""How good is an explanation? Fidelity of surrogates, deletion/insertion, stability, sanity.
+
+Everything here is pure and batched over instances. Attributions are ``[B, H, W, C]`` for one
+class per instance, whatever method produced them, so every method is measured alike.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
+
+TeacherApply = Callable[[object, jax.Array], jax.Array]
+BASELINES = ("zero", "blur", "mean")
+
+# --------------------------------------------------------------------------------------------
+# Fidelity of a surrogate to its teacher
+# --------------------------------------------------------------------------------------------
 
 
 def top1_agreement(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
@@ -26,3 +42,220 @@ def probability_r2(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.
     ss_res = jnp.sum((t - s) ** 2, axis=(-2, -1))
     ss_tot = jnp.sum((t - jnp.mean(t, axis=-2, keepdims=True)) ** 2, axis=(-2, -1))
     return 1.0 - ss_res / jnp.maximum(ss_tot, 1e-12)
+
+
+class Fidelity(NamedTuple):
+    """Student vs teacher on a set of neighbours (per instance: [B] when batched).
+
+    top1: argmax agreement; kl: KL(teacher || student) in nats; r2: R^2 of class probabilities.
+    """
+
+    top1: jax.Array
+    kl: jax.Array
+    r2: jax.Array
+
+
+def fidelity(teacher_logits: jax.Array, student_logits: jax.Array) -> Fidelity:
+    """All three fidelity numbers: [..., N, K] x2 -> `Fidelity` of [...]."""
+    return Fidelity(
+        top1_agreement(student_logits, teacher_logits),
+        kl_divergence(teacher_logits, student_logits),
+        probability_r2(teacher_logits, student_logits),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Deletion and insertion (Petsiuk et al. 2018, RISE)
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
+    """Separable Gaussian blur of [B, H, W, C] (edge-padded), per channel."""
+    radius = max(1, int(3 * sigma + 0.5))
+    t = jnp.arange(-radius, radius + 1, dtype=images.dtype)
+    k = jnp.exp(-0.5 * (t / sigma) ** 2)
+    k = k / jnp.sum(k)
+    x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    h, w = images.shape[1:3]
+    x = sum(k[i] * x[:, i : i + h, :, :] for i in range(2 * radius + 1))
+    return sum(k[i] * x[:, :, i : i + w, :] for i in range(2 * radius + 1))
+
+
+def baseline_images(images: jax.Array, kind: str, blur_sigma: float = 2.0) -> jax.Array:
+    """What deleted pixels become (and insertion starts from): [B, H, W, C] -> same shape.
+
+    kind: "zero" (black), "blur" (a Gaussian-blurred copy, as in RISE's insertion) or "mean"
+    (each image's mean value per channel).
+    """
+    if kind == "zero":
+        return jnp.zeros_like(images)
+    if kind == "blur":
+        return gaussian_blur(images, blur_sigma)
+    if kind == "mean":
+        return jnp.broadcast_to(jnp.mean(images, axis=(1, 2), keepdims=True), images.shape)
+    raise ValueError(f"Unknown baseline {kind!r}; expected one of {BASELINES}.")
+
+
+class DeletionInsertion(NamedTuple):
+    """deletion, insertion: [B] areas under the class-probability curves (deletion: lower is
+    better; insertion: higher is better). *_curve: [B, steps + 1] the curves themselves, at
+    fractions ``linspace(0, 1, steps + 1)`` of the pixels removed / inserted."""
+
+    deletion: jax.Array
+    insertion: jax.Array
+    deletion_curve: jax.Array
+    insertion_curve: jax.Array
+
+
+def pixel_order_ranks(attributions: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H * W] rank of each pixel, 0 = most important (largest attribution
+    summed over channels; ties keep raster order)."""
+    score = jnp.sum(attributions, axis=-1).reshape(attributions.shape[0], -1)
+    order = jnp.argsort(-score, axis=1, stable=True)
+    return jnp.argsort(order, axis=1)
+
+
+def trapezoid_auc(curve: jax.Array) -> jax.Array:
+    """Mean of a curve sampled at evenly spaced points on [0, 1] by the trapezoid rule:
+    [..., T + 1] -> [...]."""
+    steps = curve.shape[-1] - 1
+    return (jnp.sum(curve, axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma"))
+def deletion_insertion(
+    images: jax.Array,
+    attributions: jax.Array,
+    class_idx: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    steps: int = 49,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+) -> DeletionInsertion:
+    """Deletion and insertion AUC of attributions (Petsiuk et al. 2018).
+
+    Pixels are removed from the image (deletion) or copied into the baseline (insertion) in
+    decreasing order of attribution, ``H * W / steps`` at a time; the teacher's probability of
+    the class after each step traces a curve on [0, 1] whose area is the score.
+
+    Args:
+      images: [B, H, W, C] in [0, 1]; attributions: [B, H, W, C]; class_idx: [B] int.
+      teacher_apply, teacher_params: the teacher.
+      steps: points of the curve after the first (all pixels are reached at the last).
+      baseline: "zero", "blur" or "mean" (`baseline_images`).
+      blur_sigma: std in pixels of the "blur" baseline.
+
+    Returns:
+      `DeletionInsertion`.
+    """
+    if attributions.shape != images.shape:
+        raise ValueError(f"attributions {attributions.shape} must have the images' shape "
+                         f"{images.shape}.")
+    b, h, w, _ = images.shape
+    ranks = pixel_order_ranks(attributions).reshape(b, h, w, 1)
+    base = baseline_images(images, baseline, blur_sigma)
+    class_idx = jnp.asarray(class_idx, jnp.int32)
+    counts = jnp.round(jnp.linspace(0.0, h * w, steps + 1)).astype(jnp.int32)
+
+    def probs(x):
+        p = jax.nn.softmax(teacher_apply(teacher_params, x))
+        return jnp.take_along_axis(p, class_idx[:, None], axis=1)[:, 0]
+
+    def at(k):  # one point of both curves: the top-k pixels removed / inserted
+        top = ranks < k
+        return probs(jnp.where(top, base, images)), probs(jnp.where(top, images, base))
+
+    dele, ins = jax.lax.map(at, counts)  # [steps + 1, B] each; a loop bounds memory
+    dele, ins = dele.T, ins.T
+    return DeletionInsertion(trapezoid_auc(dele), trapezoid_auc(ins), dele, ins)
+
+
+# --------------------------------------------------------------------------------------------
+# Stability and sanity
+# --------------------------------------------------------------------------------------------
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0], -1)
+
+
+def relative_change(reference: jax.Array, other: jax.Array) -> jax.Array:
+    """||other - reference|| / ||reference|| per instance: [B, ...] x2 -> [B]."""
+    num = jnp.linalg.norm(_flat(other - reference), axis=1)
+    return num / jnp.maximum(jnp.linalg.norm(_flat(reference), axis=1), 1e-12)
+
+
+def max_sensitivity(
+    attribute_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    key: jax.Array,
+    *,
+    radius: float = 0.05,
+    samples: int = 4,
+    reference: jax.Array | None = None,
+) -> jax.Array:
+    """Max-sensitivity (Yeh et al. 2019), relative: the largest `relative_change` of the
+    attribution when the input moves by uniform noise in an L-inf ball of ``radius`` (clipped to
+    [0, 1]), over ``samples`` draws.
+
+    Args:
+      attribute_fn: images [B, H, W, C] -> attributions [B, H, W, C] (any batched explainer;
+        a Python callable, so it may itself be a chunked driver).
+      images: [B, H, W, C].
+      key: PRNG key for the noise.
+      reference: attributions of ``images`` if already computed.
+
+    Returns:
+      [B].
+    """
+    ref = attribute_fn(images) if reference is None else reference
+    worst = jnp.zeros(images.shape[0])
+    for k in jax.random.split(key, samples):
+        noisy = jnp.clip(images + jax.random.uniform(k, images.shape, minval=-radius,
+                                                     maxval=radius), 0.0, 1.0)
+        worst = jnp.maximum(worst, relative_change(ref, attribute_fn(noisy)))
+    return worst
+
+
+def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Pearson correlation per instance: [B, ...] x2 -> [B] (0 where either is constant)."""
+    a, b = _flat(a), _flat(b)
+    a = a - jnp.mean(a, axis=1, keepdims=True)
+    b = b - jnp.mean(b, axis=1, keepdims=True)
+    den = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
+    return jnp.where(den > 0, jnp.sum(a * b, axis=1) / jnp.maximum(den, 1e-30), 0.0)
+
+
+def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Spearman rank correlation per instance (ties get average ranks): [B, ...] x2 -> [B]."""
+    ra = jax.scipy.stats.rankdata(_flat(a), axis=1)
+    rb = jax.scipy.stats.rankdata(_flat(b), axis=1)
+    return pearson(ra, rb)
+
+
+def seed_agreement(attributions: jax.Array) -> jax.Array:
+    """Mean pairwise Pearson correlation between runs of a stochastic explainer that differ only
+    in their seed: [R, B, ...] -> [B]; 1 = the seed does not matter."""
+    r = attributions.shape[0]
+    if r < 2:
+        raise ValueError(f"seed_agreement needs >= 2 runs, got {r}.")
+    pairs = [pearson(attributions[i], attributions[j]) for i in range(r) for j in range(i + 1, r)]
+    return jnp.mean(jnp.stack(pairs), axis=0)
+
+
+def randomize_layers(params: dict, fresh: dict, layers: list[str]) -> dict:
+    """A copy of ``params`` with the named top-level layers taken from ``fresh`` (a freshly
+    initialised parameter pytree of the same model): one stage of Adebayo et al.'s cascading
+    randomisation."""
+    missing = [name for name in layers if name not in params]
+    if missing:
+        raise ValueError(f"randomize_layers: {missing} not in the parameters {list(params)}.")
+    return {name: (fresh[name] if name in layers else value) for name, value in params.items()}
+
+
+def cascading_layers(names: list[str]) -> list[list[str]]:
+    """Layer sets of cascading randomisation from layer names listed bottom to top: [[top],
+    [top, below], ..., all names]."""
+    return [list(names[len(names) - i :]) for i in range(1, len(names) + 1)]

@@ -32,7 +32,12 @@ class TeacherConfig:
 
 
 class Teacher(nn.Module):
-    """images [B, H, W, C] float32 in [0, 1] -> logits [B, K]."""
+    """images [B, H, W, C] float32 in [0, 1] -> logits [B, K].
+
+    The post-ReLU features of each layer ("conv0_features", ..., "dense_features") are sown into
+    the "intermediates" collection (``apply(..., mutable=["intermediates"])`` returns them) and
+    are "perturbations" points (pass zeros there to take gradients with respect to them).
+    """
 
     config: TeacherConfig
 
@@ -41,11 +46,15 @@ class Teacher(nn.Module):
         for i, f in enumerate(self.config.features):
             x = nn.Conv(f, (3, 3), name=f"conv{i}")(x)
             x = nn.relu(x)
-            self.sow("intermediates", f"conv{i}", x)
+            # A no-op unless a "perturbations" collection is passed: it lets Grad-CAM and
+            # neuron analyses take gradients with respect to these feature maps.
+            x = self.perturb(f"conv{i}_features", x)
+            self.sow("intermediates", f"conv{i}_features", x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.config.hidden, name="dense")(x))
-        self.sow("intermediates", "dense", x)
+        x = self.perturb("dense_features", x)
+        self.sow("intermediates", "dense_features", x)
         return nn.Dense(self.config.num_classes, name="logits")(x)
 
 

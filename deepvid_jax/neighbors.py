@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from deepvid_jax import vae
 from deepvid_jax.models import VAEConfig
 
-SAMPLERS = ("vae", "pixel")
+SAMPLERS = ("vae", "pixel", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +23,16 @@ class NeighborConfig:
     """How neighbours of an instance are drawn.
 
     Attributes:
-      sampler: "vae" (decode z ~ N(mu(x), (scale * s)^2), DeepVID) or "pixel" (x + Gaussian
-        noise, clipped to [0, 1]: the LIME-style random-perturbation baseline).
+      sampler: "vae" (decode z ~ N(mu(x), (scale * s)^2), DeepVID), "pixel" (x + Gaussian
+        noise, clipped to [0, 1]) or "mask" (each pixel independently kept with probability
+        ``mask_keep``, else set to ``mask_value``): the random-perturbation baselines.
       num: neighbours per instance (student training and held-out fidelity together).
       latent_scale: standard deviation of the latent perturbation, in prior units.
       use_posterior_std: scale the latent noise by the encoder's own std exp(logvar / 2)
         instead of 1, so the neighbourhood follows the posterior's shape.
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
+      mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
+      mask_value: what a masked pixel becomes.
     """
 
     sampler: str = "vae"
@@ -37,6 +40,8 @@ class NeighborConfig:
     latent_scale: float = 1.0
     use_posterior_std: bool = False
     pixel_noise: float = 0.3
+    mask_keep: float = 0.5
+    mask_value: float = 0.0
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -45,6 +50,8 @@ class NeighborConfig:
             raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
         if self.latent_scale < 0 or self.pixel_noise < 0:
             raise ValueError("NeighborConfig: latent_scale and pixel_noise must be >= 0.")
+        if not 0.0 <= self.mask_keep <= 1.0 or not 0.0 <= self.mask_value <= 1.0:
+            raise ValueError("NeighborConfig: mask_keep and mask_value must be in [0, 1].")
 
 
 def latent_neighbors(
@@ -82,6 +89,15 @@ def pixel_neighbors(image: jax.Array, key: jax.Array, *, num: int, noise: float)
     return jnp.clip(image[None] + noise * eps, 0.0, 1.0)
 
 
+def mask_neighbors(
+    image: jax.Array, key: jax.Array, *, num: int, keep: float, value: float = 0.0
+) -> jax.Array:
+    """image [H, W, C] -> [N, H, W, C]: each pixel kept with probability ``keep``, else
+    ``value`` (one draw per pixel, shared by its channels)."""
+    kept = jax.random.bernoulli(key, keep, (num, *image.shape[:-1], 1))
+    return jnp.where(kept, image[None], jnp.asarray(value, image.dtype))
+
+
 def sample_neighbors(
     image: jax.Array,
     key: jax.Array,
@@ -92,6 +108,9 @@ def sample_neighbors(
     """Neighbours [config.num, H, W, C] of one image [H, W, C] with the configured sampler."""
     if config.sampler == "pixel":
         return pixel_neighbors(image, key, num=config.num, noise=config.pixel_noise)
+    if config.sampler == "mask":
+        return mask_neighbors(image, key, num=config.num, keep=config.mask_keep,
+                              value=config.mask_value)
     return latent_neighbors(
         vae_params, image, key, num=config.num, scale=config.latent_scale,
         use_posterior_std=config.use_posterior_std, vae_config=vae_config,

@@ -245,3 +245,22 @@ def test_posterior_std_scaling_shrinks_neighbourhood(setup):
     _, logvar = vae.encode(vp, images[:1], config=VCFG)
     np.testing.assert_allclose(z_post.std(0), z_prior.std(0) * np.exp(0.5 * logvar[0]),
                                rtol=1e-4)
+
+
+def test_student_fidelity_reproduces_the_held_out_fidelity(setup):
+    images, tp, vp = setup
+    cfg = SMALL.__class__(**{**SMALL.__dict__, "return_neighbors": True})
+    e = _run(images, tp, vp, cfg)
+    n = cfg.num_fit
+    # log-probabilities are logits up to a per-row constant: softmax, argmax and KL agree.
+    f = ex.student_fidelity(e.weights, e.bias, e.neighbors[:, n:], np.log(e.neighbor_probs[:, n:]))
+    for got, want in zip(f, e.fidelity, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    cls = np.argmax(e.teacher_probs, -1)
+    np.testing.assert_array_equal(e.class_weights(cls)[0], e.weights[0, ..., cls[0]])
+    # On another sampler's neighbours the same students are judged too (no home advantage).
+    pix = cfg.__class__(**{**cfg.__dict__, "neighbors": NeighborConfig(sampler="mask", num=64)})
+    other = _run(images, tp, vp, pix)
+    g = ex.student_fidelity(e.weights, e.bias, other.neighbors,
+                            np.log(other.neighbor_probs))
+    assert g.top1.shape == (7,) and np.all((g.top1 >= 0) & (g.top1 <= 1))
