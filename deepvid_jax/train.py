@@ -20,7 +20,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from deepvid_jax import vae
+from deepvid_jax import adversarial, consistency, vae
 from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
 
 
@@ -95,6 +95,84 @@ def teacher_train_step(state: TrainState, batch: tuple, key: jax.Array):
     )
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": accuracy}
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialTraining:
+    """Adversarial training, optionally with the consistent loss of Dong et al. (2017).
+
+    Loss per batch: CE(x, y) + CE(x_adv, y) + consistency_weight * consistency_loss(phi(x),
+    phi(x_adv)), with x_adv crafted against the current parameters by ``attack`` and phi the
+    post-ReLU activations of ``layer`` (`consistency.consistency_loss`: mean squared difference
+    per unit, clean side held fixed). consistency_weight 0 is plain adversarial training
+    (Goodfellow et al. 2015, with equal weights on clean and adversarial cross-entropy).
+
+    Attributes:
+      attack: how x_adv is crafted during training. The default is one PGD step of 1.25 epsilon
+        from a random start ("FGSM-RS", Wong et al. 2020): about as robust as multi-step PGD
+        training on MNIST at a third of the cost.
+      consistency_weight: lambda of the consistency term.
+      layer: the Teacher layer whose representation is made consistent.
+    """
+
+    attack: adversarial.AttackConfig = adversarial.AttackConfig(
+        method="pgd", epsilon=0.1, steps=1, step_size=0.125, random_start=True)
+    consistency_weight: float = 0.0
+    layer: str = "dense"
+
+    def __post_init__(self):
+        if self.consistency_weight < 0:
+            raise ValueError(f"AdversarialTraining.consistency_weight must be >= 0, got "
+                             f"{self.consistency_weight}.")
+
+
+def adversarial_teacher_loss(
+    params: dict, images: jax.Array, adv_images: jax.Array, labels: jax.Array,
+    config: TeacherConfig, adv: AdversarialTraining,
+):
+    """The `AdversarialTraining` objective; aux: dict of its parts and the logits on x and x_adv."""
+    both = jnp.concatenate([images, adv_images])
+    logits = teacher_logits(params, both, config)
+    clean_logits, adv_logits = jnp.split(logits, 2)
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    clean_ce, adv_ce = ce(clean_logits, labels).mean(), ce(adv_logits, labels).mean()
+    loss = clean_ce + adv_ce
+    cons = jnp.zeros(())
+    if adv.consistency_weight:
+        feats = consistency.layer_features(params, both, config=config, layer=adv.layer,
+                                           pool=False)
+        clean_f, adv_f = jnp.split(feats, 2)
+        cons = consistency.consistency_loss(clean_f, adv_f)
+        loss = loss + adv.consistency_weight * cons
+    aux = {"clean_ce": clean_ce, "adv_ce": adv_ce, "consistency": cons}
+    return loss, (aux, clean_logits, adv_logits)
+
+
+@functools.partial(jax.jit, static_argnames="adv")
+def adversarial_teacher_train_step(
+    state: TrainState, batch: tuple, key: jax.Array, *, adv: AdversarialTraining
+):
+    """One Adam step of (consistent) adversarial training; same signature as
+    `teacher_train_step` once ``adv`` is bound.
+
+    Returns:
+      (new state, {"loss", "accuracy" (clean), "adv_accuracy", "clean_ce", "adv_ce",
+      "consistency"}).
+    """
+    images, labels = batch
+    apply = functools.partial(teacher_logits, config=state.config)
+    adv_images = adversarial.attack(images, labels, key, teacher_apply=apply,
+                                    teacher_params=state.params, config=adv.attack)
+    adv_images = jax.lax.stop_gradient(adv_images)
+    (loss, (aux, clean_logits, adv_logits)), grads = jax.value_and_grad(
+        adversarial_teacher_loss, has_aux=True)(state.params, images, adv_images, labels,
+                                                state.config, adv)
+    metrics = {
+        "loss": loss, **aux,
+        "accuracy": jnp.mean(jnp.argmax(clean_logits, -1) == labels),
+        "adv_accuracy": jnp.mean(jnp.argmax(adv_logits, -1) == labels),
+    }
+    return state.apply_gradients(grads=grads), metrics
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -233,6 +311,7 @@ def train_teacher(
     model_config: TeacherConfig,
     config: TrainConfig = TEACHER_TRAIN,
     *,
+    adversarial_training: AdversarialTraining | None = None,
     progress: bool = True,
 ) -> tuple[dict, list[dict[str, float]]]:
     """Trains a teacher from scratch.
@@ -241,6 +320,7 @@ def train_teacher(
       train: (images [N, H, W, C] float32 in [0, 1], labels [N] int32).
       eval: held-out (images, labels), evaluated after each epoch.
       model_config: `TeacherConfig`; its image_shape must match the images.
+      adversarial_training: None for standard training, else `AdversarialTraining`.
 
     Returns:
       (params, history).
@@ -248,8 +328,11 @@ def train_teacher(
     _check_shape(train[0], model_config.image_shape, "teacher")
     params = init_teacher(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config)
+    step = teacher_train_step
+    if adversarial_training is not None:
+        step = functools.partial(adversarial_teacher_train_step, adv=adversarial_training)
     state, history = fit(
-        state, teacher_train_step, train,
+        state, step, train,
         lambda p: evaluate_teacher(p, *eval, model_config, config.eval_batch_size),
         config, desc="teacher", progress=progress,
     )

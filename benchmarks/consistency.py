@@ -1,0 +1,199 @@
+"""Neuron consistency and robustness of (a) a standard teacher, (b) adversarial training,
+(c) adversarial training with the consistent loss (Dong et al. 2017), on MNIST and KMNIST.
+
+Teachers are trained on ``test[:8000]`` (the only split available offline) with the library's
+defaults (`train.TEACHER_TRAIN`, same seed for all three) and measured on ``test[8000:]``:
+
+    python benchmarks/consistency.py --datasets mnist kmnist
+
+(a) is restored from ``runs/<dataset>/teacher`` when present (``deepvid train-teacher``), else
+trained. Writes ``benchmarks/results/consistency.{json,md}`` and ``docs/consistency_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from deepvid_jax import adversarial, checkpoint, consistency, data, train, viz
+from deepvid_jax.adversarial import AttackConfig
+from deepvid_jax.models import TeacherConfig, teacher_logits
+
+VARIANTS = ("standard", "adversarial", "adversarial+consistency")
+
+
+def get_teacher(name: str, variant: str, tr, ev, args) -> tuple[dict, TeacherConfig, dict]:
+    """Restores the variant's checkpoint under runs/<dataset>/ or trains and saves it."""
+    folder = {"standard": "teacher", "adversarial": "teacher_adv",
+              "adversarial+consistency": "teacher_adv_consistent"}[variant]
+    path = Path(args.checkpoints) / name / folder
+    cfg = TeacherConfig(num_classes=tr.info.num_classes, image_shape=tr.info.image_shape)
+    adv = None
+    if variant != "standard":
+        attack = AttackConfig(method="pgd", epsilon=args.train_epsilon, steps=1,
+                              step_size=1.25 * args.train_epsilon, random_start=True)
+        weight = args.consistency_weight if variant == "adversarial+consistency" else 0.0
+        adv = train.AdversarialTraining(attack=attack, consistency_weight=weight,
+                                        layer=args.layer)
+    record = None if adv is None else dataclasses.asdict(adv)
+    if (path / "meta.json").exists() and not args.retrain:
+        params, cfg, meta = checkpoint.restore(path, kind="teacher", config=cfg)
+        if meta["metrics"].get("adversarial_training") == record:
+            return params, cfg, meta["metrics"]
+        print(f"  {path}: trained differently; retraining")
+    tcfg = dataclasses.replace(train.TEACHER_TRAIN, seed=args.seed)
+    start = time.perf_counter()
+    params, history = train.train_teacher((tr.images, tr.labels), (ev.images, ev.labels), cfg,
+                                          tcfg, adversarial_training=adv,
+                                          progress=not args.quiet)
+    metrics = {**history[-1], "train_seconds": time.perf_counter() - start,
+               "adversarial_training": record}
+    checkpoint.save(path, params, kind="teacher", config=cfg, metrics=metrics,
+                    dataset={"name": name, "train_split": "test[:8000]",
+                             "eval_split": "test[8000:]"})
+    return params, cfg, metrics
+
+
+def measure(params, cfg, ev, args) -> tuple[dict, dict]:
+    """Clean / FGSM / PGD accuracy and per-layer consistency; returns (row, pools for figures)."""
+    apply = functools.partial(teacher_logits, config=cfg)
+    x, y = ev.images, ev.labels
+    key = jax.random.PRNGKey(args.seed)
+
+    def accuracy(images):
+        logits = np.concatenate([np.asarray(apply(params, images[i : i + 1000]))
+                                 for i in range(0, len(images), 1000)])
+        return float((logits.argmax(-1) == y).mean())
+
+    row = {"clean_accuracy": accuracy(x)}
+    pgd_pool = None
+    for eps in args.epsilons:
+        for method in ("fgsm", "pgd"):
+            cfg_a = AttackConfig(method=method, epsilon=eps, steps=args.pgd_steps)
+            adv = adversarial.attack_dataset(x, y, key, teacher_apply=apply,
+                                             teacher_params=params, config=cfg_a)
+            row[f"{method}_accuracy@{eps:g}"] = accuracy(adv)
+            if method == "pgd" and eps == args.consistency_epsilon:
+                pgd_pool = adv
+    if pgd_pool is None:
+        raise SystemExit("--consistency-epsilon must be one of --epsilons")
+    pools = {"real": x, "adversarial": pgd_pool, "concepts": y}
+    for layer in args.layers:
+        real = consistency.pool_activations(params, x, config=cfg, layer=layer)
+        advf = consistency.pool_activations(params, pgd_pool, config=cfg, layer=layer)
+        c = consistency.neuron_consistency(real, y, advf, y, k=args.k,
+                                           num_concepts=cfg.num_classes)
+        c = jax.tree.map(np.asarray, c)
+        row[f"consistency_{layer}"] = {
+            "joint_mean": float(c.joint.mean()), "real_mean": float(c.real.mean()),
+            "adversarial_mean": float(c.adversarial.mean()),
+            "agreement_mean": float(c.agreement.mean()), "joint": c.joint.tolist(),
+        }
+        pools[layer] = c
+    return row, pools
+
+
+def markdown(results: dict, args) -> str:
+    eps_cols = [f"{m}_accuracy@{e:g}" for e in args.epsilons for m in ("fgsm", "pgd")]
+    head = ["dataset", "teacher", "clean acc.", *[c.replace("_accuracy@", " acc. ε=")
+                                                  for c in eps_cols]]
+    for layer in args.layers:
+        head += [f"consistency {layer} (joint)", f"real/adv agreement {layer}"]
+    head.append("train s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in results.items():
+        for variant, r in rows.items():
+            cells = [name, variant, f"{r['clean_accuracy']:.4f}",
+                     *[f"{r[c]:.4f}" for c in eps_cols]]
+            for layer in args.layers:
+                c = r[f"consistency_{layer}"]
+                cells += [f"{c['joint_mean']:.3f}", f"{c['agreement_mean']:.3f}"]
+            cells.append(f"{r.get('train_seconds', float('nan')):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
+    p.add_argument("--checkpoints", default="runs")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-epsilon", type=float, default=0.1)
+    p.add_argument("--consistency-weight", type=float, default=1.0)
+    p.add_argument("--layer", default="dense", help="Layer of the consistent loss.")
+    p.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.2])
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--consistency-epsilon", type=float, default=0.1,
+                   help="PGD epsilon of the adversarial pool of the consistency metric.")
+    p.add_argument("--layers", nargs="+", default=["conv1", "dense"])
+    p.add_argument("--k", type=int, default=20, help="Top images per neuron and pool.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--figures", default="docs")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    results, hists = {}, {}
+    for name in args.datasets:
+        tr = data.load(name, "test[:8000]", data_dir=args.data_dir)
+        ev = data.load(name, "test[8000:]", data_dir=args.data_dir)
+        results[name], hists[name] = {}, {}
+        pools_by_variant = {}
+        for variant in VARIANTS:
+            params, cfg, train_metrics = get_teacher(name, variant, tr, ev, args)
+            row, pools = measure(params, cfg, ev, args)
+            row["train_seconds"] = train_metrics.get("train_seconds")
+            results[name][variant] = row
+            pools_by_variant[variant] = pools
+            layer = args.layers[-1]
+            hists[name][variant] = np.asarray(pools[layer].joint)
+            print(f"{name:7s} {variant:24s} clean {row['clean_accuracy']:.4f} "
+                  + " ".join(f"{k.split('_')[0]}@{k.split('@')[1]} {v:.4f}"
+                             for k, v in row.items() if "@" in k)
+                  + f" consistency[{layer}] {row[f'consistency_{layer}']['joint_mean']:.3f}",
+                  flush=True)
+        layer = args.layers[-1]
+        viz.consistency_histogram(
+            hists[name], Path(args.figures) / f"consistency_hist_{name}.png",
+            floor=1.0 / tr.info.num_classes,
+            title=f"{name}: neurons of '{layer}' (top-{args.k} of 2000 real + 2000 PGD "
+                  f"ε={args.consistency_epsilon:g} images)")
+        std = pools_by_variant["standard"][layer]
+        neurons = np.argsort(std.joint)[:3].tolist() + np.argsort(-std.joint)[:1].tolist()
+        for variant in ("standard", "adversarial+consistency"):
+            pl = pools_by_variant[variant]
+            c = pl[layer]
+            shown = neurons if variant == "standard" else np.argsort(c.joint)[:3].tolist() + \
+                np.argsort(-c.joint)[:1].tolist()
+            viz.neuron_top_images_figure(
+                pl["real"], pl["concepts"], pl["adversarial"], pl["concepts"], c.real_top,
+                c.adversarial_top, shown, c.joint,
+                Path(args.figures) / f"consistency_neurons_{name}_{variant.replace('+', '_')}.png",
+                title=f"{name}, {variant} teacher, '{layer}' neurons: 3 least and 1 most "
+                      "consistent (score at left)")
+
+    text = markdown(results, args)
+    print("\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    (out / "consistency.json").write_text(json.dumps(
+        {"results": results, "args": vars(args), "machine": machine}, indent=2))
+    (out / "consistency.md").write_text(text)
+    print(f"wrote {out}/consistency.{{json,md}} and {args.figures}/consistency_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

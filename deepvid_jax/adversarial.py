@@ -1,0 +1,136 @@
+"""Adversarial examples, batched: FGSM (Goodfellow et al. 2015) and L-inf PGD (Madry et al. 2018).
+
+Attacks maximise (untargeted) or minimise (targeted) the cross-entropy of the teacher's logits,
+and return images within ``epsilon`` of the originals in L-inf and inside [0, 1]. Each image's
+loss only depends on itself, so attacking a batch equals attacking its images one by one
+(random starts are drawn per image from ``fold_in(key, i)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+TeacherApply = Callable[[object, jax.Array], jax.Array]
+ATTACKS = ("fgsm", "pgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """An L-inf attack.
+
+    Attributes:
+      method: "fgsm" (one signed-gradient step of size epsilon) or "pgd" (``steps`` signed
+        steps of ``step_size``, projected back onto the epsilon ball and [0, 1] after each).
+      epsilon: L-inf radius, in pixel units of [0, 1] images.
+      steps: PGD iterations.
+      step_size: PGD step; None means 2.5 * epsilon / steps (Madry et al.'s rule of thumb).
+      random_start: PGD starts from a uniform point of the ball (FGSM: from the image).
+      targeted: move towards the given labels instead of away from them.
+    """
+
+    method: str = "pgd"
+    epsilon: float = 0.1
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    targeted: bool = False
+
+    def __post_init__(self):
+        if self.method not in ATTACKS:
+            raise ValueError(f"AttackConfig.method must be one of {ATTACKS}, got {self.method!r}.")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"AttackConfig.epsilon must be in [0, 1], got {self.epsilon}.")
+        if self.steps < 1:
+            raise ValueError(f"AttackConfig.steps must be >= 1, got {self.steps}.")
+
+    @property
+    def alpha(self) -> float:
+        """The PGD step size actually used."""
+        return self.step_size if self.step_size is not None else 2.5 * self.epsilon / self.steps
+
+
+def _loss_grad(teacher_apply, params, images, labels):
+    # Summed (not averaged) so that each image's gradient is independent of the batch size.
+    def loss(x):
+        logits = teacher_apply(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+    return jax.grad(loss)(images)
+
+
+def project(adv: jax.Array, images: jax.Array, epsilon: float) -> jax.Array:
+    """Clips ``adv`` into the L-inf ball of radius epsilon around ``images`` and into [0, 1]."""
+    return jnp.clip(jnp.clip(adv, images - epsilon, images + epsilon), 0.0, 1.0)
+
+
+def fgsm(
+    teacher_apply: TeacherApply, params, images: jax.Array, labels: jax.Array, *,
+    epsilon: float, targeted: bool = False,
+) -> jax.Array:
+    """Fast gradient sign method: images [B, H, W, C] in [0, 1], labels [B] -> [B, H, W, C].
+
+    ``labels`` are the true labels (untargeted) or the targets (targeted).
+    """
+    sign = -1.0 if targeted else 1.0
+    g = _loss_grad(teacher_apply, params, images, labels)
+    return project(images + sign * epsilon * jnp.sign(g), images, epsilon)
+
+
+def pgd(
+    teacher_apply: TeacherApply, params, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+    epsilon: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
+    targeted: bool = False,
+) -> jax.Array:
+    """Projected gradient descent in L-inf: -> [B, H, W, C], within epsilon and in [0, 1]."""
+    alpha = step_size if step_size is not None else 2.5 * epsilon / steps
+    sign = -1.0 if targeted else 1.0
+    adv = images
+    if random_start:
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0]))
+        noise = jax.vmap(lambda k, x: jax.random.uniform(k, x.shape, x.dtype, -epsilon, epsilon))(
+            keys, images)
+        adv = project(images + noise, images, epsilon)
+
+    def body(_, adv):
+        g = _loss_grad(teacher_apply, params, adv, labels)
+        return project(adv + sign * alpha * jnp.sign(g), images, epsilon)
+
+    return jax.lax.fori_loop(0, steps, body, adv)
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
+def attack(
+    images: jax.Array, labels: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
+    teacher_params, config: AttackConfig = AttackConfig(),
+) -> jax.Array:
+    """The configured attack, jitted: images [B, H, W, C] in [0, 1], labels [B] -> adversarial
+    images [B, H, W, C]."""
+    labels = jnp.asarray(labels, jnp.int32)
+    if config.method == "fgsm":
+        return fgsm(teacher_apply, teacher_params, images, labels, epsilon=config.epsilon,
+                    targeted=config.targeted)
+    return pgd(teacher_apply, teacher_params, images, labels, key, epsilon=config.epsilon,
+               steps=config.steps, step_size=config.alpha, random_start=config.random_start,
+               targeted=config.targeted)
+
+
+def attack_dataset(
+    images, labels, key: jax.Array, *, teacher_apply: TeacherApply, teacher_params,
+    config: AttackConfig = AttackConfig(), batch_size: int = 500,
+):
+    """`attack` over any number of images in batches (instance keys ``fold_in(key, batch)``);
+    returns a numpy array like ``images``."""
+    out = []
+    for j, i in enumerate(range(0, len(images), batch_size)):
+        out.append(np.asarray(attack(
+            jnp.asarray(images[i : i + batch_size]), jnp.asarray(labels[i : i + batch_size]),
+            jax.random.fold_in(key, j), teacher_apply=teacher_apply,
+            teacher_params=teacher_params, config=config)))
+    return np.concatenate(out)
