@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench evaluate consistency install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ $(BIN)/.bench: $(BIN)/.installed
 
 bench: $(BIN)/.bench
 	$(BIN)/python benchmarks/explain_throughput.py $(ARGS)
+
+# Need trained checkpoints in runs/<dataset>/{teacher,vae}: see README, "Evaluation".
+evaluate: $(BIN)/.bench
+	$(BIN)/python benchmarks/evaluate.py $(ARGS)
+
+consistency: $(BIN)/.installed
+	$(BIN)/python benchmarks/consistency.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

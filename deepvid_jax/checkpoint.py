@@ -22,13 +22,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher
+from deepvid_jax.models import (
+    ExplainerConfig,
+    SurrogateConfig,
+    TeacherConfig,
+    VAEConfig,
+    init_explainer,
+    init_surrogate,
+    init_teacher,
+)
 from deepvid_jax.vae import init_vae
 
 FORMAT = "deepvid_jax/1"
 KINDS = {
     "teacher": (TeacherConfig, init_teacher),
     "vae": (VAEConfig, init_vae),
+    "surrogate": (SurrogateConfig, init_surrogate),
+    "explainer": (ExplainerConfig, init_explainer),
 }
 
 

@@ -1,4 +1,5 @@
-"""The ``deepvid`` command line: train-teacher, train-vae, demo, explain."""
+"""The ``deepvid`` command line: train-teacher (optionally adversarial), train-vae,
+train-surrogate, demo, explain."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deepvid_jax import checkpoint, data, neighbors, train, viz
+from deepvid_jax import adversarial, checkpoint, data, neighbors, surrogate, train, viz
 from deepvid_jax import explain as explain_lib
 from deepvid_jax import vae as vae_lib
-from deepvid_jax.models import TeacherConfig, VAEConfig, teacher_logits
+from deepvid_jax.models import SurrogateConfig, TeacherConfig, VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 
 DEFAULT_DATASET = data.EMBEDDED_DATASET
@@ -48,17 +49,32 @@ def _dataset_meta(args, tr: data.Dataset) -> dict:
     }
 
 
+def _adversarial_training(args) -> train.AdversarialTraining | None:
+    if getattr(args, "adversarial", None) is None:
+        if getattr(args, "consistency_weight", 0.0):
+            raise ValueError("--consistency-weight needs --adversarial fgsm|pgd.")
+        return None
+    attack = adversarial.AttackConfig(
+        method=args.adversarial, epsilon=args.epsilon, steps=args.attack_steps,
+        step_size=1.25 * args.epsilon / args.attack_steps, random_start=True)
+    return train.AdversarialTraining(attack=attack, consistency_weight=args.consistency_weight,
+                                     layer=args.layer)
+
+
 def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset) -> tuple[dict, TeacherConfig, dict]:
     """Trains the teacher on ``tr``, evaluates on ``ev``, saves to ``<out>/teacher``."""
     config = TeacherConfig(num_classes=tr.info.num_classes, image_shape=tr.info.image_shape)
     tcfg = dataclasses.replace(
         train.TEACHER_TRAIN, epochs=_epochs(args.dataset, "teacher", args.epochs), seed=args.seed
     )
+    adv = _adversarial_training(args)
     start = time.perf_counter()
     params, history = train.train_teacher(
-        (tr.images, tr.labels), (ev.images, ev.labels), config, tcfg, progress=not args.quiet
+        (tr.images, tr.labels), (ev.images, ev.labels), config, tcfg,
+        adversarial_training=adv, progress=not args.quiet,
     )
-    metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
+    metrics = {**history[-1], "train_seconds": time.perf_counter() - start,
+               "adversarial_training": None if adv is None else dataclasses.asdict(adv)}
     path = checkpoint.save(
         Path(args.out) / "teacher", params, kind="teacher", config=config,
         metrics=metrics, dataset=_dataset_meta(args, tr),
@@ -204,6 +220,50 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train_surrogate(args) -> int:
+    tr, ev = _load_splits(args)
+    tp, tcfg, _ = checkpoint.restore(Path(args.checkpoints) / "teacher", kind="teacher")
+    apply = functools.partial(teacher_logits, config=tcfg)
+    t_train = surrogate.teacher_logits_of(apply, tp, tr.images)
+    t_eval = surrogate.teacher_logits_of(apply, tp, ev.images)
+    scfg = SurrogateConfig(num_classes=tcfg.num_classes, image_shape=tr.info.image_shape)
+    out = Path(args.out)
+    meta = _dataset_meta(args, tr)
+
+    tc = dataclasses.replace(surrogate.SURROGATE_TRAIN, seed=args.seed,
+                             epochs=args.epochs or surrogate.SURROGATE_TRAIN.epochs)
+    start = time.perf_counter()
+    sp, history = surrogate.train_surrogate(tr.images, t_train, ev.images, t_eval, scfg, tc,
+                                            progress=not args.quiet)
+    metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
+    path = checkpoint.save(out / "surrogate", sp, kind="surrogate", config=scfg,
+                           metrics=metrics, dataset=meta)
+    viz.training_curves(history, ["train_loss", "eval_agreement"], path / "curves.png")
+    print(f"surrogate: top-1 agreement with the teacher {metrics['eval_agreement']:.4f} on "
+          f"{args.eval_split} ({metrics['train_seconds']:.0f}s); saved to {path}")
+
+    tc = dataclasses.replace(surrogate.EXPLAINER_TRAIN, seed=args.seed,
+                             epochs=args.explainer_epochs or surrogate.EXPLAINER_TRAIN.epochs)
+    start = time.perf_counter()
+    ep, ecfg, history = surrogate.train_explainer(
+        sp, scfg, tr.images, t_train.argmax(-1), ev.images, t_eval.argmax(-1), tc,
+        progress=not args.quiet)
+    metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
+    path = checkpoint.save(out / "explainer", ep, kind="explainer", config=ecfg,
+                           metrics=metrics, dataset=meta)
+    x = ev.images[:10]
+    maps = surrogate.saliency(x, surrogate_params=sp, explainer_params=ep,
+                              class_idx=t_eval[:10].argmax(-1), surrogate_config=scfg,
+                              explainer_config=ecfg)
+    png = viz.saliency_grid(x, {"saliency": np.asarray(maps)}, path / "saliency.png",
+                            labels=[str(c) for c in t_eval[:10].argmax(-1)],
+                            title="attentive surrogate saliency, teacher's class")
+    print(f"explainer: held-out preserve CE {metrics['eval_preserve']:.3f}, delete "
+          f"{metrics['eval_delete']:.3f}, map area {metrics['eval_area']:.3f} "
+          f"({metrics['train_seconds']:.0f}s); saved to {path}; maps in {png}")
+    return 0
+
+
 def _parse_indices(text: str, n: int) -> np.ndarray:
     try:
         if ":" in text:
@@ -261,10 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train-teacher", help="Train the CNN classifier to be explained.")
     _common(p, out="runs/default")
+    d = train.AdversarialTraining()
+    p.add_argument("--adversarial", choices=adversarial.ATTACKS, default=None,
+                   help="Adversarial training with this attack (default: standard training).")
+    p.add_argument("--epsilon", type=float, default=d.attack.epsilon,
+                   help="L-inf radius of the training attack.")
+    p.add_argument("--attack-steps", type=int, default=d.attack.steps,
+                   help="PGD steps, each of 1.25 * epsilon / steps, from a random start.")
+    p.add_argument("--consistency-weight", type=float, default=d.consistency_weight,
+                   help="Weight of the consistent loss (Dong et al. 2017); 0 = plain "
+                   "adversarial training.")
+    p.add_argument("--layer", default=d.layer,
+                   help="Layer whose representation the consistent loss aligns.")
     p.set_defaults(func=cmd_train_teacher)
     p = sub.add_parser("train-vae", help="Train the VAE whose latent space gives neighbours.")
     _common(p, out="runs/default")
     p.set_defaults(func=cmd_train_vae)
+    p = sub.add_parser("train-surrogate",
+                       help="Distil the attentive surrogate and its saliency network.")
+    _common(p, out="runs/default")
+    p.add_argument("--checkpoints", required=True, help="Folder with the teacher/ to distil.")
+    p.add_argument("--explainer-epochs", type=int, default=None)
+    p.set_defaults(func=cmd_train_surrogate)
     p = sub.add_parser("demo", help="The README's main job, on the embedded dataset by default.")
     _common(p, out="runs/demo")
     p.add_argument("--quick", action="store_true",

@@ -182,9 +182,12 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def relative_change(reference: jax.Array, other: jax.Array) -> jax.Array:
-    """||other - reference|| / ||reference|| per instance: [B, ...] x2 -> [B]."""
+    """||other - reference|| / ||reference|| per instance: [B, ...] x2 -> [B]; NaN where the
+    reference is all zero (e.g. a Grad-CAM map whose ReLU removed everything): a relative
+    change is undefined there."""
     num = jnp.linalg.norm(_flat(other - reference), axis=1)
-    return num / jnp.maximum(jnp.linalg.norm(_flat(reference), axis=1), 1e-12)
+    den = jnp.linalg.norm(_flat(reference), axis=1)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
 
 
 def max_sensitivity(
@@ -208,14 +211,14 @@ def max_sensitivity(
       reference: attributions of ``images`` if already computed.
 
     Returns:
-      [B].
+      [B]; NaN for instances whose reference attribution is all zero.
     """
     ref = attribute_fn(images) if reference is None else reference
     worst = jnp.zeros(images.shape[0])
     for k in jax.random.split(key, samples):
         noisy = jnp.clip(images + jax.random.uniform(k, images.shape, minval=-radius,
                                                      maxval=radius), 0.0, 1.0)
-        worst = jnp.maximum(worst, relative_change(ref, attribute_fn(noisy)))
+        worst = jnp.maximum(worst, relative_change(ref, attribute_fn(noisy)))  # NaN propagates
     return worst
 
 
@@ -259,3 +262,34 @@ def cascading_layers(names: list[str]) -> list[list[str]]:
     """Layer sets of cascading randomisation from layer names listed bottom to top: [[top],
     [top, below], ..., all names]."""
     return [list(names[len(names) - i :]) for i in range(1, len(names) + 1)]
+
+
+@functools.partial(jax.jit, static_argnames="teacher_apply")
+def average_drop_increase(
+    images: jax.Array, maps: jax.Array, class_idx: jax.Array, *, teacher_apply: TeacherApply,
+    teacher_params,
+) -> tuple[jax.Array, jax.Array]:
+    """Average drop and increase in confidence (Chattopadhyay et al. 2018, Grad-CAM++) when the
+    teacher sees only the salient region: the image times its map scaled to [0, 1].
+
+    Args:
+      images: [B, H, W, C]; maps: [B, H, W] saliency (any scale; min-max normalised per image,
+        a constant map counts as all ones);
+      class_idx: [B].
+
+    Returns:
+      (drop [B] = max(0, p - o) / p, increase [B] = 1 if o > p else 0), p and o the class
+      probabilities on the image and on the masked image; the paper reports their means (in %).
+    """
+    lo = jnp.min(maps, axis=(1, 2), keepdims=True)
+    hi = jnp.max(maps, axis=(1, 2), keepdims=True)
+    # A constant map ranks nothing: it keeps the whole image.
+    m = jnp.where(hi > lo, (maps - lo) / jnp.maximum(hi - lo, 1e-12), 1.0)
+    class_idx = jnp.asarray(class_idx, jnp.int32)
+
+    def prob(x):
+        p = jax.nn.softmax(teacher_apply(teacher_params, x))
+        return jnp.take_along_axis(p, class_idx[:, None], axis=1)[:, 0]
+
+    p, o = prob(images), prob(images * m[..., None])
+    return jnp.maximum(p - o, 0.0) / p, (o > p).astype(jnp.float32)

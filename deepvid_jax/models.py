@@ -175,3 +175,104 @@ class VAE(nn.Module):
 
     def decode(self, z: jax.Array) -> jax.Array:
         return self.decoder(z)
+
+
+# --------------------------------------------------------------------------------------------
+# Attentive surrogate and its explanation network (Sensors 2021, 21(4):1280)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SurrogateConfig:
+    """A student CNN whose every stage is gated by a spatial attention map.
+
+    Attributes:
+      num_classes: K.
+      features: channels of each stage (3x3 conv, ReLU, attention gate, 2x2 max-pool).
+      hidden: width of the dense layer before the logits.
+      image_shape: (H, W, C).
+    """
+
+    num_classes: int = 10
+    features: tuple[int, ...] = (32, 64)
+    hidden: int = 128
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+
+class SpatialAttention(nn.Module):
+    """features [B, h, w, F] -> attention [B, h, w] in [0, 1] (3x3 conv, ReLU, 1x1 conv,
+    sigmoid): one weight per location, shared by all channels."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = nn.relu(nn.Conv(max(x.shape[-1] // 4, 4), (3, 3))(x))
+        return nn.sigmoid(nn.Conv(1, (1, 1))(a))[..., 0]
+
+
+class Surrogate(nn.Module):
+    """images [B, H, W, C] -> (logits [B, K], attention maps, one [B, h_s, w_s] per stage)."""
+
+    config: SurrogateConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        maps = []
+        for i, f in enumerate(self.config.features):
+            x = nn.relu(nn.Conv(f, (3, 3), name=f"conv{i}")(x))
+            a = SpatialAttention(name=f"attention{i}")(x)
+            maps.append(a)
+            x = x * a[..., None]
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.config.hidden, name="dense")(x))
+        return nn.Dense(self.config.num_classes, name="logits")(x), tuple(maps)
+
+
+def init_surrogate(key: jax.Array, config: SurrogateConfig) -> dict:
+    """Fresh surrogate parameters."""
+    return Surrogate(config).init(key, jnp.zeros((1, *config.image_shape)))["params"]
+
+
+def surrogate_forward(params: dict, images: jax.Array, config: SurrogateConfig):
+    """Pure surrogate pass: images [B, H, W, C] -> (logits [B, K], tuple of [B, h_s, w_s])."""
+    return Surrogate(config).apply({"params": params}, images)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainerConfig:
+    """The explanation network: fuses the surrogate's attention maps (upsampled to H x W) and
+    the image into one saliency map per class.
+
+    Attributes:
+      num_classes: K (one output map per class).
+      num_stages: attention maps it fuses (the surrogate's ``len(features)``).
+      features: channels of its 3x3 conv layers.
+      image_shape: (H, W, C).
+    """
+
+    num_classes: int = 10
+    num_stages: int = 2
+    features: tuple[int, ...] = (32, 32)
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+
+class Explainer(nn.Module):
+    """(images [B, H, W, C], attention maps) -> saliency logits [B, H, W, K] (sigmoid: maps)."""
+
+    config: ExplainerConfig
+
+    @nn.compact
+    def __call__(self, images: jax.Array, maps: tuple[jax.Array, ...]) -> jax.Array:
+        b, h, w, _ = images.shape
+        up = [jax.image.resize(m, (b, h, w), method="bilinear") for m in maps]
+        x = jnp.concatenate([images, jnp.stack(up, axis=-1)], axis=-1)
+        for f in self.config.features:
+            x = nn.relu(nn.Conv(f, (3, 3))(x))
+        return nn.Conv(self.config.num_classes, (3, 3), name="out")(x)
+
+
+def init_explainer(key: jax.Array, config: ExplainerConfig) -> dict:
+    """Fresh explanation-network parameters."""
+    h, w, _ = config.image_shape
+    maps = tuple(jnp.zeros((1, h >> i, w >> i)) for i in range(config.num_stages))
+    return Explainer(config).init(key, jnp.zeros((1, *config.image_shape)), maps)["params"]

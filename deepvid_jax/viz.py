@@ -143,3 +143,88 @@ def traversal_figure(traversal: np.ndarray, values: Sequence[float], path: str |
         axes[0, j].set_title(f"{values[j]:+.1f}", fontsize=7)
     fig.suptitle("latent traversal (offset from the instance's code)", fontsize=9)
     return _save(fig, path)
+
+
+def neuron_top_images_figure(
+    real_images: np.ndarray,
+    real_concepts: np.ndarray,
+    adversarial_images: np.ndarray,
+    adversarial_concepts: np.ndarray,
+    real_top: np.ndarray,
+    adversarial_top: np.ndarray,
+    neurons: Sequence[int],
+    scores: np.ndarray,
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """For each neuron, one row: its top real images, then its top adversarial images.
+
+    Args:
+      real_images, adversarial_images: the pools [P, H, W, C]; *_concepts: [P] ints.
+      real_top, adversarial_top: [F, k] pool indices (`consistency.NeuronConsistency`).
+      neurons: which neurons (rows) to show.
+      scores: [F] consistency shown beside each row.
+    """
+    k = min(real_top.shape[1], 8)
+    fig, axes = plt.subplots(len(neurons), 2 * k, figsize=(0.75 * 2 * k + 1, 0.9 * len(neurons)),
+                             squeeze=False)
+    for r, n in enumerate(neurons):
+        for j in range(k):
+            i = int(real_top[n, j])
+            _show(axes[r, j], real_images[i], vmin=0, vmax=1)
+            axes[r, j].set_title(str(real_concepts[i]), fontsize=7, pad=1)
+            i = int(adversarial_top[n, j])
+            ax = axes[r, k + j]
+            _show(ax, adversarial_images[i], vmin=0, vmax=1)
+            ax.set_title(str(adversarial_concepts[i]), fontsize=7, pad=1, color="C3")
+        axes[r, 0].set_ylabel(f"n{n}\n{scores[n]:.2f}", fontsize=7, rotation=0, labelpad=16)
+    axes[0, 0].annotate("top real images (concept above)", (0, 1.6), xycoords="axes fraction",
+                        fontsize=8)
+    axes[0, k].annotate("top adversarial images (concept of their source)", (0, 1.6),
+                        xycoords="axes fraction", fontsize=8, color="C3")
+    if title:
+        fig.suptitle(title, y=1.02, fontsize=9)
+    return _save(fig, path)
+
+
+def consistency_histogram(
+    scores: dict[str, np.ndarray], path: str | Path, *, title: str = "", floor: float | None = None
+) -> Path:
+    """Overlaid histograms of per-neuron consistency, one per model: {label: [F]}."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bins = np.linspace(0, 1, 26)
+    for label, s in scores.items():
+        s = np.asarray(s)
+        ax.hist(s, bins=bins, alpha=0.45, label=f"{label} (mean {s.mean():.3f})")
+    if floor is not None:
+        ax.axvline(floor, color="gray", ls=":", lw=1)
+    ax.set_xlabel("neuron consistency (joint, real + adversarial top images)")
+    ax.set_ylabel("neurons")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def saliency_grid(
+    images: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, *,
+    labels: Sequence[str] | None = None, title: str = "",
+) -> Path:
+    """First row: images [N, H, W, C]; then one row per method in ``maps`` ({name: [N, H, W]}),
+    each map drawn over its image with its own colour scale."""
+    n = len(images)
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, n, figsize=(1.2 * n + 1.2, 1.25 * rows), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], images[i], vmin=0, vmax=1)
+        if labels is not None:
+            axes[0, i].set_title(labels[i], fontsize=7, pad=2)
+        for r, (name, m) in enumerate(maps.items(), start=1):
+            _show(axes[r, i], images[i], vmin=0, vmax=1)
+            axes[r, i].imshow(np.asarray(m[i]), cmap="jet", alpha=0.5)
+            if i == 0:
+                axes[r, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

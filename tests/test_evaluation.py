@@ -225,6 +225,7 @@ def test_correlations_and_stability_have_known_values():
     np.testing.assert_allclose(metrics.spearman(a, -a), -1.0, rtol=1e-6)
     np.testing.assert_allclose(metrics.seed_agreement(jnp.stack([a, a, a])), 1.0, rtol=1e-6)
     np.testing.assert_allclose(metrics.relative_change(a, 1.5 * a), 0.5, rtol=1e-6)
+    assert np.isnan(metrics.relative_change(0 * a, a)[0])  # undefined, not 1e12
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, H, W, 1), minval=0.2, maxval=0.8)
     const = metrics.max_sensitivity(lambda v: jnp.ones_like(v), x, jax.random.PRNGKey(1))
     np.testing.assert_allclose(const, 0.0)

@@ -1,0 +1,193 @@
+"""Attentive surrogate saliency vs the others: quality and maps per second (issue 5).
+
+On MNIST and KMNIST (models trained on ``test[:8000]``, ``count`` images of ``test[8000:]``,
+the teacher's predicted class): deletion and insertion AUC (zero baseline, as in
+``benchmarks/evaluate.py``), and average drop / increase in confidence when the teacher sees the
+image times the min-max-normalised map, for the attentive surrogate, RISE, gradient, Integrated
+Gradients, Grad-CAM and DeepVID's weight images. Then maps per second at batch 1 and at the best
+of a few batch sizes, side by side in one run, for the attentive surrogate, RISE and DeepVID.
+
+Needs ``runs/<dataset>/{teacher,vae,surrogate,explainer}`` (``deepvid train-teacher``,
+``train-vae``, ``train-surrogate``):
+
+    python benchmarks/saliency.py --datasets mnist kmnist --count 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepvid_jax import attribution, checkpoint, data, metrics, rise, surrogate, viz
+from deepvid_jax import explain as ex
+from deepvid_jax.models import teacher_logits
+
+METHODS = ("attentive", "rise", "deepvid", "gradient", "integrated_gradients", "grad_cam")
+
+
+def interval(x) -> dict:
+    x = np.asarray(x, np.float64)
+    return {"mean": float(x.mean()), "ci95": float(1.96 * x.std(ddof=1) / np.sqrt(len(x)))}
+
+
+class Setup:
+    def __init__(self, root: Path, chunk: int, rise_masks: int):
+        self.tp, self.tcfg, _ = checkpoint.restore(root / "teacher", kind="teacher")
+        self.vp, self.vcfg, _ = checkpoint.restore(root / "vae", kind="vae")
+        self.sp, self.scfg, self.smeta = checkpoint.restore(root / "surrogate", kind="surrogate")
+        self.ep, self.ecfg, self.emeta = checkpoint.restore(root / "explainer", kind="explainer")
+        self.apply = functools.partial(teacher_logits, config=self.tcfg)
+        self.chunk = chunk
+        self.rise_cfg = rise.RiseConfig(num_masks=rise_masks)
+        self.xcfg = ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
+                                     chunk_size=chunk)
+
+    def run(self, method: str, x: np.ndarray, cls: np.ndarray, key) -> np.ndarray:
+        """Maps [B, H, W] (channel-summed attributions for the gradient methods)."""
+        if method == "deepvid":
+            e = ex.explain(x, key, teacher_apply=self.apply, teacher_params=self.tp,
+                           vae_params=self.vp, config=self.xcfg)
+            return np.asarray(e.class_weights(cls)).sum(-1)
+        parts = []
+        for i in range(0, len(x), self.chunk):
+            xs, cs = jnp.asarray(x[i : i + self.chunk]), jnp.asarray(cls[i : i + self.chunk])
+            if method == "attentive":
+                out = surrogate.saliency(xs, surrogate_params=self.sp, explainer_params=self.ep,
+                                         class_idx=np.asarray(cs), surrogate_config=self.scfg,
+                                         explainer_config=self.ecfg)
+            elif method == "rise":
+                out = rise.rise(xs, cs, jax.random.fold_in(key, i), teacher_apply=self.apply,
+                                teacher_params=self.tp, config=self.rise_cfg)
+            else:
+                out = attribution.attribute(method, xs, cs, key, teacher_apply=self.apply,
+                                            teacher_params=self.tp,
+                                            teacher_config=self.tcfg).sum(-1)
+            parts.append(np.asarray(out))
+        return np.concatenate(parts)
+
+
+def quality(s: Setup, x, cls, maps) -> dict:
+    dele, ins, drop, inc = [], [], [], []
+    for i in range(0, len(x), s.chunk):
+        xs, cs = jnp.asarray(x[i : i + s.chunk]), jnp.asarray(cls[i : i + s.chunk])
+        ms = jnp.asarray(maps[i : i + s.chunk])
+        r = metrics.deletion_insertion(xs, ms[..., None], cs, teacher_apply=s.apply,
+                                       teacher_params=s.tp, steps=28, baseline="zero")
+        d, c = metrics.average_drop_increase(xs, ms, cs, teacher_apply=s.apply,
+                                             teacher_params=s.tp)
+        dele.append(np.asarray(r.deletion))
+        ins.append(np.asarray(r.insertion))
+        drop.append(np.asarray(d))
+        inc.append(np.asarray(c))
+    cat = np.concatenate
+    return {"deletion": interval(cat(dele)), "insertion": interval(cat(ins)),
+            "average_drop_pct": interval(100 * cat(drop)),
+            "increase_pct": interval(100 * cat(inc))}
+
+
+def maps_per_second(s: Setup, method: str, x, cls, batch: int, repeats: int) -> float:
+    """Steady-state maps/s at one batch size (compiled first; ``repeats`` timed calls)."""
+    xs, cs = x[:batch], cls[:batch]
+    old = s.chunk
+    s.chunk = batch
+    if method == "deepvid":
+        s.xcfg = ex.ExplainConfig(num_classes=s.tcfg.num_classes, vae=s.vcfg, chunk_size=batch)
+    try:
+        s.run(method, xs, cs, jax.random.PRNGKey(0))  # compile
+        start = time.perf_counter()
+        for r in range(repeats):
+            s.run(method, xs, cs, jax.random.PRNGKey(r))
+        return repeats * batch / (time.perf_counter() - start)
+    finally:
+        s.chunk = old
+        s.xcfg = ex.ExplainConfig(num_classes=s.tcfg.num_classes, vae=s.vcfg, chunk_size=old)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
+    p.add_argument("--checkpoints", default="runs")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--count", type=int, default=500)
+    p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--rise-masks", type=int, default=1000)
+    p.add_argument("--speed-batches", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--speed-dataset", default="mnist")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--figures", default="docs")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    result = {"machine": machine, "args": vars(args), "quality": {}, "speed": []}
+    lines = ["| dataset | method | ms / map | deletion ↓ | insertion ↑ | average drop % ↓ | "
+             "increase in confidence % ↑ |", "|---|---|---|---|---|---|---|"]
+    for name in args.datasets:
+        s = Setup(Path(args.checkpoints) / name, args.chunk, args.rise_masks)
+        ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
+        x = ds.images[: args.count]
+        cls = np.asarray(jnp.argmax(s.apply(s.tp, jnp.asarray(x)), -1))
+        key = jax.random.PRNGKey(args.seed)
+        result["quality"][name] = {"surrogate_agreement": s.smeta["metrics"].get(
+            "eval_agreement")}
+        shown = {}
+        for method in METHODS:
+            s.run(method, x[: args.chunk], cls[: args.chunk], key)  # compile
+            start = time.perf_counter()
+            maps = s.run(method, x, cls, key)
+            sec = (time.perf_counter() - start) / len(x)
+            q = quality(s, x, cls, maps)
+            q["seconds_per_map"] = sec
+            result["quality"][name][method] = q
+            shown[method] = maps[:10]
+            lines.append(
+                f"| {name} | {method} | {1e3 * sec:.2f} | "
+                f"{q['deletion']['mean']:.3f} ± {q['deletion']['ci95']:.3f} | "
+                f"{q['insertion']['mean']:.3f} ± {q['insertion']['ci95']:.3f} | "
+                f"{q['average_drop_pct']['mean']:.1f} ± {q['average_drop_pct']['ci95']:.1f} | "
+                f"{q['increase_pct']['mean']:.1f} ± {q['increase_pct']['ci95']:.1f} |")
+            print(lines[-1], flush=True)
+        viz.saliency_grid(x[:10], shown, Path(args.figures) / f"saliency_{name}.png",
+                          labels=[str(c) for c in cls[:10]],
+                          title=f"{name} test[8000:]: maps for the teacher's class")
+        if name == args.speed_dataset:
+            for method in ("attentive", "rise", "deepvid"):
+                for b in args.speed_batches:
+                    rate = maps_per_second(s, method, x, cls, b, repeats=3 if b < 16 else 1)
+                    result["speed"].append({"method": method, "batch": b, "maps_per_s": rate})
+                    print(f"speed {method:10s} batch {b:4d}: {rate:9.1f} maps/s", flush=True)
+
+    speed = ["| method | batch 1 (maps/s) | best batch | maps/s at best | vs RISE at best |",
+             "|---|---|---|---|---|"]
+    best = {}
+    for method in ("attentive", "rise", "deepvid"):
+        rows = [r for r in result["speed"] if r["method"] == method]
+        if rows:
+            best[method] = max(rows, key=lambda r: r["maps_per_s"])
+    for method, b in best.items():
+        one = next(r for r in result["speed"] if r["method"] == method and r["batch"] == 1)
+        speed.append(f"| {method} | {one['maps_per_s']:.1f} | {b['batch']} | "
+                     f"{b['maps_per_s']:.1f} | "
+                     f"{b['maps_per_s'] / best['rise']['maps_per_s']:.1f}x |")
+    text = "\n".join(lines) + "\n\n" + "\n".join(speed) + "\n"
+    print("\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "saliency.json").write_text(json.dumps(result, indent=2))
+    (out / "saliency.md").write_text(text)
+    print(f"wrote {out}/saliency.{{json,md}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
