@@ -1,0 +1,483 @@
+"""Every explainer x every metric on one protocol (issue 4): MNIST and KMNIST, 500 images each.
+
+Models are trained on ``test[:8000]`` (the only split available offline) and explanations are
+of ``test[8000:][:count]``, for the class the teacher predicts. Run, after training checkpoints
+into ``runs/<dataset>/{teacher,vae}`` (``deepvid train-teacher`` / ``train-vae`` with
+``--train-split 'test[:8000]' --eval-split 'test[8000:]' --out runs/<dataset>``):
+
+    python benchmarks/evaluate.py --datasets mnist kmnist --count 500
+
+Writes, per dataset, ``benchmarks/results/evaluate_<dataset>.{json,md}`` (mean and 95 % interval
+of every metric, seconds per explanation) and figures ``docs/evaluate_*.png``.
+
+Metrics (all in `deepvid_jax.metrics`):
+- fidelity of the pixel students (DeepVID = VAE neighbours, noise, mask) on held-out neighbours of
+  every kind (fresh draws, not the ones fitted), and LIME's on its own held-out samples;
+- deletion and insertion AUC of the class probability (zero and blur baselines);
+- max-sensitivity under uniform noise of radius 0.05 (fixed seed), and agreement across seeds;
+- cascading randomisation (Adebayo et al.): Spearman correlation of |attribution| with the
+  original as the teacher's layers are re-initialised from the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from tqdm.auto import tqdm
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from deepvid_jax import attribution, checkpoint, data, metrics, superpixel  # noqa: E402
+from deepvid_jax import explain as ex  # noqa: E402
+from deepvid_jax.models import init_teacher, teacher_logits  # noqa: E402
+from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
+
+SAMPLERS = {  # the pixel students and the neighbours each is fitted on
+    "deepvid": NeighborConfig(sampler="vae"),
+    "noise": NeighborConfig(sampler="pixel"),
+    "mask": NeighborConfig(sampler="mask"),
+}
+STOCHASTIC = ("deepvid", "noise", "mask", "lime", "smoothgrad")
+
+
+def interval(x) -> dict:
+    """Mean and normal-approximation 95 % interval half-width of per-image values; NaNs
+    (undefined values) are left out and counted."""
+    x = np.asarray(x, np.float64)
+    undefined = int(np.isnan(x).sum())
+    x = x[~np.isnan(x)]
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+    mean = float(x.mean()) if len(x) else float("nan")
+    return {"mean": mean, "ci95": float(half), "n": len(x), "undefined": undefined}
+
+
+def fmt(s: dict | None, digits: int = 3) -> str:
+    if s is None:
+        return "–"
+    text = f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}"
+    if s.get("undefined"):
+        text += f" ({s['undefined']} undefined)"
+    return text
+
+
+class Models:
+    """The restored teacher and VAE of one dataset, and the explainers built on them."""
+
+    def __init__(self, root: Path, chunk: int):
+        self.tp, self.tcfg, self.tmeta = checkpoint.restore(root / "teacher", kind="teacher")
+        self.vp, self.vcfg, self.vmeta = checkpoint.restore(root / "vae", kind="vae")
+        self.apply = functools.partial(teacher_logits, config=self.tcfg)
+        self.chunk = chunk
+
+    def explain_config(self, neighbors: NeighborConfig, holdout: int = 128) -> ex.ExplainConfig:
+        return ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
+                                neighbors=neighbors, chunk_size=self.chunk, holdout=holdout)
+
+    def methods(self, tp=None) -> dict[str, Callable]:
+        """name -> fn(images, class_idx, key) -> (attributions [B, H, W, C], extra)."""
+        tp = self.tp if tp is None else tp
+        out = {}
+        for name, nb in SAMPLERS.items():
+            def student(x, c, key, nb=nb):
+                e = ex.explain(x, key, teacher_apply=self.apply, teacher_params=tp,
+                               vae_params=self.vp, config=self.explain_config(nb))
+                return e.class_weights(c), e
+            out[name] = student
+
+        def lime(x, c, key):
+            e = superpixel.explain_lime(x, key, teacher_apply=self.apply, teacher_params=tp,
+                                        chunk_size=self.chunk)
+            return e.attribution(c, x.shape[-1]), e
+        out["lime"] = lime
+        for m in attribution.GRADIENT_METHODS:
+            def grad(x, c, key, m=m):
+                parts = [attribution.attribute(
+                    m, jnp.asarray(x[i : i + self.chunk]), jnp.asarray(c[i : i + self.chunk]),
+                    jax.random.fold_in(key, i), teacher_apply=self.apply, teacher_params=tp,
+                    teacher_config=self.tcfg) for i in range(0, len(x), self.chunk)]
+                return np.concatenate([np.asarray(p) for p in parts]), None
+            out[m] = grad
+        out["random"] = lambda x, c, key: (np.asarray(jax.random.normal(key, x.shape)), None)
+        return out
+
+
+def timed(fn: Callable, images, cls, key, warm: int) -> tuple[np.ndarray, object, float]:
+    """Runs fn once on ``warm`` images (compilation), then on all; seconds per explanation."""
+    fn(images[:warm], cls[:warm], key)
+    start = time.perf_counter()
+    attr, extra = fn(images, cls, key)
+    attr = np.asarray(attr)
+    return attr, extra, (time.perf_counter() - start) / len(images)
+
+
+@functools.partial(jax.jit, static_argnames=("models_apply", "config", "vcfg"))
+def held_out_neighbors(images, keys, vae_params, teacher_params, *, models_apply, config, vcfg):
+    """Fresh neighbours [B, N, H, W, C] of one kind and the teacher's logits on them."""
+    nb = jax.vmap(lambda x, k: sample_neighbors(x, k, vae_params, config, vcfg))(images, keys)
+    logits = jax.vmap(lambda n: models_apply(teacher_params, n))(nb)
+    return nb, logits
+
+
+def cross_fidelity(m: Models, images, students: dict, key, count: int) -> dict:
+    """{student: {neighbour kind: {top1, kl, r2: interval}}} on ``count`` fresh held-out
+    neighbours per image and kind."""
+    result = {s: {} for s in students}
+    for j, (kind, nb_cfg) in enumerate(SAMPLERS.items()):
+        cfg = dataclasses.replace(nb_cfg, num=count)
+        per = {s: [] for s in students}
+        for i in range(0, len(images), m.chunk):
+            x = jnp.asarray(images[i : i + m.chunk])
+            keys = ex.instance_keys(jax.random.fold_in(key, j), i, len(x))
+            nb, logits = held_out_neighbors(x, keys, m.vp, m.tp, models_apply=m.apply,
+                                            config=cfg, vcfg=m.vcfg)
+            for s, e in students.items():
+                f = ex.student_fidelity(e.weights[i : i + m.chunk], e.bias[i : i + m.chunk],
+                                        nb, logits)
+                per[s].append(jax.tree.map(np.asarray, f))
+        for s in students:
+            f = jax.tree.map(lambda *xs: np.concatenate(xs), *per[s])
+            result[s][kind] = {k: interval(v) for k, v in f._asdict().items()}
+    return result
+
+
+def deletion_insertion(m: Models, images, attr, cls, baseline: str, steps: int) -> dict:
+    parts = []
+    for i in range(0, len(images), m.chunk):
+        r = metrics.deletion_insertion(
+            jnp.asarray(images[i : i + m.chunk]), jnp.asarray(attr[i : i + m.chunk]),
+            jnp.asarray(cls[i : i + m.chunk]), teacher_apply=m.apply, teacher_params=m.tp,
+            steps=steps, baseline=baseline)
+        parts.append(jax.tree.map(np.asarray, r))
+    r = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    return {"deletion": interval(r.deletion), "insertion": interval(r.insertion),
+            "deletion_curve": r.deletion_curve.mean(0).tolist(),
+            "insertion_curve": r.insertion_curve.mean(0).tolist()}
+
+
+def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -> dict:
+    """Pearson correlation of our batched LIME's segment coefficients with the `lime` package's
+    (same grid segmentation, hide value 0, kernel, ridge; independent random samples)."""
+    try:
+        from lime import lime_image
+    except ImportError:
+        return {"skipped": "lime not installed (pip install -e '.[bench]')"}
+    cfg = dataclasses.replace(superpixel.LimeConfig(), num_samples=samples + 1, holdout=1)
+    h, w, _ = images.shape[1:]
+    seg = superpixel.grid_segments(h, w, cfg.patch)
+    ours = superpixel.explain_lime(images[:count], jax.random.PRNGKey(7), teacher_apply=m.apply,
+                                   teacher_params=m.tp, config=cfg)
+    predict = jax.jit(lambda x: jax.nn.softmax(m.apply(m.tp, x)))
+    corr = []
+    quiet = contextlib.redirect_stderr(io.StringIO())  # lime 0.2 always draws a progress bar
+    for i in range(count):
+        explainer = lime_image.LimeImageExplainer(random_state=i)
+        with quiet:
+            e = explainer.explain_instance(
+                np.repeat(images[i], 3, axis=-1).astype(np.float64),
+                lambda b: np.asarray(predict(jnp.asarray(b[..., :1], jnp.float32))),
+                labels=(int(cls[i]),), top_labels=None, hide_color=0, num_samples=samples,
+                segmentation_fn=lambda _: seg, batch_size=samples,
+                num_features=int(seg.max()) + 1)
+        theirs = np.zeros(int(seg.max()) + 1)
+        for f, v in e.local_exp[int(cls[i])]:
+            theirs[f] = v
+        corr.append(np.corrcoef(theirs, ours.coef[i, :, cls[i]])[0, 1])
+    return {"pearson": interval(corr), "images": count, "samples": samples}
+
+
+def stability(fn: Callable, method: str, sub, sub_cls, reference, key, args) -> dict:
+    """Max-sensitivity (fixed seed) and, for stochastic methods, agreement across seeds."""
+    ms = metrics.max_sensitivity(
+        lambda x: jnp.asarray(fn(np.asarray(x), sub_cls, key)[0]), jnp.asarray(sub),
+        jax.random.fold_in(key, 2), radius=args.radius, samples=args.sensitivity_samples,
+        reference=jnp.asarray(reference))
+    out = {"max_sensitivity": interval(ms)}
+    if method in STOCHASTIC:
+        runs = [reference] + [np.asarray(fn(sub, sub_cls, jax.random.PRNGKey(s))[0])
+                              for s in range(100, 100 + args.seeds - 1)]
+        out["seed_agreement"] = interval(metrics.seed_agreement(jnp.asarray(np.stack(runs))))
+    return out
+
+
+def update_stability(name: str, methods_to_update: list[str], args) -> None:
+    """Recomputes only the stability numbers of some methods in an existing result file (same
+    images, keys and settings as the full run), and rewrites its JSON and Markdown."""
+    path = Path(args.out) / f"evaluate_{name}.json"
+    result = json.loads(path.read_text())
+    m = Models(Path(args.checkpoints) / name, args.chunk)
+    ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
+    sub = ds.images[: result["count"]][: args.subset]
+    sub_cls = np.asarray(jnp.argmax(m.apply(m.tp, jnp.asarray(sub)), -1))
+    key = jax.random.PRNGKey(args.seed)
+    methods = m.methods()
+    for method in methods_to_update:
+        ref = np.asarray(methods[method](sub, sub_cls, key)[0])
+        result["methods"][method].update(
+            stability(methods[method], method, sub, sub_cls, ref, key, args))
+        result.setdefault("updated", []).append(f"stability of {method}")
+        print(f"{name} {method}: {result['methods'][method]['max_sensitivity']}")
+    path.write_text(json.dumps(result, indent=2))
+    (Path(args.out) / f"evaluate_{name}.md").write_text(markdown(result))
+
+
+def evaluate_dataset(name: str, args) -> dict:
+    m = Models(Path(args.checkpoints) / name, args.chunk)
+    ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
+    images, labels = ds.images[: args.count], ds.labels[: args.count]
+    cls = np.asarray(jnp.argmax(m.apply(m.tp, jnp.asarray(images)), -1))
+    key = jax.random.PRNGKey(args.seed)
+    print(f"== {name}: {len(images)} images of test[8000:], teacher accuracy on them "
+          f"{(cls == labels).mean():.4f}")
+    result = {"dataset": name, "count": len(images), "teacher": m.tmeta.get("metrics"),
+              "vae": m.vmeta.get("metrics"), "methods": {}}
+
+    attrs, extras = {}, {}
+    methods = m.methods()
+    for method, fn in tqdm(methods.items(), desc=f"{name}: explain", disable=args.quiet):
+        attrs[method], extras[method], sec = timed(fn, images, cls, key, args.chunk)
+        result["methods"][method] = {"seconds_per_explanation": sec}
+        if method == "deepvid":
+            attrs["deepvid_x_input"] = attrs[method] * images
+            result["methods"]["deepvid_x_input"] = {"seconds_per_explanation": sec}
+        print(f"  {method:22s} {sec * 1e3:9.2f} ms/explanation", flush=True)
+
+    students = {s: extras[s] for s in SAMPLERS}
+    fid = cross_fidelity(m, images, students, jax.random.fold_in(key, 1), args.holdout)
+    for s in SAMPLERS:
+        result["methods"][s]["fidelity"] = fid[s]
+    lime_e = extras["lime"]
+    result["methods"]["lime"]["fidelity"] = {"own": {"top1": interval(lime_e.top1),
+                                                     "r2": interval(lime_e.r2)}}
+
+    for method, a in tqdm(attrs.items(), desc=f"{name}: deletion/insertion",
+                          disable=args.quiet):
+        for b in args.baselines:
+            result["methods"][method][f"auc_{b}"] = deletion_insertion(
+                m, images, a, cls, b, args.steps)
+
+    # Stability: max-sensitivity (fixed seed) and agreement across seeds, on a subset.
+    k = args.subset
+    sub, sub_cls = images[:k], cls[:k]
+    for method, fn in tqdm(methods.items(), desc=f"{name}: stability", disable=args.quiet):
+        if method != "random":
+            result["methods"][method].update(
+                stability(fn, method, sub, sub_cls, attrs[method][:k], key, args))
+
+    # Sanity: cascading randomisation of the teacher, top layer first.
+    names = [*(f"conv{i}" for i in range(len(m.tcfg.features))), "dense", "logits"]
+    fresh = init_teacher(jax.random.PRNGKey(args.seed + 1), m.tcfg)
+    stages = metrics.cascading_layers(names)
+    sanity = {method: [] for method in methods if method != "random"}
+    for layers in tqdm(stages, desc=f"{name}: sanity", disable=args.quiet):
+        rand_methods = m.methods(metrics.randomize_layers(m.tp, fresh, layers))
+        for method in sanity:
+            a = np.asarray(rand_methods[method](sub, sub_cls, key)[0])
+            rho = metrics.spearman(jnp.abs(jnp.asarray(a)), jnp.abs(jnp.asarray(
+                attrs[method][:k])))
+            sanity[method].append(interval(rho))
+    for method, rows in sanity.items():
+        result["methods"][method]["sanity_spearman"] = rows
+    result["sanity_stages"] = ["+".join(s) for s in stages]
+    result["lime_reference"] = lime_reference_agreement(m, images, cls, args.lime_images,
+                                                        args.lime_samples)
+    return result, m, images, cls
+
+
+def sweep(m: Models, images, cls, args) -> list[dict]:
+    """DeepVID's fidelity and deletion AUC as the neighbour count and latent scale vary."""
+    rows = []
+    grid = [(n, 1.0) for n in args.sweep_neighbors] + [
+        (512, s) for s in args.sweep_scales if s != 1.0]
+    for n, s in tqdm(grid, desc="sweep", disable=args.quiet):
+        nb = NeighborConfig(num=n, latent_scale=s)
+        cfg = m.explain_config(nb, holdout=max(1, n // 4))
+        start = time.perf_counter()
+        e = ex.explain(images, jax.random.PRNGKey(args.seed), teacher_apply=m.apply,
+                       teacher_params=m.tp, vae_params=m.vp, config=cfg)
+        sec = (time.perf_counter() - start) / len(images)
+        vae_hold = cross_fidelity(m, images, {"s": e}, jax.random.PRNGKey(5), args.holdout)["s"]
+        auc = deletion_insertion(m, images, np.asarray(e.class_weights(cls)), cls, "zero",
+                                 args.steps)
+        rows.append({"neighbors": n, "latent_scale": s, "seconds_per_explanation": sec,
+                     "fidelity": vae_hold, "deletion": auc["deletion"],
+                     "insertion": auc["insertion"]})
+        print(f"  N={n:5d} scale={s:4.2f}: top1 on VAE nbrs "
+              f"{vae_hold['deepvid']['top1']['mean']:.3f}, on mask nbrs "
+              f"{vae_hold['mask']['top1']['mean']:.3f}; insertion {auc['insertion']['mean']:.3f}",
+              flush=True)
+    return rows
+
+
+METHOD_ORDER = ["deepvid", "deepvid_x_input", "noise", "mask", "lime", "gradient",
+                "grad_x_input", "integrated_gradients", "smoothgrad", "grad_cam", "random"]
+
+
+def markdown(result: dict) -> str:
+    ms = result["methods"]
+    lines = [f"### {result['dataset']} ({result['count']} images of test[8000:])", "",
+             "Fidelity of the pixel students (top-1 agreement / KL in nats) on fresh held-out "
+             "neighbours of each kind:", "",
+             "| student \\ neighbours | VAE (DeepVID's) | Gaussian noise | random mask |",
+             "|---|---|---|---|"]
+    for s in SAMPLERS:
+        cells = [f"{fmt(ms[s]['fidelity'][k]['top1'])} / {fmt(ms[s]['fidelity'][k]['kl'])}"
+                 for k in SAMPLERS]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lf = ms["lime"]["fidelity"]["own"]
+    lines += ["", f"LIME (ours, batched) on its own held-out samples: top-1 {fmt(lf['top1'])}, "
+              f"R² {fmt(lf['r2'])}.", ""]
+    bl = [k[4:] for k in ms["deepvid"] if k.startswith("auc_")]
+    head = " | ".join(f"deletion ↓ ({b}) | insertion ↑ ({b})" for b in bl)
+    lines += [f"| method | ms / explanation | {head} | max-sensitivity ↓ | seed agreement ↑ | "
+              f"sanity: ρ after all layers randomised ↓ |",
+              "|---|---|" + "---|---|" * len(bl) + "---|---|---|"]
+    for method in METHOD_ORDER:
+        r = ms[method]
+        aucs = " | ".join(f"{fmt(r[f'auc_{b}']['deletion'])} | {fmt(r[f'auc_{b}']['insertion'])}"
+                          for b in bl)
+        san = fmt(r["sanity_spearman"][-1], 2) if "sanity_spearman" in r else "–"
+        ms_per = "–" if method == "random" else f"{1e3 * r['seconds_per_explanation']:.2f}"
+        lines.append(f"| {method} | {ms_per} | {aucs} | "
+                     f"{fmt(r.get('max_sensitivity'), 2)} | {fmt(r.get('seed_agreement'), 2)} | "
+                     f"{san} |")
+    ref = result["lime_reference"]
+    if "pearson" in ref:
+        lines += ["", f"Our batched LIME vs the `lime` package (same segments, "
+                  f"{ref['samples']} samples each, {ref['images']} images): Pearson correlation "
+                  f"of segment coefficients {fmt(ref['pearson'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        for method in METHOD_ORDER:
+            rows = r["methods"][method].get("sanity_spearman")
+            if rows:
+                ax.plot(range(len(rows) + 1), [1.0] + [x["mean"] for x in rows], marker="o",
+                        label=method, lw=2.5 if method.startswith("deepvid") else 1.2)
+        ax.set_xticks(range(len(r["sanity_stages"]) + 1),
+                      ["none"] + [s.split("+")[0] for s in r["sanity_stages"]])
+        ax.set_xlabel("randomised down to layer (cascading, top first)")
+        ax.set_ylabel("Spearman ρ of |attribution| with original")
+        ax.set_title(f"Sanity check, {r['dataset']}")
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "evaluate_sanity.png", dpi=110)
+    plt.close(fig)
+
+    if sweep_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, xlabel, fixed in [
+            (axes[0], "neighbors", "neighbours per instance (latent scale 1)", "latent_scale"),
+            (axes[1], "latent_scale", "latent scale (N = 512)", "neighbors"),
+        ]:
+            rows = [r for r in sweep_rows
+                    if r[fixed] == (1.0 if fixed == "latent_scale" else 512)]
+            rows.sort(key=lambda r: r[key])
+            xs = [r[key] for r in rows]
+            for kind, style, what in [("deepvid", "-o", "VAE neighbours (scale 1)"),
+                                      ("noise", "--s", "Gaussian-noise neighbours"),
+                                      ("mask", ":^", "random-mask neighbours")]:
+                ys = [r["fidelity"][kind]["top1"]["mean"] for r in rows]
+                es = [r["fidelity"][kind]["top1"]["ci95"] for r in rows]
+                ax.errorbar(xs, ys, yerr=es, fmt=style, label=f"top-1 on held-out {what}")
+            ax.plot(xs, [r["insertion"]["mean"] for r in rows], "-x", color="k",
+                    label="insertion AUC")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(xlabel)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("held-out fidelity / AUC")
+        axes[1].legend(fontsize=8, loc="lower left")
+        fig.suptitle("DeepVID on MNIST: fidelity of the student as the neighbourhood changes")
+        fig.tight_layout()
+        fig.savefig(out / "evaluate_sweep.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
+    p.add_argument("--checkpoints", default="runs", help="Folder with <dataset>/{teacher,vae}.")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--count", type=int, default=500)
+    p.add_argument("--subset", type=int, default=32,
+                   help="Images for stability, seed agreement and the sanity check.")
+    p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--holdout", type=int, default=128, help="Fresh neighbours per kind.")
+    p.add_argument("--steps", type=int, default=28, help="Deletion/insertion curve steps.")
+    p.add_argument("--baselines", nargs="+", default=["zero", "blur"])
+    p.add_argument("--radius", type=float, default=0.05)
+    p.add_argument("--sensitivity-samples", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--lime-images", type=int, default=8)
+    p.add_argument("--lime-samples", type=int, default=1000)
+    p.add_argument("--sweep-dataset", default="mnist")
+    p.add_argument("--sweep-count", type=int, default=64)
+    p.add_argument("--sweep-neighbors", type=int, nargs="*", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--sweep-scales", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--figures", default="docs")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--replot", action="store_true",
+                   help="Only redraw figures and Markdown from existing result files.")
+    p.add_argument("--update-stability", nargs="+", default=None, metavar="METHOD",
+                   help="Only recompute these methods' stability in existing result files.")
+    args = p.parse_args(argv)
+    if args.replot:
+        results = [json.loads((Path(args.out) / f"evaluate_{n}.json").read_text())
+                   for n in args.datasets]
+        for r in results:
+            (Path(args.out) / f"evaluate_{r['dataset']}.md").write_text(markdown(r))
+        sweep_rows = next((r["sweep"] for r in results if "sweep" in r), [])
+        figures(results, sweep_rows, Path(args.figures))
+        return 0
+    if args.update_stability:
+        for name in args.datasets:
+            update_stability(name, args.update_stability, args)
+        return 0
+
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, sweep_rows = [], []
+    for name in args.datasets:
+        start = time.perf_counter()
+        result, m, images, cls = evaluate_dataset(name, args)
+        if name == args.sweep_dataset and args.sweep_neighbors:
+            sweep_rows = sweep(m, images[: args.sweep_count], cls[: args.sweep_count], args)
+            result["sweep"] = sweep_rows
+        result.update(machine=machine, args=vars(args),
+                      wall_seconds=time.perf_counter() - start)
+        text = markdown(result)
+        print("\n" + text)
+        (out / f"evaluate_{name}.json").write_text(json.dumps(result, indent=2))
+        (out / f"evaluate_{name}.md").write_text(text)
+        results.append(result)
+    figures(results, sweep_rows, Path(args.figures))
+    print(f"wrote {out}/evaluate_*.{{json,md}} and {args.figures}/evaluate_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
