@@ -202,14 +202,16 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     summary: dict = {"dataset": _dataset_meta(args, tr), "jax_backend": jax.default_backend(),
                      "devices": [str(d) for d in jax.devices()]}
+    models: dict = {}
     for kind, trainer in (("teacher", train_teacher_to), ("vae", train_vae_to)):
         if args.reuse and (out / kind / "meta.json").is_file():
-            _, _, meta = checkpoint.restore(out / kind, kind=kind)
+            params, config, meta = checkpoint.restore(out / kind, kind=kind)
+            metrics = meta["metrics"]
             print(f"{kind}: restored from {out / kind}")
-            summary[kind] = meta["metrics"]
         else:
-            summary[kind] = trainer(args, tr, ev)[2]
-    models = _restore_models(out)
+            params, config, metrics = trainer(args, tr, ev)
+        summary[kind] = metrics
+        models.update({kind: params, f"{kind}_config": config, f"{kind}_metrics": metrics})
     n = min(args.count, len(ev.images))
     summary["explain"] = explain_and_report(
         args, ev.images[:n], ev.labels[:n], tr.info.class_names, models, out / "explanations"

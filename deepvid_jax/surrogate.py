@@ -17,7 +17,12 @@ Two networks (`models.Surrogate`, `models.Explainer`), trained in turn:
    - ``smooth * mean |grad m|``: total variation, so the map is made of regions, not speckle.
 
    f is the frozen surrogate: the teacher's differentiable stand-in, so the teacher stays a
-   black box (``scorer="teacher"`` uses the teacher's own gradients when it is a JAX function).
+   black box (pass ``scorer=functools.partial(teacher_apply, params)`` to `train_explainer`
+   to use the teacher's own gradients when it is a JAX function).
+
+   With a black (zero) hidden value, pixels that are already black cannot be "kept" or
+   "removed", so on MNIST-like data the maps tend towards the strokes that carry the class;
+   a larger ``area`` weight gives sparser maps.
 
 `saliency` is then a single jitted forward pass of both networks, with no per-image
 optimisation.
