@@ -93,10 +93,12 @@ def measure(params, cfg, ev, args) -> tuple[dict, dict]:
         c = consistency.neuron_consistency(real, y, advf, y, k=args.k,
                                            num_concepts=cfg.num_classes)
         c = jax.tree.map(np.asarray, c)
-        row[f"consistency_{layer}"] = {
-            "joint_mean": float(c.joint.mean()), "real_mean": float(c.real.mean()),
-            "adversarial_mean": float(c.adversarial.mean()),
-            "agreement_mean": float(c.agreement.mean()), "joint": c.joint.tolist(),
+        row[f"consistency_{layer}"] = {  # means over live neurons
+            "joint_mean": float(np.nanmean(c.joint)), "real_mean": float(np.nanmean(c.real)),
+            "adversarial_mean": float(np.nanmean(c.adversarial)),
+            "agreement_mean": float(np.nanmean(c.agreement)),
+            "alive": int(c.alive.sum()), "neurons": int(c.alive.size),
+            "joint": [None if np.isnan(v) else float(v) for v in c.joint],
         }
         pools[layer] = c
     return row, pools
@@ -107,7 +109,8 @@ def markdown(results: dict, args) -> str:
     head = ["dataset", "teacher", "clean acc.", *[c.replace("_accuracy@", " acc. ε=")
                                                   for c in eps_cols]]
     for layer in args.layers:
-        head += [f"consistency {layer} (joint)", f"real/adv agreement {layer}"]
+        head += [f"consistency {layer} (joint)", f"real/adv agreement {layer}",
+                 f"live neurons {layer}"]
     head.append("train s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rows in results.items():
@@ -116,7 +119,8 @@ def markdown(results: dict, args) -> str:
                      *[f"{r[c]:.4f}" for c in eps_cols]]
             for layer in args.layers:
                 c = r[f"consistency_{layer}"]
-                cells += [f"{c['joint_mean']:.3f}", f"{c['agreement_mean']:.3f}"]
+                cells += [f"{c['joint_mean']:.3f}", f"{c['agreement_mean']:.3f}",
+                          f"{c['alive']}/{c['neurons']}"]
             cells.append(f"{r.get('train_seconds', float('nan')):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -128,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", default="runs")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-epsilon", type=float, default=0.1)
-    p.add_argument("--consistency-weight", type=float, default=1.0)
+    p.add_argument("--consistency-weight", type=float, default=10.0)
     p.add_argument("--layer", default="dense", help="Layer of the consistent loss.")
     p.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--pgd-steps", type=int, default=20)
@@ -156,7 +160,8 @@ def main(argv=None) -> int:
             results[name][variant] = row
             pools_by_variant[variant] = pools
             layer = args.layers[-1]
-            hists[name][variant] = np.asarray(pools[layer].joint)
+            joint = np.asarray(pools[layer].joint)
+            hists[name][variant] = joint[~np.isnan(joint)]
             print(f"{name:7s} {variant:24s} clean {row['clean_accuracy']:.4f} "
                   + " ".join(f"{k.split('_')[0]}@{k.split('@')[1]} {v:.4f}"
                              for k, v in row.items() if "@" in k)
@@ -168,19 +173,18 @@ def main(argv=None) -> int:
             floor=1.0 / tr.info.num_classes,
             title=f"{name}: neurons of '{layer}' (top-{args.k} of 2000 real + 2000 PGD "
                   f"ε={args.consistency_epsilon:g} images)")
-        std = pools_by_variant["standard"][layer]
-        neurons = np.argsort(std.joint)[:3].tolist() + np.argsort(-std.joint)[:1].tolist()
         for variant in ("standard", "adversarial+consistency"):
             pl = pools_by_variant[variant]
             c = pl[layer]
-            shown = neurons if variant == "standard" else np.argsort(c.joint)[:3].tolist() + \
-                np.argsort(-c.joint)[:1].tolist()
+            score = np.where(c.alive, c.joint, np.nan)
+            order = np.argsort(np.where(c.alive, c.joint, np.inf))[: int(c.alive.sum())]
+            shown = order[:3].tolist() + order[-1:].tolist()  # 3 least, 1 most consistent
             viz.neuron_top_images_figure(
                 pl["real"], pl["concepts"], pl["adversarial"], pl["concepts"], c.real_top,
-                c.adversarial_top, shown, c.joint,
+                c.adversarial_top, shown, score,
                 Path(args.figures) / f"consistency_neurons_{name}_{variant.replace('+', '_')}.png",
                 title=f"{name}, {variant} teacher, '{layer}' neurons: 3 least and 1 most "
-                      "consistent (score at left)")
+                      f"consistent of {int(c.alive.sum())} live (score at left)")
 
     text = markdown(results, args)
     print("\n" + text)

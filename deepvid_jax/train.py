@@ -103,9 +103,10 @@ class AdversarialTraining:
 
     Loss per batch: CE(x, y) + CE(x_adv, y) + consistency_weight * consistency_loss(phi(x),
     phi(x_adv)), with x_adv crafted against the current parameters by ``attack`` and phi the
-    post-ReLU activations of ``layer`` (`consistency.consistency_loss`: mean squared difference
-    per unit, clean side held fixed). consistency_weight 0 is plain adversarial training
-    (Goodfellow et al. 2015, with equal weights on clean and adversarial cross-entropy).
+    post-ReLU activations of ``layer`` (`consistency.consistency_loss`: squared distance
+    relative to the clean representation's norm, clean side held fixed). consistency_weight 0
+    is plain adversarial training (Goodfellow et al. 2015, equal weights on clean and
+    adversarial cross-entropy).
 
     Attributes:
       attack: how x_adv is crafted during training. The default is one PGD step of 1.25 epsilon

@@ -98,6 +98,10 @@ def test_metric_is_one_for_a_class_neuron_and_low_for_a_random_one():
                                        concepts, k=20)
     np.testing.assert_allclose([d.real[0], d.adversarial[0], d.agreement[0], d.joint[0]],
                                [1.0, 1.0, 0.0, 0.5], atol=1e-6)
+    # A dead neuron (never fires) has no top images: NaN, flagged, not a tie-break score.
+    dead = jnp.asarray(np.stack([pure, np.zeros(500, np.float32)], 1))
+    e = consistency.neuron_consistency(dead, concepts, dead, concepts, k=20)
+    assert bool(e.alive[0]) and not bool(e.alive[1]) and np.isnan(e.joint[1])
     with pytest.raises(ValueError, match="k must be"):
         consistency.neuron_consistency(acts, concepts, acts, concepts, k=501)
 
@@ -105,7 +109,11 @@ def test_metric_is_one_for_a_class_neuron_and_low_for_a_random_one():
 def test_consistency_loss_is_zero_iff_features_coincide():
     f = jax.random.normal(jax.random.PRNGKey(0), (4, 32))
     assert float(consistency.consistency_loss(f, f)) == 0.0
-    assert float(consistency.consistency_loss(f, f + 0.1)) == pytest.approx(0.01, rel=1e-4)
+    want = np.mean(0.01 * 32 / np.sum(np.asarray(f) ** 2, axis=1))
+    assert float(consistency.consistency_loss(f, f + 0.1)) == pytest.approx(want, rel=1e-4)
+    # Relative: shrinking both sides together does not shrink the loss.
+    assert float(consistency.consistency_loss(0.1 * f, 0.1 * f + 0.01)) == pytest.approx(
+        want, rel=1e-3)
     # Only the adversarial side receives a gradient.
     g_clean = jax.grad(lambda a: consistency.consistency_loss(a, f + 1))(f)
     g_adv = jax.grad(lambda b: consistency.consistency_loss(f, b))(f + 1)
