@@ -16,13 +16,12 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from common import machine_info
 
 from deepvid_jax import adversarial, checkpoint, consistency, data, train, viz
 from deepvid_jax.adversarial import AttackConfig
@@ -69,10 +68,10 @@ def measure(params, cfg, ev, args) -> tuple[dict, dict]:
     x, y = ev.images, ev.labels
     key = jax.random.PRNGKey(args.seed)
 
+    predict = jax.jit(lambda p, images: apply(p, images).argmax(-1))
+
     def accuracy(images):
-        logits = np.concatenate([np.asarray(apply(params, images[i : i + 1000]))
-                                 for i in range(0, len(images), 1000)])
-        return float((logits.argmax(-1) == y).mean())
+        return float((data.map_batches(predict, params, images) == y).mean())
 
     row = {"clean_accuracy": accuracy(x)}
     pgd_pool = None
@@ -190,10 +189,8 @@ def main(argv=None) -> int:
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
     (out / "consistency.json").write_text(json.dumps(
-        {"results": results, "args": vars(args), "machine": machine}, indent=2))
+        {"results": results, "args": vars(args), "machine": machine_info()}, indent=2))
     (out / "consistency.md").write_text(text)
     print(f"wrote {out}/consistency.{{json,md}} and {args.figures}/consistency_*.png")
     return 0

@@ -27,8 +27,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +39,7 @@ from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import interval, machine_info  # noqa: E402
 
 from deepvid_jax import attribution, checkpoint, data, metrics, superpixel  # noqa: E402
 from deepvid_jax import explain as ex  # noqa: E402
@@ -53,17 +52,6 @@ SAMPLERS = {  # the pixel students and the neighbours each is fitted on
     "mask": NeighborConfig(sampler="mask"),
 }
 STOCHASTIC = ("deepvid", "noise", "mask", "lime", "smoothgrad")
-
-
-def interval(x) -> dict:
-    """Mean and normal-approximation 95 % interval half-width of per-image values; NaNs
-    (undefined values) are left out and counted."""
-    x = np.asarray(x, np.float64)
-    undefined = int(np.isnan(x).sum())
-    x = x[~np.isnan(x)]
-    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    mean = float(x.mean()) if len(x) else float("nan")
-    return {"mean": mean, "ci95": float(half), "n": len(x), "undefined": undefined}
 
 
 def fmt(s: dict | None, digits: int = 3) -> str:
@@ -456,8 +444,7 @@ def main(argv=None) -> int:
             update_stability(name, args.update_stability, args)
         return 0
 
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    machine = machine_info()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, sweep_rows = [], []

@@ -17,14 +17,13 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine_info
 
 from deepvid_jax import checkpoint, data
 from deepvid_jax import explain as ex
@@ -136,11 +135,7 @@ def main(argv=None) -> int:
     if max(batch_sizes) > len(ds.images):
         raise SystemExit(f"largest batch {max(batch_sizes)} > {len(ds.images)} images")
 
-    machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-    }
+    machine = machine_info()
     peak = matmul_flops_per_second()
     print(f"machine: {machine['backend']} {machine['devices']} ({machine['cpu_count']} cores); "
           f"measured 2048^2 f32 matmul: {peak / 1e9:.1f} GFLOP/s")

@@ -20,25 +20,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import interval, machine_info
 
 from deepvid_jax import attribution, checkpoint, data, metrics, rise, surrogate, viz
 from deepvid_jax import explain as ex
 from deepvid_jax.models import teacher_logits
 
 METHODS = ("attentive", "rise", "deepvid", "gradient", "integrated_gradients", "grad_cam")
-
-
-def interval(x) -> dict:
-    x = np.asarray(x, np.float64)
-    return {"mean": float(x.mean()), "ci95": float(1.96 * x.std(ddof=1) / np.sqrt(len(x)))}
 
 
 class Setup:
@@ -50,18 +44,21 @@ class Setup:
         self.apply = functools.partial(teacher_logits, config=self.tcfg)
         self.chunk = chunk
         self.rise_cfg = rise.RiseConfig(num_masks=rise_masks)
-        self.xcfg = ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
-                                     chunk_size=chunk)
 
-    def run(self, method: str, x: np.ndarray, cls: np.ndarray, key) -> np.ndarray:
-        """Maps [B, H, W] (channel-summed attributions for the gradient methods)."""
+    def run(self, method: str, x: np.ndarray, cls: np.ndarray, key,
+            chunk: int | None = None) -> np.ndarray:
+        """Maps [B, H, W] (channel-summed attributions for the gradient methods), computed in
+        chunks of ``chunk`` images (default: the setup's)."""
+        chunk = chunk or self.chunk
         if method == "deepvid":
+            config = ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
+                                      chunk_size=chunk)
             e = ex.explain(x, key, teacher_apply=self.apply, teacher_params=self.tp,
-                           vae_params=self.vp, config=self.xcfg)
+                           vae_params=self.vp, config=config)
             return np.asarray(e.class_weights(cls)).sum(-1)
         parts = []
-        for i in range(0, len(x), self.chunk):
-            xs, cs = jnp.asarray(x[i : i + self.chunk]), jnp.asarray(cls[i : i + self.chunk])
+        for i in range(0, len(x), chunk):
+            xs, cs = jnp.asarray(x[i : i + chunk]), jnp.asarray(cls[i : i + chunk])
             if method == "attentive":
                 out = surrogate.saliency(xs, surrogate_params=self.sp, explainer_params=self.ep,
                                          class_idx=np.asarray(cs), surrogate_config=self.scfg,
@@ -99,19 +96,11 @@ def quality(s: Setup, x, cls, maps) -> dict:
 def maps_per_second(s: Setup, method: str, x, cls, batch: int, repeats: int) -> float:
     """Steady-state maps/s at one batch size (compiled first; ``repeats`` timed calls)."""
     xs, cs = x[:batch], cls[:batch]
-    old = s.chunk
-    s.chunk = batch
-    if method == "deepvid":
-        s.xcfg = ex.ExplainConfig(num_classes=s.tcfg.num_classes, vae=s.vcfg, chunk_size=batch)
-    try:
-        s.run(method, xs, cs, jax.random.PRNGKey(0))  # compile
-        start = time.perf_counter()
-        for r in range(repeats):
-            s.run(method, xs, cs, jax.random.PRNGKey(r))
-        return repeats * batch / (time.perf_counter() - start)
-    finally:
-        s.chunk = old
-        s.xcfg = ex.ExplainConfig(num_classes=s.tcfg.num_classes, vae=s.vcfg, chunk_size=old)
+    s.run(method, xs, cs, jax.random.PRNGKey(0), chunk=batch)  # compile
+    start = time.perf_counter()
+    for r in range(repeats):
+        s.run(method, xs, cs, jax.random.PRNGKey(r), chunk=batch)
+    return repeats * batch / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -132,9 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
-    result = {"machine": machine, "args": vars(args), "quality": {}, "speed": []}
+    result = {"machine": machine_info(), "args": vars(args), "quality": {}, "speed": []}
     lines = ["| dataset | method | deletion ↓ | insertion ↑ | average drop % ↓ | "
              "increase in confidence % ↑ |", "|---|---|---|---|---|---|"]
     for name in [] if args.speed_only else args.datasets:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepvid_jax import data
 from deepvid_jax.models import Teacher, TeacherConfig
 
 
@@ -39,10 +40,11 @@ def layer_names(config: TeacherConfig) -> list[str]:
     return [*(f"conv{i}" for i in range(len(config.features))), "dense"]
 
 
-def layer_features(
+def logits_and_features(
     params, images: jax.Array, *, config: TeacherConfig, layer: str = "dense", pool: bool = True
-) -> jax.Array:
-    """Post-ReLU activations of one Teacher layer (flax ``capture`` of its sown features).
+) -> tuple[jax.Array, jax.Array]:
+    """One Teacher forward pass giving both its logits [B, K] and the post-ReLU activations of
+    one layer (flax ``capture`` of its sown features).
 
     Args:
       params: Teacher parameters.
@@ -52,16 +54,24 @@ def layer_features(
       pool: average conv feature maps over space, giving one value per channel (neuron).
 
     Returns:
-      [B, F] (dense, or pooled conv) or [B, h, w, F] (conv, pool=False).
+      (logits [B, K], features [B, F] (dense, or pooled conv) or [B, h, w, F] (conv,
+      pool=False)).
     """
     names = layer_names(config)
     if layer not in names:
         raise ValueError(f"layer {layer!r} is not one of the teacher's layers {names}.")
-    _, state = Teacher(config).apply({"params": params}, images, mutable=["intermediates"])
+    logits, state = Teacher(config).apply({"params": params}, images, mutable=["intermediates"])
     feats = state["intermediates"][f"{layer}_features"][0]
     if pool and feats.ndim == 4:
         feats = jnp.mean(feats, axis=(1, 2))
-    return feats
+    return logits, feats
+
+
+def layer_features(
+    params, images: jax.Array, *, config: TeacherConfig, layer: str = "dense", pool: bool = True
+) -> jax.Array:
+    """The activations of `logits_and_features` alone: [B, F] or [B, h, w, F]."""
+    return logits_and_features(params, images, config=config, layer=layer, pool=pool)[1]
 
 
 def top_k_concepts(
@@ -165,5 +175,4 @@ def pool_activations(
 ) -> np.ndarray:
     """`layer_features` (pooled) over any number of images, in batches: -> numpy [P, F]."""
     fn = jax.jit(lambda p, x: layer_features(p, x, config=config, layer=layer))
-    return np.concatenate([np.asarray(fn(params, jnp.asarray(images[i : i + batch_size])))
-                           for i in range(0, len(images), batch_size)])
+    return data.map_batches(fn, params, images, batch_size)

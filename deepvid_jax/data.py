@@ -383,3 +383,10 @@ def load(
         f"set ${DATA_DIR_ENV}=<dir>; or let TFDS download it (internet, {OFFLINE_ENV} unset); "
         f"or use the embedded dataset {EMBEDDED_DATASET!r}, which needs nothing."
     )
+
+
+def map_batches(fn: Callable, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """``fn(params, batch)`` over consecutive batches of ``images`` [N, ...], concatenated on
+    the host: whole-dataset inference with bounded device memory (pass a jitted ``fn``)."""
+    return np.concatenate([np.asarray(fn(params, images[i : i + batch_size]))
+                           for i in range(0, len(images), batch_size)])

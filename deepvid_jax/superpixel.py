@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepvid_jax.explain import instance_keys, validate_images
+
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 
 
@@ -219,8 +221,6 @@ def explain_lime(
     Returns:
       `LimeExplanation` of numpy arrays, leading axis B.
     """
-    from deepvid_jax.explain import instance_keys, validate_images  # avoid an import cycle
-
     arr = validate_images(images)
     b, h, w, _ = arr.shape
     if segments is None:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepvid_jax import train
+from deepvid_jax import data, train
 from deepvid_jax.explain import validate_images
 from deepvid_jax.models import (
     Explainer,
@@ -79,9 +79,7 @@ EXPLAINER_TRAIN = train.TrainConfig(epochs=4)
 def teacher_logits_of(teacher_apply: TeacherApply, teacher_params, images,
                       batch_size: int = 1000) -> np.ndarray:
     """The teacher's logits [N, K] on images [N, H, W, C], queried in batches (on the host)."""
-    fn = jax.jit(teacher_apply)
-    return np.concatenate([np.asarray(fn(teacher_params, jnp.asarray(images[i : i + batch_size])))
-                           for i in range(0, len(images), batch_size)])
+    return data.map_batches(jax.jit(teacher_apply), teacher_params, images, batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +114,7 @@ def surrogate_agreement(params, images, teacher_logits, config: SurrogateConfig,
                         batch_size: int = 1000) -> float:
     """Top-1 agreement of surrogate and teacher on [N] images (teacher logits given)."""
     fn = jax.jit(lambda p, x: jnp.argmax(surrogate_forward(p, x, config)[0], -1))
-    pred = np.concatenate([np.asarray(fn(params, jnp.asarray(images[i : i + batch_size])))
-                           for i in range(0, len(images), batch_size)])
+    pred = data.map_batches(fn, params, images, batch_size)
     return float((pred == np.asarray(teacher_logits).argmax(-1)).mean())
 
 

@@ -133,15 +133,15 @@ def adversarial_teacher_loss(
 ):
     """The `AdversarialTraining` objective; aux: dict of its parts and the logits on x and x_adv."""
     both = jnp.concatenate([images, adv_images])
-    logits = teacher_logits(params, both, config)
+    # One forward pass for the logits and the layer's features.
+    logits, feats = consistency.logits_and_features(params, both, config=config, layer=adv.layer,
+                                                    pool=False)
     clean_logits, adv_logits = jnp.split(logits, 2)
     ce = optax.softmax_cross_entropy_with_integer_labels
     clean_ce, adv_ce = ce(clean_logits, labels).mean(), ce(adv_logits, labels).mean()
     loss = clean_ce + adv_ce
     cons = jnp.zeros(())
     if adv.consistency_weight:
-        feats = consistency.layer_features(params, both, config=config, layer=adv.layer,
-                                           pool=False)
         clean_f, adv_f = jnp.split(feats, 2)
         cons = consistency.consistency_loss(clean_f, adv_f)
         loss = loss + adv.consistency_weight * cons

@@ -7,23 +7,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TEACHER, TINY_TRAIN
 
 from deepvid_jax import adversarial, consistency, train
 from deepvid_jax import data as data_lib
 from deepvid_jax.adversarial import AttackConfig
-from deepvid_jax.models import TeacherConfig, teacher_logits
+from deepvid_jax.models import teacher_logits
 
-TCFG = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
+TCFG = TINY_TEACHER
 APPLY = functools.partial(teacher_logits, config=TCFG)
 EPS = 0.15
 
 
 @pytest.fixture(scope="module")
-def trained():
-    tr, te = data_lib.load("digits", "train"), data_lib.load("digits", "test[:200]")
-    fast = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
-    tp, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), TCFG, fast,
-                                progress=False)
+def trained(tiny_teacher):
+    te, tp = data_lib.load("digits", "test[:200]"), tiny_teacher
     return jnp.asarray(te.images), jnp.asarray(te.labels), tp
 
 
@@ -133,7 +131,7 @@ def test_layer_features_shapes_and_errors(trained):
 def test_adversarial_consistent_training_runs_and_weight_zero_is_plain(trained):
     x, y, _ = trained
     tr = data_lib.load("digits", "train")
-    fast = train.TrainConfig(epochs=2, batch_size=64, learning_rate=3e-3)
+    fast = dataclasses.replace(TINY_TRAIN, epochs=2)
     adv = train.AdversarialTraining(attack=AttackConfig(epsilon=0.1, steps=2),
                                     consistency_weight=1.0)
     params, hist = train.train_teacher((tr.images, tr.labels), (np.asarray(x), np.asarray(y)),

@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TEACHER
 from sklearn.linear_model import Ridge
 
-from deepvid_jax import attribution, metrics, neighbors, superpixel, train
+from deepvid_jax import attribution, metrics, neighbors, superpixel
 from deepvid_jax import data as data_lib
-from deepvid_jax.models import TeacherConfig, init_teacher, teacher_logits
+from deepvid_jax.models import init_teacher, teacher_logits
 
 H = W = 8
-TCFG = TeacherConfig(features=(8, 16), hidden=32, image_shape=(H, W, 1))
+TCFG = TINY_TEACHER
 APPLY = functools.partial(teacher_logits, config=TCFG)
 
 
@@ -29,11 +30,8 @@ def linear_apply(w_true, b_true=None):
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    tr, te = data_lib.load("digits", "train"), data_lib.load("digits", "test[:16]")
-    fast = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
-    tp, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), TCFG, fast,
-                                progress=False)
+def cnn(tiny_teacher):
+    te, tp = data_lib.load("digits", "test[:16]"), tiny_teacher
     cls = jnp.argmax(APPLY(tp, te.images), -1)
     return jnp.asarray(te.images), tp, cls
 

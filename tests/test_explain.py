@@ -8,14 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TEACHER, TINY_TRAIN
 
 from deepvid_jax import data, neighbors, student, train, vae
 from deepvid_jax import explain as ex
-from deepvid_jax.models import TeacherConfig, VAEConfig, teacher_logits
+from deepvid_jax.models import VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
-TCFG = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
+TCFG = TINY_TEACHER
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 SMALL = ex.ExplainConfig(
     vae=VCFG, neighbors=NeighborConfig(num=64), holdout=16,
@@ -25,16 +26,13 @@ APPLY = functools.partial(teacher_logits, config=TCFG)
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(tiny_teacher):
     # Briefly trained tiny models: with untrained ones the neighbours are near-identical and
     # the teacher near-flat, gradients vanish, and Adam's normalised steps turn last-bit float
     # differences into visible ones: an ill-posed fit, not a property worth testing.
     tr, te = data.load("digits", "train"), data.load("digits", "test[:7]")
-    fast = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
-    tp, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), TCFG, fast,
-                                progress=False)
-    vp, _ = train.train_vae(tr.images, te.images, VCFG, fast, progress=False)
-    return te.images, tp, vp
+    vp, _ = train.train_vae(tr.images, te.images, VCFG, TINY_TRAIN, progress=False)
+    return te.images, tiny_teacher, vp
 
 
 def _run(images, tp, vp, config=SMALL, key=0):
