@@ -202,9 +202,37 @@ def stability(fn: Callable, method: str, sub, sub_cls, reference, key, args) -> 
     return out
 
 
-def update_stability(name: str, methods_to_update: list[str], args) -> None:
-    """Recomputes only the stability numbers of some methods in an existing result file (same
-    images, keys and settings as the full run), and rewrites its JSON and Markdown."""
+def sanity(m: Models, method: str, sub, sub_cls, reference, key, args) -> list[dict]:
+    """Cascading randomisation of the teacher, top layer first: per stage, Spearman rho of
+    |attribution| with |reference| (interval over images)."""
+    fresh = init_teacher(jax.random.PRNGKey(args.seed + 1), m.tcfg)
+    rows = []
+    for layers in metrics.cascading_layers(teacher_layers(m)):
+        fn = m.methods(metrics.randomize_layers(m.tp, fresh, layers))[method]
+        a = np.asarray(fn(sub, sub_cls, key)[0])
+        rows.append(interval(metrics.spearman(jnp.abs(jnp.asarray(a)),
+                                              jnp.abs(jnp.asarray(reference)))))
+    return rows
+
+
+def teacher_layers(m: Models) -> list[str]:
+    return [*(f"conv{i}" for i in range(len(m.tcfg.features))), "dense", "logits"]
+
+
+def subset_metrics(m: Models, method: str, fn: Callable, sub, sub_cls, reference, key,
+                   args) -> dict:
+    """Stability and the sanity check of one method on the first ``len(sub)`` images."""
+    return {**stability(fn, method, sub, sub_cls, reference, key, args),
+            "sanity_spearman": sanity(m, method, sub, sub_cls, reference, key, args),
+            "subset_images": len(sub)}
+
+
+def update_subset(name: str, methods_to_update: list[str], args) -> None:
+    """Recomputes stability and the sanity check of some methods (all but `random` when none are
+    named) in an existing result file on the first ``--subset`` images, with the same keys and
+    settings as the full run (the reference attributions are recomputed: explanations do not
+    depend on the chunking). Saves the JSON and Markdown after each method, so an interrupted
+    run keeps what it finished."""
     path = Path(args.out) / f"evaluate_{name}.json"
     result = json.loads(path.read_text())
     m = Models(Path(args.checkpoints) / name, args.chunk)
@@ -213,14 +241,21 @@ def update_stability(name: str, methods_to_update: list[str], args) -> None:
     sub_cls = np.asarray(jnp.argmax(m.apply(m.tp, jnp.asarray(sub)), -1))
     key = jax.random.PRNGKey(args.seed)
     methods = m.methods()
-    for method in methods_to_update:
-        ref = np.asarray(methods[method](sub, sub_cls, key)[0])
+    for method in methods_to_update or [k for k in methods if k != "random"]:
+        start = time.perf_counter()
+        fn = methods[method]
+        ref = np.asarray(fn(sub, sub_cls, key)[0])
         result["methods"][method].update(
-            stability(methods[method], method, sub, sub_cls, ref, key, args))
-        result.setdefault("updated", []).append(f"stability of {method}")
-        print(f"{name} {method}: {result['methods'][method]['max_sensitivity']}")
-    path.write_text(json.dumps(result, indent=2))
-    (Path(args.out) / f"evaluate_{name}.md").write_text(markdown(result))
+            subset_metrics(m, method, fn, sub, sub_cls, ref, key, args))
+        result.setdefault("updated", []).append(
+            f"stability and sanity of {method} on {len(sub)} images "
+            f"({time.perf_counter() - start:.0f} s)")
+        path.write_text(json.dumps(result, indent=2))
+        (Path(args.out) / f"evaluate_{name}.md").write_text(markdown(result))
+        r = result["methods"][method]
+        print(f"{name} {method}: max-sensitivity {fmt(r['max_sensitivity'])}, sanity "
+              f"{fmt(r['sanity_spearman'][-1])} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
 
 
 def evaluate_dataset(name: str, args) -> dict:
@@ -258,29 +293,16 @@ def evaluate_dataset(name: str, args) -> dict:
             result["methods"][method][f"auc_{b}"] = deletion_insertion(
                 m, images, a, cls, b, args.steps)
 
-    # Stability: max-sensitivity (fixed seed) and agreement across seeds, on a subset.
+    # Stability (max-sensitivity, agreement across seeds) and the sanity check, on a subset.
     k = args.subset
     sub, sub_cls = images[:k], cls[:k]
-    for method, fn in tqdm(methods.items(), desc=f"{name}: stability", disable=args.quiet):
+    for method, fn in tqdm(methods.items(), desc=f"{name}: stability, sanity",
+                           disable=args.quiet):
         if method != "random":
             result["methods"][method].update(
-                stability(fn, method, sub, sub_cls, attrs[method][:k], key, args))
-
-    # Sanity: cascading randomisation of the teacher, top layer first.
-    names = [*(f"conv{i}" for i in range(len(m.tcfg.features))), "dense", "logits"]
-    fresh = init_teacher(jax.random.PRNGKey(args.seed + 1), m.tcfg)
-    stages = metrics.cascading_layers(names)
-    sanity = {method: [] for method in methods if method != "random"}
-    for layers in tqdm(stages, desc=f"{name}: sanity", disable=args.quiet):
-        rand_methods = m.methods(metrics.randomize_layers(m.tp, fresh, layers))
-        for method in sanity:
-            a = np.asarray(rand_methods[method](sub, sub_cls, key)[0])
-            rho = metrics.spearman(jnp.abs(jnp.asarray(a)), jnp.abs(jnp.asarray(
-                attrs[method][:k])))
-            sanity[method].append(interval(rho))
-    for method, rows in sanity.items():
-        result["methods"][method]["sanity_spearman"] = rows
-    result["sanity_stages"] = ["+".join(s) for s in stages]
+                subset_metrics(m, method, fn, sub, sub_cls, attrs[method][:k], key, args))
+    result["sanity_stages"] = [
+        "+".join(s) for s in metrics.cascading_layers(teacher_layers(m))]
     result["lime_reference"] = lime_reference_agreement(m, images, cls, args.lime_images,
                                                         args.lime_samples)
     return result, m, images, cls
@@ -343,6 +365,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {method} | {ms_per} | {aucs} | "
                      f"{fmt(r.get('max_sensitivity'), 2)} | {fmt(r.get('seed_agreement'), 2)} | "
                      f"{san} |")
+    subsets = sorted({r.get("subset_images", result["args"]["subset"])
+                      for r in ms.values() if "max_sensitivity" in r})
+    lines += ["", f"Max-sensitivity, seed agreement and the sanity check on the first "
+              f"{' / '.join(map(str, subsets))} of the {result['count']} images."]
     ref = result["lime_reference"]
     if "pearson" in ref:
         lines += ["", f"Our batched LIME vs the `lime` package (same segments, "
@@ -407,8 +433,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", default="runs", help="Folder with <dataset>/{teacher,vae}.")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--count", type=int, default=500)
-    p.add_argument("--subset", type=int, default=32,
-                   help="Images for stability, seed agreement and the sanity check.")
+    p.add_argument("--subset", type=int, default=None,
+                   help="Images for stability, seed agreement and the sanity check "
+                        "(default: all --count; they cost ~10 more explanations per image).")
     p.add_argument("--chunk", type=int, default=50)
     p.add_argument("--holdout", type=int, default=128, help="Fresh neighbours per kind.")
     p.add_argument("--steps", type=int, default=28, help="Deletion/insertion curve steps.")
@@ -428,9 +455,11 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--replot", action="store_true",
                    help="Only redraw figures and Markdown from existing result files.")
-    p.add_argument("--update-stability", nargs="+", default=None, metavar="METHOD",
-                   help="Only recompute these methods' stability in existing result files.")
+    p.add_argument("--update-subset", nargs="*", default=None, metavar="METHOD",
+                   help="Only recompute stability and the sanity check (on --subset images) of "
+                        "these methods (all when none named) in existing result files.")
     args = p.parse_args(argv)
+    args.subset = args.count if args.subset is None else args.subset
     if args.replot:
         results = [json.loads((Path(args.out) / f"evaluate_{n}.json").read_text())
                    for n in args.datasets]
@@ -439,9 +468,9 @@ def main(argv=None) -> int:
         sweep_rows = next((r["sweep"] for r in results if "sweep" in r), [])
         figures(results, sweep_rows, Path(args.figures))
         return 0
-    if args.update_stability:
+    if args.update_subset is not None:
         for name in args.datasets:
-            update_stability(name, args.update_stability, args)
+            update_subset(name, args.update_subset, args)
         return 0
 
     machine = machine_info()

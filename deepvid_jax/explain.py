@@ -245,11 +245,62 @@ def check_teacher(teacher_apply: TeacherApply, teacher_params, image_shape, num_
 # --------------------------------------------------------------------------------------------
 
 
-def _mesh(config: ExplainConfig) -> Mesh | None:
+def map_instances(
+    fn: Callable,
+    params,
+    inputs,
+    key: jax.Array,
+    *,
+    chunk_size: int,
+    shard: bool = True,
+    progress: bool = False,
+    desc: str = "explain",
+):
+    """Runs a batched, keyed explainer over any number of instances, in fixed-size chunks.
+
+    The last chunk is padded with copies of its last instance, so one compiled program serves
+    every chunk; with several local devices (and ``shard``) each chunk's instance axis is split
+    over them and ``params`` are replicated. Instance ``i`` gets the key ``fold_in(key, i)``
+    (`instance_keys`), so results do not depend on the chunk size or the device count.
+
+    Args:
+      fn: ``fn(params, inputs_chunk, keys [chunk]) -> pytree`` whose leaves have a leading
+        instance axis (typically a jitted, vmapped explainer).
+      params: pytree passed to ``fn`` unchanged (replicated over the devices).
+      inputs: pytree of arrays with a common leading axis B.
+      key: PRNG key.
+      chunk_size: instances per call (rounded up to a multiple of the device count, and down
+        to what B needs).
+      shard: split chunks over the local devices when there are several.
+      progress: show a progress bar over chunks, labelled ``desc``.
+
+    Returns:
+      ``fn``'s output pytree as numpy arrays with leading axis B.
+    """
+    leaves = [np.asarray(a) for a in jax.tree.leaves(inputs)]
+    treedef = jax.tree.structure(inputs)
+    b = len(leaves[0])
     devices = jax.local_devices()
-    if not config.shard or len(devices) < 2:
-        return None
-    return Mesh(np.array(devices), ("instances",))
+    mesh = Mesh(np.array(devices), ("instances",)) if shard and len(devices) > 1 else None
+    n_dev = 1 if mesh is None else len(devices)
+    chunk = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
+    chunk = min(chunk, -(-b // n_dev) * n_dev)  # no bigger than needed
+    if mesh is not None:
+        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+        split = NamedSharding(mesh, PartitionSpec("instances"))
+
+    outputs = []
+    for start in tqdm(range(0, b, chunk), desc=desc, unit="chunk", disable=not progress):
+        xs = [a[start : start + chunk] for a in leaves]
+        real = len(xs[0])
+        if real < chunk:  # pad with copies of the last instance: same shape, no recompilation
+            xs = [np.concatenate([a, np.repeat(a[-1:], chunk - real, axis=0)]) for a in xs]
+        xs, keys = [jnp.asarray(a) for a in xs], instance_keys(key, start, chunk)
+        if mesh is not None:
+            xs, keys = jax.device_put(xs, split), jax.device_put(keys, split)
+        out = fn(params, jax.tree.unflatten(treedef, xs), keys)
+        outputs.append(jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
 def explain(
@@ -287,33 +338,12 @@ def explain(
         raise ValueError("The 'vae' sampler needs vae_params.")
     check_teacher(teacher_apply, teacher_params, arr.shape[1:], config.num_classes)
 
-    mesh = _mesh(config)
-    n_dev = 1 if mesh is None else mesh.devices.size
-    chunk = -(-config.chunk_size // n_dev) * n_dev  # a multiple of the device count
-    chunk = min(chunk, -(-len(arr) // n_dev) * n_dev)  # no bigger than needed
-    if mesh is not None:
-        replicated = NamedSharding(mesh, PartitionSpec())
-        teacher_params = jax.device_put(teacher_params, replicated)
-        vae_params = jax.device_put(vae_params, replicated)
-        split = NamedSharding(mesh, PartitionSpec("instances"))
+    def fn(params, x, keys):
+        return explain_batch(x, keys, teacher_apply=teacher_apply, teacher_params=params[0],
+                             vae_params=params[1], config=config)
 
-    outputs = []
-    starts = range(0, len(arr), chunk)
-    for start in tqdm(starts, desc="explain", unit="chunk", disable=not progress):
-        x = arr[start : start + chunk]
-        real = len(x)
-        if real < chunk:  # pad with copies of the last image: same shape, no recompilation
-            x = np.concatenate([x, np.repeat(x[-1:], chunk - real, axis=0)])
-        keys = instance_keys(key, start, chunk)
-        x = jnp.asarray(x)
-        if mesh is not None:
-            x, keys = jax.device_put(x, split), jax.device_put(keys, split)
-        out = explain_batch(
-            x, keys, teacher_apply=teacher_apply, teacher_params=teacher_params,
-            vae_params=vae_params, config=config,
-        )
-        outputs.append(jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    return map_instances(fn, (teacher_params, vae_params), arr, key,
+                         chunk_size=config.chunk_size, shard=config.shard, progress=progress)
 
 
 def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -> TeacherApply:

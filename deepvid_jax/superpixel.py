@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax.explain import instance_keys, validate_images
+from deepvid_jax.explain import map_instances, validate_images
 
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 
@@ -206,9 +206,12 @@ def explain_lime(
     config: LimeConfig = LimeConfig(),
     segments=None,
     chunk_size: int = 64,
+    shard: bool = True,
+    progress: bool = False,
 ) -> LimeExplanation:
-    """LIME for every image, in jitted chunks (the last one padded); instance i uses
-    ``fold_in(key, i)`` like `explain.explain`.
+    """LIME for every image, in jitted chunks (the last one padded) sharded over the local
+    devices, by the same driver as `explain.explain` (`explain.map_instances`): instance i uses
+    ``fold_in(key, i)``.
 
     Args:
       images: [B, H, W, C] float in [0, 1].
@@ -217,6 +220,8 @@ def explain_lime(
       config: `LimeConfig`.
       segments: [B, H, W] or [H, W] int segment ids in [0, S); default `grid_segments`.
       chunk_size: instances per compiled call.
+      shard: split each chunk's instances over the local devices when there are several.
+      progress: show a progress bar over chunks.
 
     Returns:
       `LimeExplanation` of numpy arrays, leading axis B.
@@ -238,16 +243,9 @@ def explain_lime(
     num_segments = int(seg.max()) + 1
     seg = seg.astype(np.int32)
 
-    outputs = []
-    chunk = min(chunk_size, b)
-    for start in range(0, b, chunk):
-        x, s = arr[start : start + chunk], seg[start : start + chunk]
-        real = len(x)
-        if real < chunk:
-            x = np.concatenate([x, np.repeat(x[-1:], chunk - real, axis=0)])
-            s = np.concatenate([s, np.repeat(s[-1:], chunk - real, axis=0)])
-        out = lime_batch(jnp.asarray(x), jnp.asarray(s), instance_keys(key, start, chunk),
-                         teacher_apply=teacher_apply, teacher_params=teacher_params,
-                         num_segments=num_segments, config=config)
-        outputs.append(jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    def fn(params, inp, keys):
+        return lime_batch(inp[0], inp[1], keys, teacher_apply=teacher_apply,
+                          teacher_params=params, num_segments=num_segments, config=config)
+
+    return map_instances(fn, teacher_params, (arr, seg), key, chunk_size=chunk_size,
+                         shard=shard, progress=progress, desc="lime")

@@ -172,7 +172,16 @@ SHARD_SCRIPT = textwrap.dedent("""
                     teacher_apply=functools.partial(teacher_logits, config=t), teacher_params=tp))
     for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-3 * max(np.abs(b).max(), 1e-6))
-    print("SHARDED_OK", outs[0].weights.shape)
+    # LIME goes through the same chunked, sharded driver.
+    from deepvid_jax import superpixel
+    lcfg = superpixel.LimeConfig(num_samples=64, holdout=16, patch=2)
+    limes = [superpixel.explain_lime(images, jax.random.PRNGKey(0), config=lcfg,
+                                     teacher_apply=functools.partial(teacher_logits, config=t),
+                                     teacher_params=tp, chunk_size=5, shard=shard)
+             for shard in (True, False)]
+    for a, b in zip(jax.tree_util.tree_leaves(limes[0]), jax.tree_util.tree_leaves(limes[1])):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * max(np.abs(b).max(), 1e-6))
+    print("SHARDED_OK", outs[0].weights.shape, limes[0].coef.shape)
 """)
 
 
@@ -182,7 +191,7 @@ def test_sharded_over_four_cpu_devices_equals_one():
     proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SHARDED_OK (7, 8, 8, 1, 10)" in proc.stdout
+    assert "SHARDED_OK (7, 8, 8, 1, 10) (7, 16, 10)" in proc.stdout
 
 
 @pytest.mark.parametrize("bad, match", [
