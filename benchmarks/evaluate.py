@@ -365,10 +365,15 @@ def markdown(result: dict) -> str:
         lines.append(f"| {method} | {ms_per} | {aucs} | "
                      f"{fmt(r.get('max_sensitivity'), 2)} | {fmt(r.get('seed_agreement'), 2)} | "
                      f"{san} |")
-    subsets = sorted({r.get("subset_images", result["args"]["subset"])
-                      for r in ms.values() if "max_sensitivity" in r})
-    lines += ["", f"Max-sensitivity, seed agreement and the sanity check on the first "
-              f"{' / '.join(map(str, subsets))} of the {result['count']} images."]
+    groups: dict[int, list[str]] = {}
+    for method, r in ms.items():
+        if "max_sensitivity" in r:
+            groups.setdefault(r.get("subset_images", result["args"]["subset"]), []).append(method)
+    where = "; ".join(
+        ("all" if k == result["count"] else f"the first {k}") + " of the images"
+        + ("" if len(groups) == 1 else f" for {', '.join(names)}")
+        for k, names in sorted(groups.items()))
+    lines += ["", f"Max-sensitivity, seed agreement and the sanity check: {where}."]
     ref = result["lime_reference"]
     if "pearson" in ref:
         lines += ["", f"Our batched LIME vs the `lime` package (same segments, "
