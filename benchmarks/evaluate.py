@@ -370,7 +370,7 @@ def markdown(result: dict) -> str:
         if "max_sensitivity" in r:
             groups.setdefault(r.get("subset_images", result["args"]["subset"]), []).append(method)
     where = "; ".join(
-        ("all" if k == result["count"] else f"the first {k}") + " of the images"
+        (f"all {k} images" if k == result["count"] else f"the first {k} images")
         + ("" if len(groups) == 1 else f" for {', '.join(names)}")
         for k, names in sorted(groups.items()))
     lines += ["", f"Max-sensitivity, seed agreement and the sanity check: {where}."]
