@@ -175,12 +175,11 @@ def main(argv=None) -> int:
         for variant in ("standard", "adversarial+consistency"):
             pl = pools_by_variant[variant]
             c = pl[layer]
-            score = np.where(c.alive, c.joint, np.nan)
             order = np.argsort(np.where(c.alive, c.joint, np.inf))[: int(c.alive.sum())]
             shown = order[:3].tolist() + order[-1:].tolist()  # 3 least, 1 most consistent
             viz.neuron_top_images_figure(
                 pl["real"], pl["concepts"], pl["adversarial"], pl["concepts"], c.real_top,
-                c.adversarial_top, shown, score,
+                c.adversarial_top, shown, c.joint,  # NaN for dead neurons
                 Path(args.figures) / f"consistency_neurons_{name}_{variant.replace('+', '_')}.png",
                 title=f"{name}, {variant} teacher, '{layer}' neurons: 3 least and 1 most "
                       f"consistent of {int(c.alive.sum())} live (score at left)")

@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
-from deepvid_jax import attribution, checkpoint, data, metrics, superpixel  # noqa: E402
+from deepvid_jax import attribution, checkpoint, consistency, data, metrics, superpixel  # noqa: E402
 from deepvid_jax import explain as ex  # noqa: E402
 from deepvid_jax.models import init_teacher, teacher_logits  # noqa: E402
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
@@ -216,7 +216,8 @@ def sanity(m: Models, method: str, sub, sub_cls, reference, key, args) -> list[d
 
 
 def teacher_layers(m: Models) -> list[str]:
-    return [*(f"conv{i}" for i in range(len(m.tcfg.features))), "dense", "logits"]
+    """The teacher's parameterised layers, input to output."""
+    return [*consistency.layer_names(m.tcfg), "logits"]
 
 
 def subset_metrics(m: Models, method: str, fn: Callable, sub, sub_cls, reference, key,
@@ -247,15 +248,14 @@ def update_subset(name: str, methods_to_update: list[str], args) -> None:
         ref = np.asarray(fn(sub, sub_cls, key)[0])
         result["methods"][method].update(
             subset_metrics(m, method, fn, sub, sub_cls, ref, key, args))
+        seconds = time.perf_counter() - start
         result.setdefault("updated", []).append(
-            f"stability and sanity of {method} on {len(sub)} images "
-            f"({time.perf_counter() - start:.0f} s)")
+            f"stability and sanity of {method} on {len(sub)} images ({seconds:.0f} s)")
         path.write_text(json.dumps(result, indent=2))
         (Path(args.out) / f"evaluate_{name}.md").write_text(markdown(result))
         r = result["methods"][method]
         print(f"{name} {method}: max-sensitivity {fmt(r['max_sensitivity'])}, sanity "
-              f"{fmt(r['sanity_spearman'][-1])} ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+              f"{fmt(r['sanity_spearman'][-1])} ({seconds:.0f} s)", flush=True)
 
 
 def evaluate_dataset(name: str, args) -> dict:
