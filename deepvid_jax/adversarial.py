@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from deepvid_jax import validate
+
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 ATTACKS = ("fgsm", "pgd")
 
@@ -43,12 +45,12 @@ class AttackConfig:
     targeted: bool = False
 
     def __post_init__(self):
-        if self.method not in ATTACKS:
-            raise ValueError(f"AttackConfig.method must be one of {ATTACKS}, got {self.method!r}.")
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"AttackConfig.epsilon must be in [0, 1], got {self.epsilon}.")
-        if self.steps < 1:
-            raise ValueError(f"AttackConfig.steps must be >= 1, got {self.steps}.")
+        validate.choice(self.method, ATTACKS, "AttackConfig.method")
+        validate.fields(self, probability=("epsilon",), positive_int=("steps",),
+                        positive=("step_size",))
+        for flag in ("random_start", "targeted"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"AttackConfig.{flag} must be a bool.")
 
     @property
     def alpha(self) -> float:
@@ -78,6 +80,7 @@ def fgsm(
 
     ``labels`` are the true labels (untargeted) or the targets (targeted).
     """
+    validate.number(epsilon, "epsilon", low=0.0, high=1.0)
     sign = -1.0 if targeted else 1.0
     g = _loss_grad(teacher_apply, params, images, labels)
     return project(images + sign * epsilon * jnp.sign(g), images, epsilon)
@@ -89,6 +92,10 @@ def pgd(
     targeted: bool = False,
 ) -> jax.Array:
     """Projected gradient descent in L-inf: -> [B, H, W, C], within epsilon and in [0, 1]."""
+    validate.number(epsilon, "epsilon", low=0.0, high=1.0)
+    validate.integer(steps, "steps", minimum=1)
+    if step_size is not None:
+        validate.number(step_size, "step_size", low=0.0, low_open=True)
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
     sign = -1.0 if targeted else 1.0
     adv = images
@@ -105,13 +112,31 @@ def pgd(
     return jax.lax.fori_loop(0, steps, body, adv)
 
 
-@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
 def attack(
     images: jax.Array, labels: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
     teacher_params, config: AttackConfig = AttackConfig(),
 ) -> jax.Array:
-    """The configured attack, jitted: images [B, H, W, C] in [0, 1], labels [B] -> adversarial
-    images [B, H, W, C]."""
+    """The configured attack: images [B, H, W, C] in [0, 1], labels [B] in [0, K) ->
+    adversarial images [B, H, W, C]. Usable inside jitted code (then only shapes are checked).
+
+    Raises:
+      ValueError: malformed images (e.g. 0-255 pixels, which would leave epsilon meaningless)
+        or labels, or a teacher that does not give finite float logits.
+    """
+    validate.config(config, AttackConfig, "config")
+    images = validate.images(images)
+    k = validate.teacher(teacher_apply, teacher_params, images)
+    labels = validate.class_indices(labels, batch=images.shape[0], num_classes=k, name="labels")
+    return _attack(images, labels, key, teacher_apply=teacher_apply,
+                   teacher_params=teacher_params, config=config)
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
+def _attack(
+    images: jax.Array, labels: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
+    teacher_params, config: AttackConfig = AttackConfig(),
+) -> jax.Array:
+    """`attack` without the checks, jitted."""
     labels = jnp.asarray(labels, jnp.int32)
     if config.method == "fgsm":
         return fgsm(teacher_apply, teacher_params, images, labels, epsilon=config.epsilon,
@@ -126,10 +151,15 @@ def attack_dataset(
     config: AttackConfig = AttackConfig(), batch_size: int = 500,
 ):
     """`attack` over any number of images in batches (instance keys ``fold_in(key, batch)``);
-    returns a numpy array like ``images``."""
+    returns a numpy array like ``images``. Everything is checked once, before the first batch."""
+    validate.config(config, AttackConfig, "config")
+    images = validate.images(images)
+    validate.integer(batch_size, "batch_size", minimum=1)
+    k = validate.teacher(teacher_apply, teacher_params, images)
+    labels = validate.class_indices(labels, batch=len(images), num_classes=k, name="labels")
     out = []
     for j, i in enumerate(range(0, len(images), batch_size)):
-        out.append(np.asarray(attack(
+        out.append(np.asarray(_attack(
             jnp.asarray(images[i : i + batch_size]), jnp.asarray(labels[i : i + batch_size]),
             jax.random.fold_in(key, j), teacher_apply=teacher_apply,
             teacher_params=teacher_params, config=config)))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from deepvid_jax import validate
 from deepvid_jax.models import Teacher, TeacherConfig
 
 TeacherApply = Callable[[object, jax.Array], jax.Array]
@@ -45,11 +46,11 @@ class AttributionConfig:
     gradcam_layer: str | None = None
 
     def __post_init__(self):
-        if self.ig_steps < 1 or self.smoothgrad_samples < 1:
-            raise ValueError("AttributionConfig: ig_steps and smoothgrad_samples must be >= 1.")
-        if self.smoothgrad_sigma < 0:
-            raise ValueError(f"AttributionConfig.smoothgrad_sigma must be >= 0, got "
-                             f"{self.smoothgrad_sigma}.")
+        validate.fields(self, positive_int=("ig_steps", "smoothgrad_samples"),
+                        nonneg=("smoothgrad_sigma",), probability=("ig_baseline",))
+        if self.gradcam_layer is not None and not isinstance(self.gradcam_layer, str):
+            raise ValueError(f"AttributionConfig.gradcam_layer must be a layer name or None, "
+                             f"got {self.gradcam_layer!r}.")
 
 
 def class_score(
@@ -162,7 +163,6 @@ def grad_cam(
     return jnp.repeat(cam[..., None], c, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "teacher_apply", "teacher_config", "config"))
 def attribute(
     method: str,
     images: jax.Array,
@@ -174,16 +174,50 @@ def attribute(
     teacher_config: TeacherConfig | None = None,
     config: AttributionConfig = AttributionConfig(),
 ) -> jax.Array:
-    """One entry point for every gradient-based method, jitted: -> [B, H, W, C].
+    """One entry point for every gradient-based method: -> [B, H, W, C].
 
     Args:
       method: one of `GRADIENT_METHODS`.
-      images: [B, H, W, C] float32 in [0, 1]; class_idx: [B] int.
+      images: [B, H, W, C] float32 in [0, 1]; class_idx: [B] int in [0, K).
       key: PRNG key (used by SmoothGrad only).
-      teacher_apply, teacher_params: the teacher.
+      teacher_apply, teacher_params: the teacher; it must be a JAX function (gradients flow
+        through it), not a `callback_teacher` black box.
       teacher_config: needed by "grad_cam" only.
       config: `AttributionConfig`.
+
+    Raises:
+      ValueError: unknown method, malformed images or class indices, a teacher that does not
+        give finite float logits, or Grad-CAM without (or with a mismatched) teacher_config.
     """
+    validate.choice(method, GRADIENT_METHODS, "method")
+    validate.config(config, AttributionConfig, "config")
+    images = validate.images(images)
+    if method == "grad_cam":
+        if teacher_config is None:
+            raise ValueError("grad_cam needs teacher_config (it reads the Teacher's conv maps).")
+        validate.config(teacher_config, TeacherConfig, "teacher_config")
+        images = validate.images(images, image_shape=teacher_config.image_shape,
+                                 expected_by="the teacher config")
+    k = validate.teacher(teacher_apply, teacher_params, images)
+    class_idx = validate.class_indices(class_idx, batch=images.shape[0], num_classes=k)
+    return _attribute(method, images, class_idx, key, teacher_apply=teacher_apply,
+                      teacher_params=teacher_params, teacher_config=teacher_config,
+                      config=config)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "teacher_apply", "teacher_config", "config"))
+def _attribute(
+    method: str,
+    images: jax.Array,
+    class_idx: jax.Array,
+    key: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    teacher_config: TeacherConfig | None = None,
+    config: AttributionConfig = AttributionConfig(),
+) -> jax.Array:
+    """`attribute` without the checks, jitted."""
     class_idx = jnp.asarray(class_idx, jnp.int32)
     if method == "gradient":
         return gradient(teacher_apply, teacher_params, images, class_idx)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,9 +14,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deepvid_jax import adversarial, checkpoint, data, neighbors, surrogate, train, viz
+from deepvid_jax import adversarial, checkpoint, data, files, neighbors, surrogate, train, viz
 from deepvid_jax import explain as explain_lib
 from deepvid_jax import vae as vae_lib
+from deepvid_jax.consistency import layer_names
 from deepvid_jax.models import SurrogateConfig, TeacherConfig, VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 
@@ -26,6 +27,49 @@ EPOCHS = {
     "digits": {"teacher": 40, "vae": 150},
     None: {"teacher": train.TEACHER_TRAIN.epochs, "vae": train.VAE_TRAIN.epochs},
 }
+EXPLAIN_OUTPUTS = ("explanations.json", "traversal.png")  # plus explanation_NNN.png
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types: a bad number is a usage error before anything runs
+# --------------------------------------------------------------------------------------------
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _finite(low: float | None = None, high: float | None = None, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, "
+                                             f"got {value:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {value:g}")
+        return value
+
+    parse.__name__ = "finite number"
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
 
 
 def _epochs(dataset: str, kind: str, requested: int | None) -> int:
@@ -34,9 +78,15 @@ def _epochs(dataset: str, kind: str, requested: int | None) -> int:
     return EPOCHS.get(dataset, EPOCHS[None])[kind]
 
 
+def _load(args, split: str) -> data.Dataset:
+    return data.load(args.dataset, split, data_dir=args.data_dir)
+
+
 def _load_splits(args) -> tuple[data.Dataset, data.Dataset]:
-    tr = data.load(args.dataset, args.train_split, data_dir=args.data_dir)
-    ev = data.load(args.dataset, args.eval_split, data_dir=args.data_dir)
+    tr, ev = _load(args, args.train_split), _load(args, args.eval_split)
+    if tr.info.image_shape != ev.info.image_shape:
+        raise ValueError(f"--train-split and --eval-split have different image shapes "
+                         f"{tr.info.image_shape} and {ev.info.image_shape}.")
     print(f"data: {args.dataset} {args.train_split} ({len(tr.images)}) / {args.eval_split} "
           f"({len(ev.images)}), images {tr.info.image_shape}, from {tr.info.source}")
     return tr, ev
@@ -49,6 +99,21 @@ def _dataset_meta(args, tr: data.Dataset) -> dict:
     }
 
 
+def _checkpoint_config(folder: Path, kind: str, info: data.DatasetInfo):
+    """The config of ``folder/kind``, checked (without loading weights) to take the dataset's
+    images and predict its classes."""
+    config, _ = checkpoint.read_config(folder / kind, kind)
+    if tuple(config.image_shape) != tuple(info.image_shape):
+        raise ValueError(f"the {kind} checkpoint {folder / kind} takes images "
+                         f"{tuple(config.image_shape)}, but {info.name} {info.split} has images "
+                         f"{tuple(info.image_shape)}.")
+    k = getattr(config, "num_classes", None)
+    if k is not None and k != info.num_classes:
+        raise ValueError(f"the {kind} checkpoint {folder / kind} predicts {k} classes, but "
+                         f"{info.name} has {info.num_classes}.")
+    return config
+
+
 def _adversarial_training(args) -> train.AdversarialTraining | None:
     if getattr(args, "adversarial", None) is None:
         if getattr(args, "consistency_weight", 0.0):
@@ -56,18 +121,21 @@ def _adversarial_training(args) -> train.AdversarialTraining | None:
         return None
     attack = adversarial.AttackConfig(
         method=args.adversarial, epsilon=args.epsilon, steps=args.attack_steps,
-        step_size=1.25 * args.epsilon / args.attack_steps, random_start=True)
+        step_size=1.25 * args.epsilon / args.attack_steps if args.epsilon > 0 else None,
+        random_start=True)
     return train.AdversarialTraining(attack=attack, consistency_weight=args.consistency_weight,
                                      layer=args.layer)
 
 
-def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset) -> tuple[dict, TeacherConfig, dict]:
+def _train_config(args, kind: str, base: train.TrainConfig) -> train.TrainConfig:
+    return dataclasses.replace(base, epochs=_epochs(args.dataset, kind, args.epochs),
+                               seed=args.seed)
+
+
+def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset,
+                     plan: dict) -> tuple[dict, TeacherConfig, dict]:
     """Trains the teacher on ``tr``, evaluates on ``ev``, saves to ``<out>/teacher``."""
-    config = TeacherConfig(num_classes=tr.info.num_classes, image_shape=tr.info.image_shape)
-    tcfg = dataclasses.replace(
-        train.TEACHER_TRAIN, epochs=_epochs(args.dataset, "teacher", args.epochs), seed=args.seed
-    )
-    adv = _adversarial_training(args)
+    config, tcfg, adv = plan["teacher_config"], plan["teacher_train"], plan["adversarial"]
     start = time.perf_counter()
     params, history = train.train_teacher(
         (tr.images, tr.labels), (ev.images, ev.labels), config, tcfg,
@@ -85,12 +153,10 @@ def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset) -> tuple[dict, Te
     return params, config, metrics
 
 
-def train_vae_to(args, tr: data.Dataset, ev: data.Dataset) -> tuple[dict, VAEConfig, dict]:
+def train_vae_to(args, tr: data.Dataset, ev: data.Dataset,
+                 plan: dict) -> tuple[dict, VAEConfig, dict]:
     """Trains the VAE on ``tr``, evaluates on ``ev``, saves to ``<out>/vae`` with a recon PNG."""
-    config = VAEConfig(latent_dim=args.latent_dim, image_shape=tr.info.image_shape)
-    tcfg = dataclasses.replace(
-        train.VAE_TRAIN, epochs=_epochs(args.dataset, "vae", args.epochs), seed=args.seed
-    )
+    config, tcfg = plan["vae_config"], plan["vae_train"]
     start = time.perf_counter()
     params, history = train.train_vae(
         tr.images, ev.images, config, tcfg, progress=not args.quiet
@@ -115,33 +181,84 @@ def train_vae_to(args, tr: data.Dataset, ev: data.Dataset) -> tuple[dict, VAECon
     return params, config, metrics
 
 
+def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
+    """Every config of the models to train, built (and so validated) before any training, and
+    every checkpoint folder they will be saved to checked."""
+    plan: dict = {}
+    info = tr.info
+    if "teacher" in kinds:
+        plan["adversarial"] = _adversarial_training(args)
+        plan["teacher_config"] = TeacherConfig(num_classes=info.num_classes,
+                                               image_shape=info.image_shape)
+        plan["teacher_train"] = _train_config(args, "teacher", train.TEACHER_TRAIN)
+        if plan["adversarial"] is not None:
+            names = layer_names(plan["teacher_config"])
+            if args.layer not in names:
+                raise ValueError(f"--layer {args.layer!r} is not one of the teacher's layers "
+                                 f"{names}.")
+    if "vae" in kinds:
+        plan["vae_config"] = VAEConfig(latent_dim=args.latent_dim, image_shape=info.image_shape)
+        plan["vae_train"] = _train_config(args, "vae", train.VAE_TRAIN)
+    for kind in kinds:
+        checkpoint.check_save_target(Path(args.out) / kind, kind)
+    return plan
+
+
+def _batch_fits(config: train.TrainConfig, n: int, what: str) -> None:
+    if config.batch_size > n:
+        raise ValueError(f"{what}: the training split has {n} images, fewer than one batch of "
+                         f"{config.batch_size}.")
+
+
 def cmd_train_teacher(args) -> int:
+    files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
-    train_teacher_to(args, tr, ev)
+    plan = _plan_training(args, ("teacher",), tr)
+    _batch_fits(plan["teacher_train"], len(tr.images), "teacher")
+    train_teacher_to(args, tr, ev, plan)
     return 0
 
 
 def cmd_train_vae(args) -> int:
+    files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
-    train_vae_to(args, tr, ev)
+    plan = _plan_training(args, ("vae",), tr)
+    _batch_fits(plan["vae_train"], len(tr.images), "vae")
+    train_vae_to(args, tr, ev, plan)
     return 0
 
 
-def explain_and_report(
-    args, images: np.ndarray, labels: np.ndarray, class_names, models: dict, out: Path
-) -> dict:
-    """Explains ``images`` with the restored/trained models; writes figures and returns a
-    JSON-ready summary (per-instance fidelity, timings)."""
-    tcfg, vcfg = models["teacher_config"], models["vae_config"]
+def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_lib.ExplainConfig:
     default_holdout = explain_lib.ExplainConfig.holdout
-    config = explain_lib.ExplainConfig(
-        num_classes=tcfg.num_classes, vae=vcfg, chunk_size=args.chunk_size,
+    if args.neighbors < 2:
+        raise ValueError(f"--neighbors must be >= 2 (fit + held out), got {args.neighbors}.")
+    return explain_lib.ExplainConfig(
+        num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(default_holdout, args.neighbors // 4)),
         neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
                                  latent_scale=args.latent_scale),
         return_neighbors=True,
     )
-    apply = functools.partial(teacher_logits, config=tcfg)
+
+
+def _explain_outputs(count: int, figures: int) -> list[str]:
+    return [*EXPLAIN_OUTPUTS, *(f"explanation_{i:03d}.png" for i in range(min(figures, count)))]
+
+
+def _claim_explain_dir(out: Path, count: int, figures: int) -> Path:
+    legacy = [*EXPLAIN_OUTPUTS, *(p.name for p in out.glob("explanation_[0-9]*.png"))] \
+        if out.is_dir() else []
+    return files.claim_output_dir(out, "explain", _explain_outputs(count, figures), legacy)
+
+
+def explain_and_report(
+    args, images: np.ndarray, labels: np.ndarray, class_names, models: dict, out: Path,
+    config: explain_lib.ExplainConfig,
+) -> dict:
+    """Explains ``images`` with the restored/trained models; writes figures and returns a
+    JSON-ready summary (per-instance fidelity, timings). ``out`` was claimed beforehand."""
+    vcfg = models["vae_config"]
+    apply = functools.partial(teacher_logits, config=models["teacher_config"])
     start = time.perf_counter()
     e = explain_lib.explain(
         images, jax.random.PRNGKey(args.seed), teacher_apply=apply,
@@ -150,8 +267,9 @@ def explain_and_report(
     )
     seconds = time.perf_counter() - start
     n_fig = min(args.figures, len(images))
-    recon = np.asarray(vae_lib.reconstruct(models["vae"], images[:n_fig], config=vcfg))
     figures = []
+    if n_fig:
+        recon = np.asarray(vae_lib.reconstruct(models["vae"], images[:n_fig], config=vcfg))
     for i in range(n_fig):
         figures.append(str(viz.explanation_figure(
             images[i], recon[i], e.neighbors[i], e.neighbor_probs[i], e.weights[i],
@@ -176,7 +294,8 @@ def explain_and_report(
         ],
         "figures": figures,
     }
-    (out / "explanations.json").write_text(json.dumps(summary, indent=2, default=float))
+    files.write_json(out / "explanations.json", summary)
+    files.finish_output_dir(out, [*figures, out / "explanations.json"])
     fm = summary["fidelity_mean"]
     print(f"explain: {len(images)} instances x {args.neighbors} neighbours in {seconds:.1f}s "
           f"(incl. compile); held-out fidelity top-1 {fm['top1']:.3f}, KL {fm['kl']:.3f}; "
@@ -198,44 +317,64 @@ def cmd_demo(args) -> int:
         args.epochs = args.epochs or 2
         args.count = min(args.count, 8)
         args.neighbors = min(args.neighbors, 128)
+    out = files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
-    out = Path(args.out)
+    n = min(args.count, len(ev.images))
+    reuse = {kind: args.reuse and (out / kind / checkpoint.META).is_file()
+             for kind in ("teacher", "vae")}
+    reused = {kind: _checkpoint_config(out, kind, tr.info) for kind in reuse if reuse[kind]}
+    plan = _plan_training(args, tuple(k for k in reuse if not reuse[k]), tr)
+    for kind in ("teacher", "vae"):
+        if f"{kind}_train" in plan:
+            _batch_fits(plan[f"{kind}_train"], len(tr.images), kind)
+    vae_config = reused.get("vae") or plan["vae_config"]
+    config = _explain_config(args, tr.info.num_classes, vae_config)
+    files.claim_output_dir(out, "demo", ["summary.json"], legacy=["summary.json"])
+    explain_dir = _claim_explain_dir(out / "explanations", n, args.figures)
+
     summary: dict = {"dataset": _dataset_meta(args, tr), "jax_backend": jax.default_backend(),
                      "devices": [str(d) for d in jax.devices()]}
     models: dict = {}
     for kind, trainer in (("teacher", train_teacher_to), ("vae", train_vae_to)):
-        if args.reuse and (out / kind / "meta.json").is_file():
-            params, config, meta = checkpoint.restore(out / kind, kind=kind)
+        if reuse[kind]:
+            params, config_k, meta = checkpoint.restore(out / kind, kind=kind)
             metrics = meta["metrics"]
             print(f"{kind}: restored from {out / kind}")
         else:
-            params, config, metrics = trainer(args, tr, ev)
+            params, config_k, metrics = trainer(args, tr, ev, plan)
         summary[kind] = metrics
-        models.update({kind: params, f"{kind}_config": config, f"{kind}_metrics": metrics})
-    n = min(args.count, len(ev.images))
+        models.update({kind: params, f"{kind}_config": config_k, f"{kind}_metrics": metrics})
     summary["explain"] = explain_and_report(
-        args, ev.images[:n], ev.labels[:n], tr.info.class_names, models, out / "explanations"
+        args, ev.images[:n], ev.labels[:n], tr.info.class_names, models, explain_dir, config
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    files.write_json(out / "summary.json", summary)
+    files.finish_output_dir(out, [out / "summary.json"])
     print(f"demo: teacher accuracy {summary['teacher']['eval_accuracy']:.4f}; summary in "
-          f"{out / 'summary.json'}; figures in {out / 'explanations'}")
+          f"{out / 'summary.json'}; figures in {explain_dir}")
     return 0
 
 
 def cmd_train_surrogate(args) -> int:
+    out = files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
-    tp, tcfg, _ = checkpoint.restore(Path(args.checkpoints) / "teacher", kind="teacher")
+    folder = Path(args.checkpoints)
+    _checkpoint_config(folder, "teacher", tr.info)
+    for kind in ("surrogate", "explainer"):
+        checkpoint.check_save_target(out / kind, kind)
+    tc_s = dataclasses.replace(surrogate.SURROGATE_TRAIN, seed=args.seed,
+                               epochs=args.epochs or surrogate.SURROGATE_TRAIN.epochs)
+    tc_e = dataclasses.replace(surrogate.EXPLAINER_TRAIN, seed=args.seed,
+                               epochs=args.explainer_epochs or surrogate.EXPLAINER_TRAIN.epochs)
+    _batch_fits(tc_s, len(tr.images), "surrogate")
+    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
     apply = functools.partial(teacher_logits, config=tcfg)
     t_train = surrogate.teacher_logits_of(apply, tp, tr.images)
     t_eval = surrogate.teacher_logits_of(apply, tp, ev.images)
     scfg = SurrogateConfig(num_classes=tcfg.num_classes, image_shape=tr.info.image_shape)
-    out = Path(args.out)
     meta = _dataset_meta(args, tr)
 
-    tc = dataclasses.replace(surrogate.SURROGATE_TRAIN, seed=args.seed,
-                             epochs=args.epochs or surrogate.SURROGATE_TRAIN.epochs)
     start = time.perf_counter()
-    sp, history = surrogate.train_surrogate(tr.images, t_train, ev.images, t_eval, scfg, tc,
+    sp, history = surrogate.train_surrogate(tr.images, t_train, ev.images, t_eval, scfg, tc_s,
                                             progress=not args.quiet)
     metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
     path = checkpoint.save(out / "surrogate", sp, kind="surrogate", config=scfg,
@@ -244,11 +383,9 @@ def cmd_train_surrogate(args) -> int:
     print(f"surrogate: top-1 agreement with the teacher {metrics['eval_agreement']:.4f} on "
           f"{args.eval_split} ({metrics['train_seconds']:.0f}s); saved to {path}")
 
-    tc = dataclasses.replace(surrogate.EXPLAINER_TRAIN, seed=args.seed,
-                             epochs=args.explainer_epochs or surrogate.EXPLAINER_TRAIN.epochs)
     start = time.perf_counter()
     ep, ecfg, history = surrogate.train_explainer(
-        sp, scfg, tr.images, t_train.argmax(-1), ev.images, t_eval.argmax(-1), tc,
+        sp, scfg, tr.images, t_train.argmax(-1), ev.images, t_eval.argmax(-1), tc_e,
         progress=not args.quiet)
     metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
     path = checkpoint.save(out / "explainer", ep, kind="explainer", config=ecfg,
@@ -267,38 +404,48 @@ def cmd_train_surrogate(args) -> int:
 
 
 def _parse_indices(text: str, n: int) -> np.ndarray:
+    """'start:stop' (Python slice bounds) or 'i,j,k' (each in [0, n) or [-n, -1]) -> indices."""
     try:
         if ":" in text:
-            start, stop = (int(p) if p else None for p in text.split(":"))
-            return np.arange(n)[slice(start, stop)]
-        return np.array([int(p) for p in text.split(",")])
+            parts = text.split(":")
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(p) if p.strip() else None for p in parts)
+            idx = np.arange(n)[slice(start, stop)]
+        else:
+            idx = np.array([int(p) for p in text.split(",")], dtype=np.int64)
     except ValueError as e:
         raise ValueError(f"--indices {text!r}: expected 'start:stop' or 'i,j,k'.") from e
+    if len(idx) == 0 or idx.max() >= n or idx.min() < -n:
+        raise ValueError(f"--indices {text!r} selects nothing valid in {n} images.")
+    return idx % n
 
 
 def cmd_explain(args) -> int:
-    ds = data.load(args.dataset, args.split, data_dir=args.data_dir)
+    folder = Path(args.checkpoints)
+    ds = _load(args, args.split)
     idx = _parse_indices(args.indices, len(ds.images))
-    if len(idx) == 0 or idx.max() >= len(ds.images) or idx.min() < -len(ds.images):
-        raise ValueError(f"--indices {args.indices!r} selects nothing valid in "
-                         f"{len(ds.images)} images of {args.split!r}.")
-    models = _restore_models(Path(args.checkpoints))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    explain_and_report(args, ds.images[idx], ds.labels[idx], ds.info.class_names, models, out)
+    tcfg = _checkpoint_config(folder, "teacher", ds.info)
+    vcfg = _checkpoint_config(folder, "vae", ds.info)
+    config = _explain_config(args, tcfg.num_classes, vcfg)
+    out = _claim_explain_dir(Path(args.out), len(idx), args.figures)
+    models = _restore_models(folder)
+    explain_and_report(args, ds.images[idx], ds.labels[idx], ds.info.class_names, models, out,
+                       config)
     return 0
 
 
 def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     d = explain_lib.ExplainConfig()
-    p.add_argument("--neighbors", type=int, default=d.neighbors.num,
+    p.add_argument("--neighbors", type=_int_at_least(2), default=d.neighbors.num,
                    help="Neighbours per instance (fit + held out).")
-    p.add_argument("--latent-scale", type=float, default=d.neighbors.latent_scale)
+    p.add_argument("--latent-scale", type=_finite(low=0.0), default=d.neighbors.latent_scale)
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
-    p.add_argument("--figures", type=int, default=4, help="Explanation figures to write.")
+    p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
+    p.add_argument("--figures", type=NON_NEGATIVE, default=4,
+                   help="Explanation figures to write (0: none).")
     if count:
-        p.add_argument("--count", type=int, default=count, help="Test images to explain.")
+        p.add_argument("--count", type=POSITIVE, default=count, help="Test images to explain.")
 
 
 def _common(p: argparse.ArgumentParser, *, out: str) -> None:
@@ -309,10 +456,10 @@ def _common(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--eval-split", default="test", help="TFDS split syntax, e.g. 'test[8000:]'.")
     p.add_argument("--data-dir", default=None,
                    help=f"Folder of raw dataset files (default ${data.DATA_DIR_ENV}).")
-    p.add_argument("--epochs", type=int, default=None, help="Default depends on the dataset.")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="Default depends on the dataset.")
     p.add_argument("--out", default=out, help="Output folder.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latent-dim", type=int, default=VAEConfig.latent_dim)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--latent-dim", type=POSITIVE, default=VAEConfig.latent_dim)
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 
@@ -326,11 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = train.AdversarialTraining()
     p.add_argument("--adversarial", choices=adversarial.ATTACKS, default=None,
                    help="Adversarial training with this attack (default: standard training).")
-    p.add_argument("--epsilon", type=float, default=d.attack.epsilon,
-                   help="L-inf radius of the training attack.")
-    p.add_argument("--attack-steps", type=int, default=d.attack.steps,
+    p.add_argument("--epsilon", type=_finite(low=0.0, high=1.0), default=d.attack.epsilon,
+                   help="L-inf radius of the training attack, in [0, 1].")
+    p.add_argument("--attack-steps", type=POSITIVE, default=d.attack.steps,
                    help="PGD steps, each of 1.25 * epsilon / steps, from a random start.")
-    p.add_argument("--consistency-weight", type=float, default=d.consistency_weight,
+    p.add_argument("--consistency-weight", type=_finite(low=0.0), default=d.consistency_weight,
                    help="Weight of the consistent loss (Dong et al. 2017); 0 = plain "
                    "adversarial training.")
     p.add_argument("--layer", default=d.layer,
@@ -343,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Distil the attentive surrogate and its saliency network.")
     _common(p, out="runs/default")
     p.add_argument("--checkpoints", required=True, help="Folder with the teacher/ to distil.")
-    p.add_argument("--explainer-epochs", type=int, default=None)
+    p.add_argument("--explainer-epochs", type=POSITIVE, default=None)
     p.set_defaults(func=cmd_train_surrogate)
     p = sub.add_parser("demo", help="The README's main job, on the embedded dataset by default.")
     _common(p, out="runs/demo")
@@ -360,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True,
                    help="Folder with teacher/ and vae/ (the --out of train-* or demo).")
     p.add_argument("--out", default="runs/explain")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--quiet", action="store_true")
     _explain_options(p, count=0)
     p.set_defaults(func=cmd_explain)
@@ -368,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; a problem the user can fix is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -375,6 +523,16 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as e:
         print(f"deepvid {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, ...: name the file, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"deepvid {args.command}: error: {e.strerror or e}{where}; files written "
+              "before this point are complete, checkpoints are the previous ones.",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deepvid {args.command}: interrupted; checkpoints and result files are the "
+              "previous complete ones.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import data
+from deepvid_jax import data, validate
 from deepvid_jax.models import Teacher, TeacherConfig
 
 
@@ -88,6 +88,9 @@ def top_k_concepts(
     Returns:
       (indices [F, k] into the pool, most activating first; frequencies [F, K], rows sum to 1).
     """
+    activations = validate.array(activations, "activations", ndim=2)
+    concepts = _concepts(concepts, activations.shape[0], num_concepts, "concepts")
+    validate.integer(k, "k", minimum=1)
     if not 1 <= k <= activations.shape[0]:
         raise ValueError(f"k must be in [1, pool size {activations.shape[0]}], got {k}.")
     _, idx = jax.lax.top_k(activations.T, k)  # [F, k]
@@ -131,13 +134,24 @@ def neuron_consistency(
 
     Returns:
       `NeuronConsistency`.
+
+    Raises:
+      ValueError: non-finite or mis-shaped activations, concept labels whose count differs from
+        the pool's or that fall outside [0, num_concepts), a bad k or affinity.
     """
+    validate.integer(num_concepts, "num_concepts", minimum=2)
+    real_activations = validate.array(real_activations, "real_activations", ndim=2)
+    adversarial_activations = validate.array(adversarial_activations, "adversarial_activations",
+                                             ndim=2)
+    real_concepts = _concepts(real_concepts, real_activations.shape[0], num_concepts,
+                              "real_concepts")
+    adversarial_concepts = _concepts(adversarial_concepts, adversarial_activations.shape[0],
+                                     num_concepts, "adversarial_concepts")
     if real_activations.shape[1] != adversarial_activations.shape[1]:
         raise ValueError(f"real and adversarial activations have different neuron counts: "
                          f"{real_activations.shape[1]} vs {adversarial_activations.shape[1]}.")
-    a = jnp.eye(num_concepts) if affinity is None else jnp.asarray(affinity)
-    if a.shape != (num_concepts, num_concepts):
-        raise ValueError(f"affinity must be [{num_concepts}, {num_concepts}], got {a.shape}.")
+    a = jnp.eye(num_concepts) if affinity is None else jnp.asarray(
+        validate.array(affinity, "affinity", shape=(num_concepts, num_concepts)))
     ri, rp = top_k_concepts(real_activations, real_concepts, k, num_concepts)
     ai, ap = top_k_concepts(adversarial_activations, adversarial_concepts, k, num_concepts)
 
@@ -154,6 +168,11 @@ def neuron_consistency(
                              mask(form(rp, ap)), alive, ri, ai)
 
 
+def _concepts(concepts, pool: int, num_concepts: int, name: str):
+    """Concept labels [P] of a pool of P images: ints in [0, num_concepts)."""
+    return validate.class_indices(concepts, batch=pool, num_classes=num_concepts, name=name)
+
+
 def consistency_loss(clean_features: jax.Array, adversarial_features: jax.Array) -> jax.Array:
     """Relative squared distance of each adversarial representation from its clean one,
     averaged over images: mean_b ||phi(x_adv) - sg(phi(x))||^2 / (||sg(phi(x))||^2 + 1e-6).
@@ -165,6 +184,9 @@ def consistency_loss(clean_features: jax.Array, adversarial_features: jax.Array)
     clean accuracy to 61 %), a relative one only by making them agree. [B, ...] x2 -> scalar;
     zero exactly when the two coincide.
     """
+    if clean_features.shape != adversarial_features.shape:
+        raise ValueError(f"clean and adversarial features must have one shape; got "
+                         f"{list(clean_features.shape)} and {list(adversarial_features.shape)}.")
     clean = jax.lax.stop_gradient(clean_features).reshape(clean_features.shape[0], -1)
     diff = adversarial_features.reshape(clean.shape) - clean
     return jnp.mean(jnp.sum(diff**2, axis=1) / (jnp.sum(clean**2, axis=1) + 1e-6))
@@ -174,5 +196,10 @@ def pool_activations(
     params, images, *, config: TeacherConfig, layer: str, batch_size: int = 1000
 ) -> np.ndarray:
     """`layer_features` (pooled) over any number of images, in batches: -> numpy [P, F]."""
+    images = validate.images(images, image_shape=config.image_shape,
+                             expected_by="the teacher config")
+    if layer not in layer_names(config):
+        raise ValueError(f"layer {layer!r} is not one of the teacher's layers "
+                         f"{layer_names(config)}.")
     fn = jax.jit(lambda p, x: layer_features(p, x, config=config, layer=layer))
     return data.map_batches(fn, params, images, batch_size)

@@ -17,6 +17,7 @@ Split strings follow TFDS slicing syntax for every source: ``train``, ``test[:80
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import os
 import re
@@ -55,6 +56,13 @@ RAW_FILES: dict[str, dict[str, tuple[str, str]]] = {
         "train": ("kmnist-train-imgs.npz", "kmnist-train-labels.npz"),
         "test": ("kmnist-test-imgs.npz", "kmnist-test-labels.npz"),
     },
+}
+
+# The splits of every dataset we know by name (checked before any source is tried, so a typo
+# never starts a download).
+KNOWN_SPLITS: dict[str, tuple[str, ...]] = {
+    **{name: tuple(files) for name, files in RAW_FILES.items()},
+    EMBEDDED_DATASET: ("train", "test", "all"),
 }
 
 # sklearn's digits have no official split: the first 80 % is `train`, the rest `test`.
@@ -311,8 +319,50 @@ def _load_digits(parts: list[SplitSlice]):
 # --------------------------------------------------------------------------------------------
 
 
+def _tfds_names() -> list[str]:
+    try:
+        import tensorflow_datasets as tfds
+
+        return list(tfds.list_builders(with_community_datasets=False))
+    except Exception:  # pragma: no cover - TFDS is a dependency; its registry may still fail
+        return []
+
+
+def check_name(name: str) -> None:
+    """Raises DataNotFoundError for a dataset name neither we nor TFDS know, suggesting the
+    closest known names (not the whole TFDS catalogue)."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataNotFoundError(f"dataset name must be a non-empty string, got {name!r}.")
+    if name in KNOWN_SPLITS:
+        return
+    base = name.split(":")[0].split("/")[0]  # TFDS's name/config:version
+    tfds_names = _tfds_names()
+    if base in tfds_names:
+        return
+    close = difflib.get_close_matches(base, [*KNOWN_SPLITS, *tfds_names], n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise DataNotFoundError(
+        f"Unknown dataset {name!r}.{hint} Known here: {', '.join(sorted(KNOWN_SPLITS))}; any "
+        "TFDS image classification dataset can be named too.")
+
+
+def check_split(name: str, parts: list[SplitSlice]) -> None:
+    """For a dataset we know, every part of the split names one of its splits."""
+    splits = KNOWN_SPLITS.get(name)
+    if splits is None:
+        return
+    for part in parts:
+        if part.split not in splits:
+            close = difflib.get_close_matches(part.split, splits, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{name} has splits {list(splits)}, not {part.split!r}{hint}.")
+
+
 def _to_dataset(images, labels, name: str, split: str, source: str) -> Dataset:
     images = np.asarray(images)
+    if len(images) == 0:
+        raise ValueError(f"split {split!r} of {name!r} selects no images (from {source}); check "
+                         "the slice bounds, e.g. 'test[5000:100]' is empty.")
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype == np.uint8:
@@ -348,7 +398,11 @@ def load(
       CorruptDataError: a raw file is truncated or malformed; the message names the file.
       ValueError: the split string is malformed.
     """
+    if not isinstance(split, str):
+        raise ValueError(f"split must be a string in TFDS syntax, got {split!r}.")
     parts = parse_split(split)
+    check_name(name)
+    check_split(name, parts)
     if name == EMBEDDED_DATASET:
         x, y = _load_digits(parts)
         return _to_dataset(x, y, name, split, "embedded:sklearn.datasets.load_digits")
@@ -388,5 +442,9 @@ def load(
 def map_batches(fn: Callable, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """``fn(params, batch)`` over consecutive batches of ``images`` [N, ...], concatenated on
     the host: whole-dataset inference with bounded device memory (pass a jitted ``fn``)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if len(images) == 0:
+        raise ValueError("map_batches: no images.")
     return np.concatenate([np.asarray(fn(params, images[i : i + batch_size]))
                            for i in range(0, len(images), batch_size)])

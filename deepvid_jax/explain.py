@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from deepvid_jax import metrics
+from deepvid_jax import metrics, validate
 from deepvid_jax.models import VAEConfig
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors
 from deepvid_jax.student import StudentConfig, fit_student
@@ -56,8 +56,10 @@ class ExplainConfig:
     shard: bool = True
 
     def __post_init__(self):
-        if self.chunk_size < 1:
-            raise ValueError(f"ExplainConfig.chunk_size must be >= 1, got {self.chunk_size}.")
+        validate.config(self.vae, VAEConfig, "ExplainConfig.vae")
+        validate.config(self.neighbors, NeighborConfig, "ExplainConfig.neighbors")
+        validate.config(self.student, StudentConfig, "ExplainConfig.student")
+        validate.fields(self, positive_int=("chunk_size",), nonneg_int=("holdout", "num_classes"))
         if not 1 <= self.holdout < self.neighbors.num:
             raise ValueError(
                 f"ExplainConfig.holdout must be in [1, neighbors.num - 1] = "
@@ -95,14 +97,21 @@ class Explanation(NamedTuple):
     neighbor_probs: jax.Array | None = None
 
     def class_weights(self, class_idx: jax.Array) -> jax.Array:
-        """The weight image of one class per instance: class_idx [B] -> [B, H, W, C]; DeepVID's
-        attribution for that class."""
-        idx = jnp.asarray(class_idx)[:, None, None, None, None]
+        """The weight image of one class per instance: class_idx [B] ints in [0, K) ->
+        [B, H, W, C]; DeepVID's attribution for that class."""
+        b, k = self.weights.shape[0], self.weights.shape[-1]
+        idx = validate.class_indices(class_idx, batch=b, num_classes=k)
+        idx = jnp.asarray(idx)[:, None, None, None, None]
         return jnp.take_along_axis(jnp.asarray(self.weights), idx, axis=-1)[..., 0]
 
     def evidence(self, images: jax.Array, class_idx: jax.Array) -> jax.Array:
         """weights x input for one class per instance: images [B, H, W, C], class_idx [B] ->
         [B, H, W, C] (each pixel's contribution to that class's logit)."""
+        images = validate.images(images, image_shape=self.weights.shape[1:-1],
+                                 expected_by="the explanation")
+        if images.shape[0] != self.weights.shape[0]:
+            raise ValueError(f"images has {images.shape[0]} images, the explanation "
+                             f"{self.weights.shape[0]}.")
         return self.class_weights(class_idx) * images
 
 
@@ -159,6 +168,10 @@ def student_fidelity(
       `metrics.Fidelity` of [B] arrays.
     """
     b, n = neighbors.shape[:2]
+    validate.array(weights, "weights", ndim=5)
+    validate.array(bias, "bias", shape=(b, weights.shape[-1]))
+    validate.array(neighbors, "neighbors", shape=(b, n, *weights.shape[1:-1]))
+    validate.array(teacher_logits, "teacher_logits", shape=(b, n, weights.shape[-1]))
     w = weights.reshape(b, -1, weights.shape[-1])
     s = jnp.einsum("bnd,bdk->bnk", neighbors.reshape(b, n, -1), w) + bias[:, None, :]
     return metrics.fidelity(teacher_logits, s)
@@ -188,59 +201,6 @@ def explain_batch(
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks (on the host, before anything is traced)
-# --------------------------------------------------------------------------------------------
-
-
-def validate_images(images, image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Returns images as float32 numpy [B, H, W, C], or raises a ValueError naming the problem."""
-    arr = np.asarray(images)
-    if arr.ndim != 4:
-        hint = " (a single image? use images[None])" if arr.ndim == 3 else ""
-        raise ValueError(f"images must have shape [B, H, W, C]; got shape {arr.shape}{hint}.")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(
-            f"images must be floating point in [0, 1]; got dtype {arr.dtype} "
-            "(for uint8 pixels use images / 255)."
-        )
-    if arr.shape[0] == 0:
-        raise ValueError("images is empty (B = 0).")
-    if image_shape is not None and tuple(arr.shape[1:]) != tuple(image_shape):
-        what = "channels" if arr.shape[1:3] == tuple(image_shape[:2]) else "image shape"
-        raise ValueError(
-            f"images have {what} mismatch: per-image shape {tuple(arr.shape[1:])}, the VAE "
-            f"expects {tuple(image_shape)} (H, W, C)."
-        )
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise ValueError(
-            f"images contain NaN or inf ({int(bad.sum())} values, in images {rows[:10].tolist()})."
-        )
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"images must be in [0, 1]; got values in [{lo:.4g}, {hi:.4g}].")
-    return arr.astype(np.float32, copy=False)
-
-
-def check_teacher(teacher_apply: TeacherApply, teacher_params, image_shape, num_classes: int):
-    """Abstractly evaluates the teacher on one image; raises if it does not give [1, K] logits."""
-    probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    try:
-        out = jax.eval_shape(teacher_apply, teacher_params, probe)
-    except Exception as e:
-        raise ValueError(
-            f"teacher_apply failed on images of shape [1, {', '.join(map(str, image_shape))}]: "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    if getattr(out, "shape", None) != (1, num_classes):
-        raise ValueError(
-            f"teacher_apply returned shape {getattr(out, 'shape', out)} for one image; the config "
-            f"expects logits [1, {num_classes}] (ExplainConfig.num_classes = {num_classes})."
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
 
@@ -255,6 +215,7 @@ def map_instances(
     shard: bool = True,
     progress: bool = False,
     desc: str = "explain",
+    check: Callable | None = None,
 ):
     """Runs a batched, keyed explainer over any number of instances, in fixed-size chunks.
 
@@ -273,10 +234,13 @@ def map_instances(
         to what B needs).
       shard: split chunks over the local devices when there are several.
       progress: show a progress bar over chunks, labelled ``desc``.
+      check: ``check(output_chunk, start)`` called on each chunk's host output (real
+        instances only) before the next chunk starts; raise there to stop at the first bad one.
 
     Returns:
       ``fn``'s output pytree as numpy arrays with leading axis B.
     """
+    validate.integer(chunk_size, "chunk_size", minimum=1)
     leaves = [np.asarray(a) for a in jax.tree.leaves(inputs)]
     treedef = jax.tree.structure(inputs)
     b = len(leaves[0])
@@ -299,7 +263,10 @@ def map_instances(
         if mesh is not None:
             xs, keys = jax.device_put(xs, split), jax.device_put(keys, split)
         out = fn(params, jax.tree.unflatten(treedef, xs), keys)
-        outputs.append(jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out))
+        out = jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out)
+        if check is not None:
+            check(out, start)
+        outputs.append(out)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
@@ -329,21 +296,37 @@ def explain(
       `Explanation` of numpy arrays with leading axis B.
 
     Raises:
-      ValueError: on malformed images (rank, channels, dtype, NaN, range) or a teacher whose
-        output is not [N, num_classes].
+      ValueError: on malformed images (rank, channels, dtype, NaN, range), a teacher whose
+        output on a probe batch is not finite float logits [N, num_classes], or explanations
+        that come out non-finite (the teacher gave NaN/inf on some neighbours).
     """
-    image_shape = config.vae.image_shape if config.neighbors.sampler == "vae" else None
-    arr = validate_images(images, image_shape)
-    if config.neighbors.sampler == "vae" and vae_params is None:
+    validate.config(config, ExplainConfig, "config")
+    vae_sampler = config.neighbors.sampler == "vae"
+    arr = validate.images(images, image_shape=config.vae.image_shape if vae_sampler else None,
+                          expected_by="the VAE")
+    if vae_sampler and vae_params is None:
         raise ValueError("The 'vae' sampler needs vae_params.")
-    check_teacher(teacher_apply, teacher_params, arr.shape[1:], config.num_classes)
+    validate.teacher(teacher_apply, teacher_params, arr, num_classes=config.num_classes)
 
     def fn(params, x, keys):
         return explain_batch(x, keys, teacher_apply=teacher_apply, teacher_params=params[0],
                              vae_params=params[1], config=config)
 
     return map_instances(fn, (teacher_params, vae_params), arr, key,
-                         chunk_size=config.chunk_size, shard=config.shard, progress=progress)
+                         chunk_size=config.chunk_size, shard=config.shard, progress=progress,
+                         check=_finite_explanations)
+
+
+def _finite_explanations(e: Explanation, start: int) -> None:
+    """A NaN/inf teacher output on some neighbours poisons the student: say so, do not return
+    NaN weights with a plausible fidelity."""
+    bad = ~(np.isfinite(e.weights).reshape(len(e.weights), -1).all(1)
+            & np.isfinite(e.bias).all(1) & np.isfinite(e.fidelity.kl))
+    if bad.any():
+        rows = (np.nonzero(bad)[0] + start).tolist()
+        raise ValueError(f"explanations of images {rows[:10]} are not finite: the teacher "
+                         "returned NaN or inf logits on some of their neighbours (or the "
+                         "student diverged); check the teacher on such inputs.")
 
 
 def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -> TeacherApply:
@@ -357,12 +340,22 @@ def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -
     means a new compilation.
     """
 
+    validate.integer(num_classes, "num_classes", minimum=2)
+    if not callable(fn):
+        raise ValueError(f"callback_teacher needs a callable, got {type(fn).__name__}.")
+
+    def host_call(x):
+        out = np.asarray(fn(np.asarray(x)))
+        if out.shape != (len(x), num_classes):
+            raise ValueError(f"the wrapped model returned shape {list(out.shape)} for {len(x)} "
+                             f"images; expected logits [{len(x)}, {num_classes}].")
+        if not np.issubdtype(out.dtype, np.floating):
+            raise ValueError(f"the wrapped model returned {out.dtype} logits; expected floats.")
+        return out.astype(np.float32)
+
     def apply(params, images):
         del params
         out = jax.ShapeDtypeStruct((images.shape[0], num_classes), jnp.float32)
-        return jax.pure_callback(
-            lambda x: np.asarray(fn(np.asarray(x)), dtype=np.float32), out, images,
-            vmap_method="sequential",
-        )
+        return jax.pure_callback(host_call, out, images, vmap_method="sequential")
 
     return apply

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.stats
 
+from deepvid_jax import validate
+
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 BASELINES = ("zero", "blur", "mean")
 
@@ -22,13 +24,24 @@ BASELINES = ("zero", "blur", "mean")
 # --------------------------------------------------------------------------------------------
 
 
+def _same_logits_shape(a: jax.Array, b: jax.Array) -> None:
+    if jnp.shape(a) != jnp.shape(b) or jnp.ndim(a) < 2:
+        raise ValueError(f"student and teacher logits must both be [..., N, K] of one shape; got "
+                         f"{list(jnp.shape(a))} and {list(jnp.shape(b))}.")
+
+
 def top1_agreement(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
-    """Fraction of rows whose argmax agrees: [..., N, K] x2 -> [...]."""
-    return jnp.mean(jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1), axis=-1)
+    """Fraction of rows whose argmax agrees: [..., N, K] x2 -> [...]; NaN where any logit is
+    NaN or inf (argmax of NaN would count as agreement)."""
+    _same_logits_shape(student_logits, teacher_logits)
+    agree = jnp.mean(jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1), axis=-1)
+    finite = jnp.all(jnp.isfinite(student_logits) & jnp.isfinite(teacher_logits), axis=(-2, -1))
+    return jnp.where(finite, agree, jnp.nan)
 
 
 def kl_divergence(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
     """Mean over rows of KL(softmax(teacher) || softmax(student)), in nats: [..., N, K] -> [...]."""
+    _same_logits_shape(student_logits, teacher_logits)
     t = jax.nn.log_softmax(teacher_logits)
     s = jax.nn.log_softmax(student_logits)
     return jnp.mean(jnp.sum(jnp.exp(t) * (t - s), axis=-1), axis=-1)
@@ -37,6 +50,7 @@ def kl_divergence(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.A
 def probability_r2(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
     """R^2 of the student's class probabilities against the teacher's, pooled over rows and
     classes: [..., N, K] -> [...]. 1 is perfect; 0 is no better than the teacher's mean."""
+    _same_logits_shape(student_logits, teacher_logits)
     t = jax.nn.softmax(teacher_logits)
     s = jax.nn.softmax(student_logits)
     ss_res = jnp.sum((t - s) ** 2, axis=(-2, -1))
@@ -71,6 +85,7 @@ def fidelity(teacher_logits: jax.Array, student_logits: jax.Array) -> Fidelity:
 
 def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
     """Separable Gaussian blur of [B, H, W, C] (edge-padded), per channel."""
+    sigma = validate.number(sigma, "blur sigma", low=0.0, low_open=True)
     radius = max(1, int(3 * sigma + 0.5))
     t = jnp.arange(-radius, radius + 1, dtype=images.dtype)
     k = jnp.exp(-0.5 * (t / sigma) ** 2)
@@ -122,7 +137,19 @@ def trapezoid_auc(curve: jax.Array) -> jax.Array:
     return (jnp.sum(curve, axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
 
 
-@functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma"))
+def _attribution_inputs(images, attributions, class_idx, teacher_apply, teacher_params,
+                        attributions_name: str = "attributions",
+                        attribution_shape=None):
+    """Checks of the common (images, attributions, class_idx, teacher) arguments of metrics."""
+    images = validate.images(images)
+    b = images.shape[0]
+    attribution_shape = tuple(images.shape) if attribution_shape is None else attribution_shape
+    attributions = validate.array(attributions, attributions_name, shape=attribution_shape)
+    k = validate.teacher(teacher_apply, teacher_params, images)
+    class_idx = validate.class_indices(class_idx, batch=b, num_classes=k)
+    return images, attributions, class_idx
+
+
 def deletion_insertion(
     images: jax.Array,
     attributions: jax.Array,
@@ -141,7 +168,8 @@ def deletion_insertion(
     the class after each step traces a curve on [0, 1] whose area is the score.
 
     Args:
-      images: [B, H, W, C] in [0, 1]; attributions: [B, H, W, C]; class_idx: [B] int.
+      images: [B, H, W, C] in [0, 1]; attributions: [B, H, W, C] finite; class_idx: [B] int in
+        [0, K).
       teacher_apply, teacher_params: the teacher.
       steps: points of the curve after the first (all pixels are reached at the last).
       baseline: "zero", "blur" or "mean" (`baseline_images`).
@@ -149,10 +177,33 @@ def deletion_insertion(
 
     Returns:
       `DeletionInsertion`.
+
+    Raises:
+      ValueError: malformed images, attributions, class indices, settings or teacher.
     """
-    if attributions.shape != images.shape:
-        raise ValueError(f"attributions {attributions.shape} must have the images' shape "
-                         f"{images.shape}.")
+    images, attributions, class_idx = _attribution_inputs(images, attributions, class_idx,
+                                                          teacher_apply, teacher_params)
+    validate.integer(steps, "steps", minimum=1)
+    validate.choice(baseline, BASELINES, "baseline")
+    validate.number(blur_sigma, "blur_sigma", low=0.0, low_open=True)
+    return _deletion_insertion(images, attributions, class_idx, teacher_apply=teacher_apply,
+                               teacher_params=teacher_params, steps=steps, baseline=baseline,
+                               blur_sigma=blur_sigma)
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma"))
+def _deletion_insertion(
+    images: jax.Array,
+    attributions: jax.Array,
+    class_idx: jax.Array,
+    *,
+    teacher_apply: TeacherApply,
+    teacher_params,
+    steps: int = 49,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+) -> DeletionInsertion:
+    """`deletion_insertion` without the checks, jitted (for callers that validated)."""
     b, h, w, _ = images.shape
     ranks = pixel_order_ranks(attributions).reshape(b, h, w, 1)
     base = baseline_images(images, baseline, blur_sigma)
@@ -185,6 +236,7 @@ def relative_change(reference: jax.Array, other: jax.Array) -> jax.Array:
     """||other - reference|| / ||reference|| per instance: [B, ...] x2 -> [B]; NaN where the
     reference is all zero (e.g. a Grad-CAM map whose ReLU removed everything): a relative
     change is undefined there."""
+    _same_shape(reference, other, "reference", "other")
     num = jnp.linalg.norm(_flat(other - reference), axis=1)
     den = jnp.linalg.norm(_flat(reference), axis=1)
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
@@ -213,6 +265,11 @@ def max_sensitivity(
     Returns:
       [B]; NaN for instances whose reference attribution is all zero.
     """
+    if not callable(attribute_fn):
+        raise ValueError("attribute_fn must be a callable images -> attributions.")
+    images = validate.images(images)
+    validate.number(radius, "radius", low=0.0)
+    validate.integer(samples, "samples", minimum=1)
     ref = attribute_fn(images) if reference is None else reference
     worst = jnp.zeros(images.shape[0])
     for k in jax.random.split(key, samples):
@@ -222,8 +279,15 @@ def max_sensitivity(
     return worst
 
 
+def _same_shape(a, b, name_a: str = "a", name_b: str = "b") -> None:
+    if jnp.shape(a) != jnp.shape(b) or jnp.ndim(a) < 1:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape [B, ...]; got "
+                         f"{list(jnp.shape(a))} and {list(jnp.shape(b))}.")
+
+
 def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
     """Pearson correlation per instance: [B, ...] x2 -> [B] (0 where either is constant)."""
+    _same_shape(a, b)
     a, b = _flat(a), _flat(b)
     a = a - jnp.mean(a, axis=1, keepdims=True)
     b = b - jnp.mean(b, axis=1, keepdims=True)
@@ -233,6 +297,7 @@ def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
     """Spearman rank correlation per instance (ties get average ranks): [B, ...] x2 -> [B]."""
+    _same_shape(a, b)
     ra = jax.scipy.stats.rankdata(_flat(a), axis=1)
     rb = jax.scipy.stats.rankdata(_flat(b), axis=1)
     return pearson(ra, rb)
@@ -241,6 +306,9 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
 def seed_agreement(attributions: jax.Array) -> jax.Array:
     """Mean pairwise Pearson correlation between runs of a stochastic explainer that differ only
     in their seed: [R, B, ...] -> [B]; 1 = the seed does not matter."""
+    if jnp.ndim(attributions) < 2:
+        raise ValueError(f"seed_agreement needs attributions [R, B, ...]; got shape "
+                         f"{list(jnp.shape(attributions))}.")
     r = attributions.shape[0]
     if r < 2:
         raise ValueError(f"seed_agreement needs >= 2 runs, got {r}.")
@@ -264,8 +332,22 @@ def cascading_layers(names: list[str]) -> list[list[str]]:
     return [list(names[len(names) - i :]) for i in range(1, len(names) + 1)]
 
 
-@functools.partial(jax.jit, static_argnames="teacher_apply")
 def average_drop_increase(
+    images: jax.Array, maps: jax.Array, class_idx: jax.Array, *, teacher_apply: TeacherApply,
+    teacher_params,
+) -> tuple[jax.Array, jax.Array]:
+    """Average drop and increase in confidence (Chattopadhyay et al. 2018): images
+    [B, H, W, C] in [0, 1], maps [B, H, W] finite, class_idx [B] in [0, K) -> (drop [B],
+    increase [B]); see `_average_drop_increase`. Raises ValueError on malformed input."""
+    images, maps, class_idx = _attribution_inputs(
+        images, maps, class_idx, teacher_apply, teacher_params, attributions_name="maps",
+        attribution_shape=tuple(jnp.shape(images))[:3])
+    return _average_drop_increase(images, maps, class_idx, teacher_apply=teacher_apply,
+                                  teacher_params=teacher_params)
+
+
+@functools.partial(jax.jit, static_argnames="teacher_apply")
+def _average_drop_increase(
     images: jax.Array, maps: jax.Array, class_idx: jax.Array, *, teacher_apply: TeacherApply,
     teacher_params,
 ) -> tuple[jax.Array, jax.Array]:

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepvid_jax import validate
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
@@ -29,6 +31,18 @@ class TeacherConfig:
     features: tuple[int, ...] = (32, 64)
     hidden: int = 128
     image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    def __post_init__(self):
+        _check_classifier_config(self)
+
+
+def _check_classifier_config(config) -> None:
+    """The fields the teacher and the surrogate share."""
+    validate.fields(config, positive_int=("hidden",), positive_ints=("features",),
+                    image_shape=("image_shape",))
+    if validate.integer(config.num_classes, f"{type(config).__name__}.num_classes") < 2:
+        raise ValueError(f"{type(config).__name__}.num_classes must be >= 2, got "
+                         f"{config.num_classes}.")
 
 
 class Teacher(nn.Module):
@@ -74,7 +88,16 @@ def teacher_logits(params: dict, images: jax.Array, config: TeacherConfig = Teac
     Returns:
       logits [B, K] float32.
     """
+    _check_input_shape(images, config.image_shape, "teacher")
     return Teacher(config).apply({"params": params}, images)
+
+
+def _check_input_shape(images, image_shape, what: str) -> None:
+    """Static check (valid under jit): images [B, *image_shape]."""
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4 or shape[1:] != tuple(image_shape):
+        raise ValueError(f"the {what} expects images [B, {', '.join(map(str, image_shape))}]; "
+                         f"got shape {list(shape)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +118,8 @@ class VAEConfig:
     image_shape: tuple[int, int, int] = (28, 28, 1)
 
     def __post_init__(self):
+        validate.fields(self, positive_int=("latent_dim", "hidden"), positive_ints=("features",),
+                        image_shape=("image_shape",))
         h, w, _ = self.image_shape
         stride = 2 ** len(self.features)
         if h % stride or w % stride:
@@ -102,8 +127,6 @@ class VAEConfig:
                 f"VAEConfig: image_shape {self.image_shape} needs H and W divisible by {stride} "
                 f"(2 ** len(features={self.features}))."
             )
-        if self.latent_dim < 1:
-            raise ValueError(f"VAEConfig: latent_dim must be >= 1, got {self.latent_dim}.")
 
 
 class Encoder(nn.Module):
@@ -198,6 +221,9 @@ class SurrogateConfig:
     hidden: int = 128
     image_shape: tuple[int, int, int] = (28, 28, 1)
 
+    def __post_init__(self):
+        _check_classifier_config(self)
+
 
 class SpatialAttention(nn.Module):
     """features [B, h, w, F] -> attention [B, h, w] in [0, 1] (3x3 conv, ReLU, 1x1 conv,
@@ -235,6 +261,7 @@ def init_surrogate(key: jax.Array, config: SurrogateConfig) -> dict:
 
 def surrogate_forward(params: dict, images: jax.Array, config: SurrogateConfig):
     """Pure surrogate pass: images [B, H, W, C] -> (logits [B, K], tuple of [B, h_s, w_s])."""
+    _check_input_shape(images, config.image_shape, "surrogate")
     return Surrogate(config).apply({"params": params}, images)
 
 
@@ -254,6 +281,12 @@ class ExplainerConfig:
     num_stages: int = 2
     features: tuple[int, ...] = (32, 32)
     image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    def __post_init__(self):
+        validate.fields(self, positive_int=("num_stages",), positive_ints=("features",),
+                        image_shape=("image_shape",))
+        if validate.integer(self.num_classes, "ExplainerConfig.num_classes") < 2:
+            raise ValueError(f"ExplainerConfig.num_classes must be >= 2, got {self.num_classes}.")
 
 
 class Explainer(nn.Module):

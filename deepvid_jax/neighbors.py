@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from deepvid_jax import vae
+from deepvid_jax import vae, validate
 from deepvid_jax.models import VAEConfig
 
 SAMPLERS = ("vae", "pixel", "mask")
@@ -44,14 +44,13 @@ class NeighborConfig:
     mask_value: float = 0.0
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"NeighborConfig.sampler must be one of {SAMPLERS}: {self.sampler!r}")
-        if self.num < 2:
+        validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
+        validate.fields(self, nonneg=("latent_scale", "pixel_noise"),
+                        probability=("mask_keep", "mask_value"))
+        if validate.integer(self.num, "NeighborConfig.num") < 2:
             raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
-        if self.latent_scale < 0 or self.pixel_noise < 0:
-            raise ValueError("NeighborConfig: latent_scale and pixel_noise must be >= 0.")
-        if not 0.0 <= self.mask_keep <= 1.0 or not 0.0 <= self.mask_value <= 1.0:
-            raise ValueError("NeighborConfig: mask_keep and mask_value must be in [0, 1].")
+        if not isinstance(self.use_posterior_std, bool):
+            raise ValueError("NeighborConfig.use_posterior_std must be a bool.")
 
 
 def latent_neighbors(
@@ -125,6 +124,10 @@ def interpolate(
     Returns:
       [steps, H, W, C]; the first and last are the reconstructions of a and b.
     """
+    validate.integer(steps, "steps", minimum=2)
+    if jnp.shape(a) != tuple(vae_config.image_shape) or jnp.shape(b) != jnp.shape(a):
+        raise ValueError(f"interpolate needs two images of shape {vae_config.image_shape}; got "
+                         f"{list(jnp.shape(a))} and {list(jnp.shape(b))}.")
     means, _ = vae.encode(vae_params, jnp.stack([a, b]), config=vae_config)
     t = jnp.linspace(0.0, 1.0, steps)[:, None]
     return vae.decode(vae_params, (1 - t) * means[0] + t * means[1], config=vae_config)
@@ -142,6 +145,10 @@ def traverse(
     Returns:
       [Z, V, H, W, C]: row d varies latent dimension d, the others held at the mean.
     """
+    if jnp.shape(image) != tuple(vae_config.image_shape):
+        raise ValueError(f"traverse needs one image of shape {vae_config.image_shape}; got "
+                         f"{list(jnp.shape(image))}.")
+    validate.array(values, "values", ndim=1)
     mean, _ = vae.encode(vae_params, image[None], config=vae_config)
     z_dim = vae_config.latent_dim
     offsets = jnp.eye(z_dim)[:, None, :] * values[None, :, None]  # [Z, V, Z]

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from deepvid_jax import validate
+
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 
 
@@ -31,10 +33,9 @@ class RiseConfig:
     batch: int = 100
 
     def __post_init__(self):
-        if self.num_masks < 1 or self.grid < 1 or self.batch < 1:
-            raise ValueError("RiseConfig: num_masks, grid and batch must be >= 1.")
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"RiseConfig.keep must be in (0, 1], got {self.keep}.")
+        # keep = 1 would keep every pixel in every mask: a constant, meaningless map.
+        validate.fields(self, positive_int=("num_masks", "grid", "batch"),
+                        open_probability=("keep",))
 
 
 def rise_masks(key: jax.Array, num: int, height: int, width: int, grid: int,
@@ -49,15 +50,32 @@ def rise_masks(key: jax.Array, num: int, height: int, width: int, grid: int,
     return jax.vmap(lambda m, y, x: jax.lax.dynamic_slice(m, (y, x), (height, width)))(up, dy, dx)
 
 
-@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
 def rise(
     images: jax.Array, class_idx: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
     teacher_params, config: RiseConfig = RiseConfig(),
 ) -> jax.Array:
-    """RISE saliency: images [B, H, W, C] in [0, 1], class_idx [B] -> [B, H, W].
+    """RISE saliency: images [B, H, W, C] in [0, 1], class_idx [B] in [0, K) -> [B, H, W].
 
     The same N masks serve every image of the batch (as in the paper's implementation).
+
+    Raises:
+      ValueError: malformed images or class indices, or a teacher that does not give finite
+        float logits.
     """
+    validate.config(config, RiseConfig, "config")
+    images = validate.images(images)
+    k = validate.teacher(teacher_apply, teacher_params, images)
+    class_idx = validate.class_indices(class_idx, batch=images.shape[0], num_classes=k)
+    return _rise(images, class_idx, key, teacher_apply=teacher_apply,
+                 teacher_params=teacher_params, config=config)
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
+def _rise(
+    images: jax.Array, class_idx: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
+    teacher_params, config: RiseConfig = RiseConfig(),
+) -> jax.Array:
+    """`rise` without the checks, jitted."""
     b, h, w, _ = images.shape
     n_batches = -(-config.num_masks // config.batch)
     masks = rise_masks(key, n_batches * config.batch, h, w, config.grid, config.keep)

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from deepvid_jax import validate
+
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
@@ -39,10 +41,8 @@ class StudentConfig:
     l2: float = 1.0
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"StudentConfig.temperature must be > 0, got {self.temperature}.")
-        if self.steps < 1:
-            raise ValueError(f"StudentConfig.steps must be >= 1, got {self.steps}.")
+        validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
+                        nonneg=("hard_label_weight", "l1", "l2"))
 
 
 def distillation_loss(
@@ -97,6 +97,8 @@ def fit_student(
       one representative of the student's equivalence class that does not depend on the
       optimiser's path.
     """
+    validate.array(x, "x", ndim=2)
+    validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
     # Optimise on centred inputs (better conditioned; same function class), then fold the
     # centre back into the bias.
     mu = jnp.mean(x, axis=0)

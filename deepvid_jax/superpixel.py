@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax.explain import map_instances, validate_images
+from deepvid_jax import validate
+from deepvid_jax.explain import map_instances
 
 TeacherApply = Callable[[object, jax.Array], jax.Array]
 
@@ -56,11 +57,12 @@ class LimeConfig:
     keep_prob: float = 0.5
 
     def __post_init__(self):
+        validate.fields(self, positive_int=("num_samples", "holdout", "patch"),
+                        probability=("hide_value",), positive=("kernel_width",),
+                        nonneg=("ridge",), open_probability=("keep_prob",))
         if not 1 <= self.holdout < self.num_samples - 1:
             raise ValueError(f"LimeConfig.holdout must be in [1, num_samples - 2], got "
                              f"{self.holdout} with num_samples {self.num_samples}.")
-        if self.patch < 1 or self.kernel_width <= 0 or self.ridge < 0:
-            raise ValueError("LimeConfig: patch >= 1, kernel_width > 0 and ridge >= 0 needed.")
 
     @property
     def num_fit(self) -> int:
@@ -87,7 +89,10 @@ class LimeExplanation(NamedTuple):
 
     def attribution(self, class_idx: jax.Array, num_channels: int = 1) -> jax.Array:
         """Segment coefficients painted on their pixels: class_idx [B] -> [B, H, W, C]."""
-        return segment_attribution(self.coef, self.segments, class_idx, num_channels)
+        idx = validate.class_indices(class_idx, batch=self.coef.shape[0],
+                                     num_classes=self.coef.shape[-1])
+        validate.integer(num_channels, "num_channels", minimum=1)
+        return segment_attribution(self.coef, self.segments, idx, num_channels)
 
 
 def grid_segments(height: int, width: int, patch: int) -> np.ndarray:
@@ -226,12 +231,13 @@ def explain_lime(
     Returns:
       `LimeExplanation` of numpy arrays, leading axis B.
     """
-    arr = validate_images(images)
+    validate.config(config, LimeConfig, "config")
+    arr = validate.images(images)
     b, h, w, _ = arr.shape
     if segments is None:
         segments = grid_segments(h, w, config.patch)
     seg = np.asarray(segments)
-    if not np.issubdtype(seg.dtype, np.integer):
+    if seg.dtype == bool or not np.issubdtype(seg.dtype, np.integer):
         raise ValueError(f"segments must be integer ids; got dtype {seg.dtype}.")
     if seg.ndim == 2:
         seg = np.broadcast_to(seg, (b, h, w))
@@ -241,11 +247,23 @@ def explain_lime(
     if seg.min() < 0:
         raise ValueError("segments must be non-negative ids.")
     num_segments = int(seg.max()) + 1
+    if num_segments > h * w:
+        raise ValueError(f"segments has ids up to {num_segments - 1}; at most H * W = {h * w} "
+                         "segments make sense (ids are 0..S-1).")
     seg = seg.astype(np.int32)
+    validate.teacher(teacher_apply, teacher_params, arr)
 
     def fn(params, inp, keys):
         return lime_batch(inp[0], inp[1], keys, teacher_apply=teacher_apply,
                           teacher_params=params, num_segments=num_segments, config=config)
 
     return map_instances(fn, teacher_params, (arr, seg), key, chunk_size=chunk_size,
-                         shard=shard, progress=progress, desc="lime")
+                         shard=shard, progress=progress, desc="lime", check=_finite_lime)
+
+
+def _finite_lime(e: LimeExplanation, start: int) -> None:
+    bad = ~(np.isfinite(e.coef).reshape(len(e.coef), -1).all(1) & np.isfinite(e.intercept).all(1))
+    if bad.any():
+        rows = (np.nonzero(bad)[0] + start).tolist()
+        raise ValueError(f"LIME explanations of images {rows[:10]} are not finite: the teacher "
+                         "returned NaN or inf on some perturbed images.")

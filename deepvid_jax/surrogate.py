@@ -39,8 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepvid_jax import data, train
-from deepvid_jax.explain import validate_images
+from deepvid_jax import data, train, validate
 from deepvid_jax.models import (
     Explainer,
     ExplainerConfig,
@@ -71,6 +70,10 @@ class SurrogateLoss:
     area: float = 1.0
     smooth: float = 0.5
 
+    def __post_init__(self):
+        validate.fields(self, positive=("temperature",),
+                        nonneg=("hard_label_weight", "preserve", "delete", "area", "smooth"))
+
 
 SURROGATE_TRAIN = train.TrainConfig(epochs=6)
 EXPLAINER_TRAIN = train.TrainConfig(epochs=4)
@@ -78,8 +81,12 @@ EXPLAINER_TRAIN = train.TrainConfig(epochs=4)
 
 def teacher_logits_of(teacher_apply: TeacherApply, teacher_params, images,
                       batch_size: int = 1000) -> np.ndarray:
-    """The teacher's logits [N, K] on images [N, H, W, C], queried in batches (on the host)."""
-    return data.map_batches(jax.jit(teacher_apply), teacher_params, images, batch_size)
+    """The teacher's logits [N, K] on images [N, H, W, C], queried in batches (on the host);
+    the teacher is probed first, and non-finite logits are an error."""
+    images = validate.images(images)
+    validate.teacher(teacher_apply, teacher_params, images)
+    out = data.map_batches(jax.jit(teacher_apply), teacher_params, images, batch_size)
+    return validate.array(out, "the teacher's logits")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +131,18 @@ def train_surrogate(
     config: SurrogateConfig, train_config: train.TrainConfig = SURROGATE_TRAIN, *,
     loss: SurrogateLoss = SurrogateLoss(), progress: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Distils a surrogate from teacher logits; returns (params, history with eval agreement)."""
+    """Distils a surrogate from teacher logits; returns (params, history with eval agreement).
+
+    Images [N, H, W, C] in [0, 1] matching ``config.image_shape``; teacher logits [N, K] float
+    with K = ``config.num_classes``, finite.
+    """
+    validate.config(config, SurrogateConfig, "config")
+    validate.config(train_config, train.TrainConfig, "train_config")
+    for split, (x, t) in {"train": (train_images, train_teacher_logits),
+                          "eval": (eval_images, eval_teacher_logits)}.items():
+        x = validate.images(x, name=f"{split}_images", image_shape=config.image_shape,
+                            expected_by="the surrogate config")
+        validate.array(t, f"{split}_teacher_logits", shape=(len(x), config.num_classes))
     params = init_surrogate(jax.random.PRNGKey(train_config.seed), config)
     state = train.create_state(params, config, train_config)
     step = functools.partial(surrogate_train_step, loss=loss)
@@ -209,6 +227,13 @@ def train_explainer(
     Returns:
       (params, its `ExplainerConfig`, history with held-out loss terms).
     """
+    validate.config(surrogate_config, SurrogateConfig, "surrogate_config")
+    for split, (x, c) in {"train": (train_images, train_classes),
+                          "eval": (eval_images, eval_classes)}.items():
+        x = validate.images(x, name=f"{split}_images", image_shape=surrogate_config.image_shape,
+                            expected_by="the surrogate config")
+        validate.class_indices(c, batch=len(x), num_classes=surrogate_config.num_classes,
+                               name=f"{split}_classes")
     config = ExplainerConfig(num_classes=surrogate_config.num_classes,
                              num_stages=len(surrogate_config.features),
                              image_shape=surrogate_config.image_shape)
@@ -253,15 +278,12 @@ def saliency(
     Raises:
       ValueError: malformed images (rank, dtype, NaN, range, shape) or class indices.
     """
-    arr = validate_images(images, surrogate_config.image_shape)
+    validate.config(surrogate_config, SurrogateConfig, "surrogate_config")
+    validate.config(explainer_config, ExplainerConfig, "explainer_config")
+    arr = validate.images(images, image_shape=surrogate_config.image_shape,
+                          expected_by="the surrogate")
     if class_idx is not None:
-        class_idx = np.asarray(class_idx)
-        if class_idx.shape != (len(arr),) or not np.issubdtype(class_idx.dtype, np.integer):
-            raise ValueError(f"class_idx must be [B] = [{len(arr)}] ints; got shape "
-                             f"{class_idx.shape}, dtype {class_idx.dtype}.")
-        if class_idx.min() < 0 or class_idx.max() >= surrogate_config.num_classes:
-            raise ValueError(f"class_idx must be in [0, {surrogate_config.num_classes}); got "
-                             f"[{class_idx.min()}, {class_idx.max()}].")
-        class_idx = jnp.asarray(class_idx, jnp.int32)
+        class_idx = jnp.asarray(validate.class_indices(
+            class_idx, batch=len(arr), num_classes=surrogate_config.num_classes))
     return _saliency(jnp.asarray(arr), class_idx, surrogate_params, explainer_params,
                      surrogate_config, explainer_config)

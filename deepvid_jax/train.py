@@ -20,7 +20,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from deepvid_jax import adversarial, consistency, vae
+from deepvid_jax import adversarial, consistency, vae, validate
 from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
 
 
@@ -42,6 +42,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        validate.fields(self, positive_int=("epochs", "batch_size", "eval_batch_size"),
+                        positive=("learning_rate",), nonneg_int=("seed",))
 
 
 # Defaults measured on MNIST test[:8000] (README): ~97.9 % teacher accuracy, faithful VAE.
@@ -122,9 +126,11 @@ class AdversarialTraining:
     layer: str = "dense"
 
     def __post_init__(self):
-        if self.consistency_weight < 0:
-            raise ValueError(f"AdversarialTraining.consistency_weight must be >= 0, got "
-                             f"{self.consistency_weight}.")
+        validate.config(self.attack, adversarial.AttackConfig, "AdversarialTraining.attack")
+        validate.fields(self, nonneg=("consistency_weight",))
+        if not isinstance(self.layer, str):
+            raise ValueError(f"AdversarialTraining.layer must be a layer name, got "
+                             f"{self.layer!r}.")
 
 
 def adversarial_teacher_loss(
@@ -187,6 +193,7 @@ def evaluate_teacher(
     batch_size: int = 1000,
 ) -> dict[str, float]:
     """Test loss and accuracy over [N, H, W, C] images and [N] labels."""
+    images, labels = _labelled(images, labels, config, "eval")
     total_loss, correct = 0.0, 0
     for i in range(0, len(images), batch_size):
         loss, hits = _teacher_eval_batch(
@@ -234,6 +241,8 @@ def evaluate_vae(
     params: dict, images: np.ndarray, key: jax.Array, config: VAEConfig, batch_size: int = 1000
 ) -> dict[str, float]:
     """Held-out negative ELBO (nats/image), its KL part, and the reconstruction MSE per pixel."""
+    images = validate.images(images, name="eval images", image_shape=config.image_shape,
+                             expected_by="the VAE config")
     totals = np.zeros(3)
     for j, i in enumerate(range(0, len(images), batch_size)):
         out = _vae_eval_batch(
@@ -273,7 +282,8 @@ def fit(
     Returns:
       (final state, one dict per epoch with mean train metrics and eval metrics).
     """
-    n = len(train_arrays[0])
+    validate.config(config, TrainConfig, "config")
+    n = validate.same_length(**{f"train_arrays[{i}]": a for i, a in enumerate(train_arrays)})
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(
@@ -326,7 +336,16 @@ def train_teacher(
     Returns:
       (params, history).
     """
-    _check_shape(train[0], model_config.image_shape, "teacher")
+    validate.config(model_config, TeacherConfig, "model_config")
+    validate.config(config, TrainConfig, "config")
+    train = _labelled(*train, model_config, "train")
+    eval = _labelled(*eval, model_config, "eval")
+    if adversarial_training is not None:
+        validate.config(adversarial_training, AdversarialTraining, "adversarial_training")
+        names = consistency.layer_names(model_config)
+        if adversarial_training.layer not in names:
+            raise ValueError(f"AdversarialTraining.layer {adversarial_training.layer!r} is not "
+                             f"one of the teacher's layers {names}.")
     params = init_teacher(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config)
     step = teacher_train_step
@@ -349,7 +368,14 @@ def train_vae(
     progress: bool = True,
 ) -> tuple[dict, list[dict[str, float]]]:
     """Trains a VAE from scratch on [N, H, W, C] images in [0, 1]; returns (params, history)."""
-    _check_shape(train_images, model_config.image_shape, "VAE")
+    validate.config(model_config, VAEConfig, "model_config")
+    validate.config(config, TrainConfig, "config")
+    train_images = validate.images(train_images, name="train images",
+                                   image_shape=model_config.image_shape,
+                                   expected_by="the VAE config")
+    eval_images = validate.images(eval_images, name="eval images",
+                                  image_shape=model_config.image_shape,
+                                  expected_by="the VAE config")
     params = vae.init_vae(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config)
     eval_key = jax.random.PRNGKey(config.seed + 1)
@@ -361,9 +387,10 @@ def train_vae(
     return state.params, history
 
 
-def _check_shape(images: np.ndarray, image_shape: tuple[int, ...], what: str) -> None:
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise ValueError(
-            f"{what}: images of shape {images.shape} do not match the config's image_shape "
-            f"{tuple(image_shape)} (expected [N, {', '.join(map(str, image_shape))}])."
-        )
+def _labelled(images, labels, config: TeacherConfig, split: str):
+    """Checked (images [N, H, W, C] in [0, 1], labels [N] in [0, K)) of one split."""
+    images = validate.images(images, name=f"{split} images", image_shape=config.image_shape,
+                             expected_by="the teacher config")
+    labels = validate.class_indices(labels, batch=len(images), num_classes=config.num_classes,
+                                    name=f"{split} labels")
+    return images, labels

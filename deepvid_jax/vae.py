@@ -34,11 +34,13 @@ def encode(
     Returns:
       (mean [B, Z], logvar [B, Z]).
     """
+    _check_shape(images, (None, *config.image_shape), "images", "[B, H, W, C]")
     return VAE(config).apply({"params": params}, images, method=VAE.encode)
 
 
 def decode_logits(params: dict, z: jax.Array, *, config: VAEConfig = VAEConfig()) -> jax.Array:
     """z [B, Z] -> pixel logits [B, H, W, C] of the Bernoulli likelihood p(x | z)."""
+    _check_shape(z, (None, config.latent_dim), "z", "[B, Z]")
     return VAE(config).apply({"params": params}, z, method=VAE.decode)
 
 
@@ -51,6 +53,16 @@ def reconstruct(params: dict, images: jax.Array, *, config: VAEConfig = VAEConfi
     """images [B, H, W, C] -> decode(posterior mean) [B, H, W, C] in [0, 1]."""
     mean, _ = encode(params, images, config=config)
     return decode(params, mean, config=config)
+
+
+def _check_shape(x, want, name: str, spec: str) -> None:
+    """Static shape check (valid under jit): None entries are free."""
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape,
+                                                                                strict=True)):
+        raise ValueError(f"the VAE expects {name} {spec} = "
+                         f"[{', '.join('B' if w is None else str(w) for w in want)}]; got "
+                         f"{list(shape)}.")
 
 
 def kl_to_prior(mean: jax.Array, logvar: jax.Array) -> jax.Array:

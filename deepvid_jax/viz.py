@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # Files only; never needs a display.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deepvid_jax import files  # noqa: E402
+
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
     image = np.asarray(image)
@@ -23,11 +25,11 @@ def _show(ax, image: np.ndarray, **kwargs) -> None:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    """Writes the figure atomically (a kill never leaves half a PNG) and closes it."""
+    try:
+        return files.savefig(fig, path, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def reconstruction_grid(
