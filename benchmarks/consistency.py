@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import jax
 import numpy as np
 from common import machine_info
 
-from deepvid_jax import adversarial, checkpoint, consistency, data, train, viz
+from deepvid_jax import adversarial, checkpoint, consistency, data, files, train, viz
 from deepvid_jax.adversarial import AttackConfig
 from deepvid_jax.models import TeacherConfig, teacher_logits
 
@@ -188,9 +187,9 @@ def main(argv=None) -> int:
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "consistency.json").write_text(json.dumps(
-        {"results": results, "args": vars(args), "machine": machine_info()}, indent=2))
-    (out / "consistency.md").write_text(text)
+    files.write_json(out / "consistency.json",
+                     {"results": results, "args": vars(args), "machine": machine_info()})
+    files.write_text(out / "consistency.md", text)
     print(f"wrote {out}/consistency.{{json,md}} and {args.figures}/consistency_*.png")
     return 0
 

@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
-from deepvid_jax import attribution, checkpoint, consistency, data, metrics, superpixel  # noqa: E402
+from deepvid_jax import attribution, checkpoint, consistency, data, files, metrics, superpixel  # noqa: E402
 from deepvid_jax import explain as ex  # noqa: E402
 from deepvid_jax.models import init_teacher, teacher_logits  # noqa: E402
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
@@ -251,7 +251,7 @@ def update_subset(name: str, methods_to_update: list[str], args) -> None:
         seconds = time.perf_counter() - start
         result.setdefault("updated", []).append(
             f"stability and sanity of {method} on {len(sub)} images ({seconds:.0f} s)")
-        path.write_text(json.dumps(result, indent=2))
+        files.write_json(path, result)
         (Path(args.out) / f"evaluate_{name}.md").write_text(markdown(result))
         r = result["methods"][method]
         print(f"{name} {method}: max-sensitivity {fmt(r['max_sensitivity'])}, sanity "
@@ -399,7 +399,7 @@ def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
         ax.axhline(0, color="gray", lw=0.5)
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out / "evaluate_sanity.png", dpi=110)
+    files.savefig(fig, out / "evaluate_sanity.png", dpi=110)
     plt.close(fig)
 
     if sweep_rows:
@@ -428,7 +428,7 @@ def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
         axes[1].legend(fontsize=8, loc="lower left")
         fig.suptitle("DeepVID on MNIST: fidelity of the student as the neighbourhood changes")
         fig.tight_layout()
-        fig.savefig(out / "evaluate_sweep.png", dpi=110)
+        files.savefig(fig, out / "evaluate_sweep.png", dpi=110)
         plt.close(fig)
 
 
@@ -492,8 +492,8 @@ def main(argv=None) -> int:
                       wall_seconds=time.perf_counter() - start)
         text = markdown(result)
         print("\n" + text)
-        (out / f"evaluate_{name}.json").write_text(json.dumps(result, indent=2))
-        (out / f"evaluate_{name}.md").write_text(text)
+        files.write_json(out / f"evaluate_{name}.json", result)
+        files.write_text(out / f"evaluate_{name}.md", text)
         results.append(result)
     figures(results, sweep_rows, Path(args.figures))
     print(f"wrote {out}/evaluate_*.{{json,md}} and {args.figures}/evaluate_*.png")

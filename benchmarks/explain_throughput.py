@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import machine_info
 
-from deepvid_jax import checkpoint, data
+from deepvid_jax import checkpoint, data, files
 from deepvid_jax import explain as ex
 from deepvid_jax.models import teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
@@ -183,8 +182,8 @@ def main(argv=None) -> int:
     result = {"machine": machine, "matmul_flops_per_s": peak, "rows": rows,
               "args": vars(args), "config_defaults": dataclasses.asdict(ex.ExplainConfig())}
     tag = machine["backend"] + (f"_{args.tag}" if args.tag else "")
-    (out / f"explain_throughput_{tag}.json").write_text(json.dumps(result, indent=2))
-    (out / f"explain_throughput_{tag}.md").write_text(text + "\n")
+    files.write_json(out / f"explain_throughput_{tag}.json", result)
+    files.write_text(out / f"explain_throughput_{tag}.md", text + "\n")
     print(f"wrote {out / f'explain_throughput_{tag}.json'}")
     return 0
 

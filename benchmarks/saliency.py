@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import interval, machine_info
 
-from deepvid_jax import attribution, checkpoint, data, metrics, rise, surrogate, viz
+from deepvid_jax import attribution, checkpoint, data, files, metrics, rise, surrogate, viz
 from deepvid_jax import explain as ex
 from deepvid_jax.models import teacher_logits
 
@@ -176,8 +175,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "saliency_speed" if args.speed_only else "saliency"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stem}.md").write_text(text)
+    files.write_json(out / f"{stem}.json", result)
+    files.write_text(out / f"{stem}.md", text)
     print(f"wrote {out}/{stem}.{{json,md}}")
     return 0
 

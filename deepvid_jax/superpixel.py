@@ -239,7 +239,7 @@ def explain_lime(
     seg = np.asarray(segments)
     if seg.dtype == bool or not np.issubdtype(seg.dtype, np.integer):
         raise ValueError(f"segments must be integer ids; got dtype {seg.dtype}.")
-    if seg.ndim == 2:
+    if seg.ndim == 2 and seg.shape == (h, w):
         seg = np.broadcast_to(seg, (b, h, w))
     if seg.shape != (b, h, w):
         raise ValueError(f"segments must have shape [B, H, W] = {(b, h, w)} or [H, W]; got "

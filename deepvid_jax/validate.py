@@ -10,7 +10,6 @@ code.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,7 +68,7 @@ def number(
     return v
 
 
-# Rules for `fields`: name -> (check, description).
+# Rules for `fields`: rule name -> check(value, "Class.field").
 _RULES: dict[str, Callable[[Any, str], Any]] = {
     "positive_int": lambda v, n: integer(v, n, minimum=1),
     "nonneg_int": lambda v, n: integer(v, n, minimum=0),
@@ -125,14 +124,6 @@ def choice(value: Any, options: Sequence[str], name: str) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}.")
     return value
-
-
-def dataclass_fields_finite(config: Any) -> None:
-    """Every float field of a dataclass is finite (a catch-all under the specific rules)."""
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{type(config).__name__}.{f.name} must be finite, got {v!r}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,11 +240,6 @@ def same_length(**arrays: Any) -> int:
     return next(iter(lengths.values()))
 
 
-def not_empty(n: int, what: str) -> None:
-    if n == 0:
-        raise ValueError(f"{what} is empty: nothing to work on.")
-
-
 # --------------------------------------------------------------------------------------------
 # Teachers
 # --------------------------------------------------------------------------------------------
@@ -278,8 +264,11 @@ def teacher(
     if is_traced(probe) or any(is_traced(leaf) for leaf in jax.tree.leaves(teacher_params)):
         return None
     x = jnp.asarray(np.asarray(probe)[:probe_size])
+    # A host-side black box (`explain.callback_teacher`) is probed directly: an error inside
+    # jax.pure_callback would arrive wrapped in XLA's runtime error and logged traceback.
+    host_call = getattr(teacher_apply, "host_call", None)
     try:
-        out = teacher_apply(teacher_params, x)
+        out = host_call(np.asarray(x)) if host_call else teacher_apply(teacher_params, x)
     except Exception as e:
         raise ValueError(
             f"{name} failed on a probe batch of shape {_shape_str(x.shape)}: "
