@@ -124,9 +124,8 @@ def attack(
         or labels, or a teacher that does not give finite float logits.
     """
     validate.config(config, AttackConfig, "config")
-    images = validate.images(images)
-    k = validate.teacher(teacher_apply, teacher_params, images)
-    labels = validate.class_indices(labels, batch=images.shape[0], num_classes=k, name="labels")
+    images, labels = validate.images_and_classes(images, labels, teacher_apply, teacher_params,
+                                                 name="labels")
     return _attack(images, labels, key, teacher_apply=teacher_apply,
                    teacher_params=teacher_params, config=config)
 
@@ -153,10 +152,9 @@ def attack_dataset(
     """`attack` over any number of images in batches (instance keys ``fold_in(key, batch)``);
     returns a numpy array like ``images``. Everything is checked once, before the first batch."""
     validate.config(config, AttackConfig, "config")
-    images = validate.images(images)
+    images, labels = validate.images_and_classes(images, labels, teacher_apply, teacher_params,
+                                                 name="labels")
     validate.integer(batch_size, "batch_size", minimum=1)
-    k = validate.teacher(teacher_apply, teacher_params, images)
-    labels = validate.class_indices(labels, batch=len(images), num_classes=k, name="labels")
     out = []
     for j, i in enumerate(range(0, len(images), batch_size)):
         out.append(np.asarray(_attack(

@@ -191,15 +191,14 @@ def attribute(
     """
     validate.choice(method, GRADIENT_METHODS, "method")
     validate.config(config, AttributionConfig, "config")
-    images = validate.images(images)
+    image_shape = None
     if method == "grad_cam":
         if teacher_config is None:
             raise ValueError("grad_cam needs teacher_config (it reads the Teacher's conv maps).")
-        validate.config(teacher_config, TeacherConfig, "teacher_config")
-        images = validate.images(images, image_shape=teacher_config.image_shape,
-                                 expected_by="the teacher config")
-    k = validate.teacher(teacher_apply, teacher_params, images)
-    class_idx = validate.class_indices(class_idx, batch=images.shape[0], num_classes=k)
+        image_shape = validate.config(teacher_config, TeacherConfig, "teacher_config").image_shape
+    images, class_idx = validate.images_and_classes(
+        images, class_idx, teacher_apply, teacher_params, image_shape=image_shape,
+        expected_by="the teacher config")
     return _attribute(method, images, class_idx, key, teacher_apply=teacher_apply,
                       teacher_params=teacher_params, teacher_config=teacher_config,
                       config=config)

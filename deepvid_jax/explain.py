@@ -167,11 +167,12 @@ def student_fidelity(
     Returns:
       `metrics.Fidelity` of [B] arrays.
     """
-    b, n = neighbors.shape[:2]
     validate.array(weights, "weights", ndim=5)
-    validate.array(bias, "bias", shape=(b, weights.shape[-1]))
-    validate.array(neighbors, "neighbors", shape=(b, n, *weights.shape[1:-1]))
-    validate.array(teacher_logits, "teacher_logits", shape=(b, n, weights.shape[-1]))
+    b, k = weights.shape[0], weights.shape[-1]
+    validate.array(bias, "bias", shape=(b, k))
+    validate.array(neighbors, "neighbors", shape=(b, None, *weights.shape[1:-1]))
+    n = neighbors.shape[1]
+    validate.array(teacher_logits, "teacher_logits", shape=(b, n, k))
     w = weights.reshape(b, -1, weights.shape[-1])
     s = jnp.einsum("bnd,bdk->bnk", neighbors.reshape(b, n, -1), w) + bias[:, None, :]
     return metrics.fidelity(teacher_logits, s)

@@ -141,12 +141,10 @@ def _attribution_inputs(images, attributions, class_idx, teacher_apply, teacher_
                         attributions_name: str = "attributions",
                         attribution_shape=None):
     """Checks of the common (images, attributions, class_idx, teacher) arguments of metrics."""
-    images = validate.images(images)
-    b = images.shape[0]
+    images, class_idx = validate.images_and_classes(images, class_idx, teacher_apply,
+                                                    teacher_params)
     attribution_shape = tuple(images.shape) if attribution_shape is None else attribution_shape
     attributions = validate.array(attributions, attributions_name, shape=attribution_shape)
-    k = validate.teacher(teacher_apply, teacher_params, images)
-    class_idx = validate.class_indices(class_idx, batch=b, num_classes=k)
     return images, attributions, class_idx
 
 

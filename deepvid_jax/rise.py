@@ -63,9 +63,8 @@ def rise(
         float logits.
     """
     validate.config(config, RiseConfig, "config")
-    images = validate.images(images)
-    k = validate.teacher(teacher_apply, teacher_params, images)
-    class_idx = validate.class_indices(class_idx, batch=images.shape[0], num_classes=k)
+    images, class_idx = validate.images_and_classes(images, class_idx, teacher_apply,
+                                                    teacher_params)
     return _rise(images, class_idx, key, teacher_apply=teacher_apply,
                  teacher_params=teacher_params, config=config)
 

@@ -294,3 +294,21 @@ def teacher(
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} returned NaN or inf logits on a probe batch of {n} images.")
     return k
+
+
+def images_and_classes(
+    x: Any,
+    class_idx: Any,
+    teacher_apply: Callable,
+    teacher_params: Any,
+    *,
+    name: str = "class_idx",
+    image_shape: Sequence[int] | None = None,
+    expected_by: str = "the model",
+) -> tuple[Any, Any]:
+    """The common arguments of everything that explains, attacks or scores a teacher's class:
+    checked images ``x`` [B, H, W, C], the teacher probed on them (giving K), and class indices
+    [B] in [0, K). Returns (images, class indices) as numpy (or tracers)."""
+    arr = images(x, image_shape=image_shape, expected_by=expected_by)
+    k = teacher(teacher_apply, teacher_params, arr)
+    return arr, class_indices(class_idx, batch=arr.shape[0], num_classes=k, name=name)
