@@ -314,6 +314,10 @@ KILL_SCRIPT = textwrap.dedent("""
     path, kill_at, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     params = init_teacher(jax.random.PRNGKey(seed), cfg)
     watched = {checkpoint.__file__, files.__file__}
+    # Loops over orbax's files are left out: orbax writes a varying number of data files, and
+    # the points must mean the same lines in every child.
+    per_file = {"_sha256", "_tree_checksums", "jsonable", "<lambda>", "<genexpr>", "<dictcomp>",
+                "<listcomp>"}
     count = 0
 
     def local(frame, event, arg):
@@ -325,7 +329,8 @@ KILL_SCRIPT = textwrap.dedent("""
         return local
 
     def calls(frame, event, arg):
-        return local if frame.f_code.co_filename in watched else None
+        code = frame.f_code
+        return local if code.co_filename in watched and code.co_name not in per_file else None
 
     print("SAVING", flush=True)
     sys.settrace(calls)
@@ -376,7 +381,7 @@ def test_sigkill_at_any_point_of_a_save_keeps_a_complete_checkpoint(tmp_path):
     outcomes = {}
     for n, target, proc in procs:
         if isinstance(n, int):
-            assert proc.returncode == -signal.SIGKILL, (n, proc.returncode)
+            assert proc.returncode == -signal.SIGKILL, (n, lines, proc.returncode)
         restored = checkpoint.restore(target, kind="teacher")[0]
         outcomes[n] = "old" if _equal(restored, old) else "new" if _equal(restored, new) else "?"
         assert outcomes[n] != "?", n
