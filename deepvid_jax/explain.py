@@ -86,6 +86,8 @@ class Explanation(NamedTuple):
     fidelity: `Fidelity` of [B] arrays.
     neighbors: [B, N, H, W, C] or None (``return_neighbors``).
     neighbor_probs: [B, N, K] teacher probabilities on the neighbours, or None.
+    penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"), or
+      None ("adam").
     """
 
     weights: jax.Array
@@ -95,6 +97,7 @@ class Explanation(NamedTuple):
     fidelity: Fidelity
     neighbors: jax.Array | None = None
     neighbor_probs: jax.Array | None = None
+    penalty: jax.Array | None = None
 
     def class_weights(self, class_idx: jax.Array) -> jax.Array:
         """The weight image of one class per instance: class_idx [B] ints in [0, K) ->
@@ -141,7 +144,7 @@ def explain_instance(
     t_logits = teacher_apply(teacher_params, nb)
     x = nb.reshape(nb.shape[0], -1)
     n = config.num_fit
-    w, b, _ = fit_student(x[:n], t_logits[:n], config.student)
+    w, b, penalty = fit_student(x[:n], t_logits[:n], config.student)
     s_hold = x[n:] @ w + b
     fidelity = metrics.fidelity(t_logits[n:], s_hold)
     return Explanation(
@@ -152,6 +155,7 @@ def explain_instance(
         fidelity=fidelity,
         neighbors=nb if config.return_neighbors else None,
         neighbor_probs=jax.nn.softmax(t_logits) if config.return_neighbors else None,
+        penalty=None if config.student.method == "adam" else penalty,
     )
 
 

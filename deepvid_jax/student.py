@@ -1,18 +1,32 @@
 """The linear student and its distillation: ``logits = x @ W + b`` over flattened pixels.
 
-`fit_student` runs a fixed number of Adam steps inside `lax.scan`, so a fit is a pure function of
-(neighbours, teacher logits, config) and `jax.vmap` maps it over instances.
+Three ways to fit it (`StudentConfig.method`), each a pure function of (neighbours, teacher
+logits, config) that `jax.vmap` maps over instances:
+
+- ``"adam"``: the finite-temperature distillation loss (DeepVID's), a fixed number of Adam
+  steps inside `lax.scan` from zero.
+- ``"ridge"``: exact distillation in the high-temperature limit. There the KD loss matches the
+  logits up to a constant per row (Hinton et al. 2015, section 2.1), so the student is the ridge
+  regression of the class-centred teacher logits on the pixels, solved in closed form
+  (`fit_ridge`): in the primal (D x D) when D <= N, else in the dual (N x N), from one
+  eigendecomposition that also gives the generalised cross-validation score of every penalty on
+  a grid at almost no cost; the penalty with the lowest score is used and reported.
+- ``"kd"``: the finite-temperature loss again, warm-started from the ridge solution, so a few
+  Adam steps suffice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from deepvid_jax import validate
+
+METHODS = ("adam", "ridge", "kd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,24 +39,103 @@ class StudentConfig:
     T 1 does not (saturated soft labels carry little information).
 
     Attributes:
-      temperature: T; both teacher and student logits are divided by T.
-      steps: full-batch Adam steps.
+      method: "adam", "ridge" or "kd" (module docstring).
+      temperature: T; both teacher and student logits are divided by T ("adam", "kd").
+      steps: full-batch Adam steps ("adam"; for "kd", the steps after the warm start).
       learning_rate: Adam step size.
       hard_label_weight: weight of cross-entropy on the teacher's argmax labels.
       l1: weight of mean |W| (sparser explanations).
       l2: weight of mean W^2.
+      penalties: the ridge penalties tried per instance ("ridge", "kd"), relative to the mean
+        non-zero eigenvalue of the centred neighbours' Gram matrix (so the grid does not depend
+        on the image size or the neighbour count); the one with the best GCV score is used.
     """
 
+    method: str = "adam"
     temperature: float = 4.0
     steps: int = 200
     learning_rate: float = 0.1
     hard_label_weight: float = 0.0
     l1: float = 0.0
     l2: float = 1.0
+    penalties: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
     def __post_init__(self):
+        validate.choice(self.method, METHODS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
                         nonneg=("hard_label_weight", "l1", "l2"))
+        if not isinstance(self.penalties, tuple) or not self.penalties:
+            raise ValueError(f"StudentConfig.penalties must be a non-empty tuple, got "
+                             f"{self.penalties!r}.")
+        for i, v in enumerate(self.penalties):
+            validate.number(v, f"StudentConfig.penalties[{i}]", low=0.0, low_open=True)
+
+
+class RidgeFit(NamedTuple):
+    """A closed-form student: w [D, K], b [K] (centred over classes), penalty [] (the absolute
+    ridge penalty chosen), grid [L] (the absolute penalties tried), gcv [L] (their scores)."""
+
+    w: jax.Array
+    b: jax.Array
+    penalty: jax.Array
+    grid: jax.Array
+    gcv: jax.Array
+
+
+def fit_ridge(
+    x: jax.Array, teacher_logits: jax.Array, penalties: tuple[float, ...], *,
+    relative: bool = True,
+) -> RidgeFit:
+    """Ridge regression of class-centred logits on pixels with an unpenalised intercept, for the
+    penalty of ``penalties`` with the lowest generalised cross-validation score.
+
+    min_W,b ||x W + b - (t - mean_k t)||^2 + lambda ||W||^2, solved from one eigendecomposition
+    of the centred Gram matrix, D x D (primal) when D <= N, else N x N (dual); GCV(lambda) =
+    N * RSS / (N - 1 - tr H)^2 (Golub et al. 1979; the 1 is the intercept).
+
+    Args:
+      x: [N, D] neighbours; teacher_logits: [N, K].
+      penalties: the grid; relative to the mean non-zero eigenvalue of the Gram matrix unless
+        ``relative=False`` (then absolute).
+
+    Returns:
+      `RidgeFit`.
+    """
+    n, d = x.shape
+    y = teacher_logits - jnp.mean(teacher_logits, axis=1, keepdims=True)
+    mu_x, mu_y = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
+    xc, yc = x - mu_x, y - mu_y
+    primal = d <= n
+    gram = xc.T @ xc if primal else xc @ xc.T
+    e, vecs = jnp.linalg.eigh(gram)
+    # Below numpy's rank tolerance an eigenvalue is rounding noise of an exact zero (centring
+    # removes one direction; N < D leaves more): noise there skews tr H, so GCV, at small
+    # penalties.
+    tol = jnp.max(e) * max(n, d) * jnp.finfo(x.dtype).eps
+    e = jnp.where(e > tol, e, 0.0)
+    grid = jnp.asarray(penalties, x.dtype)
+    if relative:
+        rank = jnp.maximum(jnp.sum(e > 0), 1)
+        grid = grid * jnp.sum(e) / rank
+    lam = grid[:, None]  # [L, 1]
+    shrink = lam / (e[None, :] + lam)  # [L, m]: the part of each direction the penalty removes
+    if primal:
+        z = vecs.T @ (xc.T @ yc)  # [D, K]
+        proj = jnp.where(e > 0, jnp.sum(z**2, axis=1) / jnp.where(e > 0, e, 1.0), 0.0)
+        rss = jnp.sum(yc**2) - jnp.sum((1.0 - shrink**2) * proj[None, :], axis=1)
+    else:
+        yt = vecs.T @ yc  # [N, K]
+        rss = jnp.sum(shrink**2 * jnp.sum(yt**2, axis=1)[None, :], axis=1)
+    dof = jnp.sum(1.0 - shrink, axis=1)  # tr H
+    gcv = n * jnp.maximum(rss, 0.0) / jnp.maximum(n - 1.0 - dof, 1e-6) ** 2
+    best = jnp.argmin(gcv)
+    inv = 1.0 / (e + grid[best])
+    if primal:
+        w = vecs @ (z * inv[:, None])
+    else:
+        w = xc.T @ (vecs @ (yt * inv[:, None]))
+    b = mu_y - mu_x @ w
+    return RidgeFit(w, b, grid[best], grid, gcv)
 
 
 def distillation_loss(
@@ -92,19 +185,27 @@ def fit_student(
       config: `StudentConfig`.
 
     Returns:
-      (W [D, K], b [K], final loss). W and b are centred over classes (each row of W and b
+      (W [D, K], b [K], penalty []): W and b are centred over classes (each row of W and b
       sums to zero): softmax is unchanged by adding one vector to every class, so this picks the
       one representative of the student's equivalence class that does not depend on the
-      optimiser's path.
+      optimiser's path. ``penalty`` is the ridge penalty chosen by GCV ("ridge", "kd"), or the
+      final loss ("adam").
     """
     validate.array(x, "x", ndim=2)
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
-    # Optimise on centred inputs (better conditioned; same function class), then fold the
-    # centre back into the bias.
     mu = jnp.mean(x, axis=0)
     xc = x - mu
     d, k = x.shape[1], teacher_logits.shape[1]
-    params = (jnp.zeros((d, k), x.dtype), jnp.zeros((k,), x.dtype))
+    if config.method == "ridge":
+        fit = fit_ridge(x, teacher_logits, config.penalties)
+        return fit.w, fit.b, fit.penalty
+    if config.method == "kd":  # warm start: the ridge solution in centred coordinates
+        fit = fit_ridge(x, teacher_logits, config.penalties)
+        params, aux = (fit.w, fit.b + mu @ fit.w), fit.penalty
+    else:
+        params, aux = (jnp.zeros((d, k), x.dtype), jnp.zeros((k,), x.dtype)), None
+    # Optimise on centred inputs (better conditioned; same function class), then fold the
+    # centre back into the bias.
     tx = optax.adam(config.learning_rate)
     grad_fn = jax.value_and_grad(student_loss)
 
@@ -119,7 +220,7 @@ def fit_student(
     b = b - mu @ w
     w = w - jnp.mean(w, axis=1, keepdims=True)
     b = b - jnp.mean(b)
-    return w, b, losses[-1]
+    return w, b, losses[-1] if aux is None else aux
 
 
 def student_logits(w: jax.Array, b: jax.Array, x: jax.Array) -> jax.Array:

@@ -1,0 +1,116 @@
+"""The closed-form (ridge) student and the KD student warm-started from it (issue 12, part 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepvid_jax import data, student
+from deepvid_jax import explain as ex
+from deepvid_jax.models import VAEConfig
+from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.student import StudentConfig
+
+LAMBDAS = (0.01, 0.1, 1.0, 10.0)
+
+
+def _problem(n, d, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, d)).astype(np.float32)
+    t = (x @ rng.normal(size=(d, k)) + 0.3 * rng.normal(size=(n, k))).astype(np.float32)
+    return x, t
+
+
+def _numpy_ridge(x, t, lam):
+    """float64 reference: ridge of class-centred logits with an unpenalised intercept, its hat
+    matrix, and the GCV score computed from them (brute force, one refit per penalty)."""
+    x, t = x.astype(np.float64), t.astype(np.float64)
+    y = t - t.mean(1, keepdims=True)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ yc)
+    b = y.mean(0) - x.mean(0) @ w
+    hat = xc @ np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T)
+    n = len(x)
+    rss = np.sum((yc - hat @ yc) ** 2)
+    return w, b, n * rss / (n - 1 - np.trace(hat)) ** 2
+
+
+@pytest.mark.parametrize(("n", "d", "form"), [(80, 20, "primal"), (20, 80, "dual")])
+def test_ridge_equals_a_direct_solve_and_gcv_equals_brute_force(n, d, form):
+    x, t = _problem(n, d)
+    fit = student.fit_ridge(jnp.asarray(x), jnp.asarray(t), LAMBDAS, relative=False)
+    refs = [_numpy_ridge(x, t, lam) for lam in LAMBDAS]
+    gcv = np.array([r[2] for r in refs])
+    np.testing.assert_allclose(fit.gcv, gcv, rtol=2e-2)
+    best = int(np.argmin(gcv))
+    assert float(fit.penalty) == pytest.approx(LAMBDAS[best])
+    w, b, _ = refs[best]
+    np.testing.assert_allclose(fit.w, w, atol=1e-4 * np.abs(w).max())
+    np.testing.assert_allclose(fit.b, b, atol=1e-4 * np.abs(b).max() + 1e-5)
+    np.testing.assert_allclose(np.asarray(fit.w).sum(1), 0, atol=1e-4)  # centred over classes
+
+
+def test_ridge_matches_lstsq_when_the_penalty_vanishes():
+    x, t = _problem(200, 10)
+    fit = student.fit_ridge(jnp.asarray(x), jnp.asarray(t), (1e-7,), relative=False)
+    y = t - t.mean(1, keepdims=True)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
+    coef = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(fit.w, coef[:-1], atol=2e-3 * np.abs(coef).max())
+
+
+def test_explain_with_the_ridge_student_recovers_a_linear_teacher():
+    """logits = x A + c: the closed-form student's centred weights correlate > 0.999 with A."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(64, 10)).astype(np.float32))
+
+    def linear(params, x):
+        return x.reshape(x.shape[0], -1) @ params
+
+    images = data.load("digits", "test[:4]").images
+    cfg = ex.ExplainConfig(vae=VAEConfig(latent_dim=2, features=(4,), hidden=8,
+                                         image_shape=(8, 8, 1)),
+                           neighbors=NeighborConfig(sampler="pixel", num=512, pixel_noise=0.3),
+                           holdout=128, student=StudentConfig(method="ridge"))
+    e = ex.explain(images, jax.random.PRNGKey(0), teacher_apply=linear, teacher_params=a,
+                   vae_params=None, config=cfg)
+    a_c = np.asarray(a - a.mean(1, keepdims=True))
+    for i in range(len(images)):
+        w = e.weights[i].reshape(64, 10)
+        for cls in range(10):
+            assert np.corrcoef(w[:, cls], a_c[:, cls])[0, 1] > 0.999, (i, cls)
+    assert e.penalty.shape == (4,) and np.all(e.penalty > 0)
+    assert np.all(e.fidelity.top1 > 0.99)
+
+
+def test_warm_started_kd_reaches_the_optimum_of_a_long_cold_run():
+    x, t = _problem(256, 32, k=10, seed=3)
+    t = 3.0 * t
+    x, t = jnp.asarray(x), jnp.asarray(t)
+    base = dict(temperature=4.0, l2=1e-3, learning_rate=0.05)
+    cold = student.fit_student(x, t, StudentConfig(method="adam", steps=3000, **base))
+    warm = student.fit_student(x, t, StudentConfig(method="kd", steps=40, **base))
+    short_cold = student.fit_student(x, t, StudentConfig(method="adam", steps=40, **base))
+
+    def loss(w, b):
+        mu = x.mean(0)
+        return float(student.student_loss((w, b + mu @ w), x - mu, t,
+                                          StudentConfig(**base)))
+
+    best = loss(*cold[:2])
+    assert loss(*warm[:2]) <= best * 1.01 + 1e-4
+    assert loss(*short_cold[:2]) > best * 1.05  # the same few steps from zero are not enough
+    r = np.corrcoef(np.asarray(warm[0]).ravel(), np.asarray(cold[0]).ravel())[0, 1]
+    assert r > 0.99
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "sgd"}, "StudentConfig.method must be one of"),
+    ({"penalties": ()}, "non-empty tuple"),
+    ({"penalties": (1.0, -1.0)}, r"penalties\[1\]"),
+    ({"penalties": (float("nan"),)}, "finite"),
+    ({"penalties": [1.0]}, "tuple"),
+])
+def test_bad_student_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StudentConfig(**kwargs)
