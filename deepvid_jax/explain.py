@@ -67,6 +67,10 @@ class ExplainConfig:
             )
         if self.num_classes < 2:
             raise ValueError(f"ExplainConfig.num_classes must be >= 2, got {self.num_classes}.")
+        band = self.neighbors.latent_band
+        if band is not None and len(band) != self.vae.latent_dim:
+            raise ValueError(f"NeighborConfig.latent_band has {len(band)} bands; the VAE has "
+                             f"latent_dim {self.vae.latent_dim}.")
 
     @property
     def num_fit(self) -> int:
@@ -88,6 +92,8 @@ class Explanation(NamedTuple):
     neighbor_probs: [B, N, K] teacher probabilities on the neighbours, or None.
     penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"), or
       None ("adam").
+    flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
+      instance: how far the neighbourhood reaches across decision boundaries.
     """
 
     weights: jax.Array
@@ -98,6 +104,7 @@ class Explanation(NamedTuple):
     neighbors: jax.Array | None = None
     neighbor_probs: jax.Array | None = None
     penalty: jax.Array | None = None
+    flip_fraction: jax.Array | None = None
 
     def class_weights(self, class_idx: jax.Array) -> jax.Array:
         """The weight image of one class per instance: class_idx [B] ints in [0, K) ->
@@ -141,7 +148,9 @@ def explain_instance(
       `Explanation` without the batch axis.
     """
     nb = sample_neighbors(image, key, vae_params, config.neighbors, config.vae)
-    t_logits = teacher_apply(teacher_params, nb)
+    # One teacher call for the instance and its neighbours.
+    both = teacher_apply(teacher_params, jnp.concatenate([image[None], nb]))
+    t_instance, t_logits = both[0], both[1:]
     x = nb.reshape(nb.shape[0], -1)
     n = config.num_fit
     w, b, penalty = fit_student(x[:n], t_logits[:n], config.student)
@@ -150,12 +159,13 @@ def explain_instance(
     return Explanation(
         weights=w.reshape(*image.shape, -1),
         bias=b,
-        teacher_probs=jax.nn.softmax(teacher_apply(teacher_params, image[None])[0]),
+        teacher_probs=jax.nn.softmax(t_instance),
         student_probs=jax.nn.softmax(image.reshape(-1) @ w + b),
         fidelity=fidelity,
         neighbors=nb if config.return_neighbors else None,
         neighbor_probs=jax.nn.softmax(t_logits) if config.return_neighbors else None,
         penalty=None if config.student.method == "adam" else penalty,
+        flip_fraction=jnp.mean(jnp.argmax(t_logits, -1) != jnp.argmax(t_instance)),
     )
 
 

@@ -30,6 +30,12 @@ class NeighborConfig:
       latent_scale: standard deviation of the latent perturbation, in prior units.
       use_posterior_std: scale the latent noise by the encoder's own std exp(logvar / 2)
         instead of 1, so the neighbourhood follows the posterior's shape.
+      latent_band: per latent dimension, an interval (low, high) of offsets from the
+        instance's latent mean, in prior units (DeepVID's interface sets one band per
+        dimension, e.g. from a traversal found meaningful): the "vae" sampler then draws each
+        offset uniformly inside its band instead of ``latent_scale`` Gaussian noise (times the
+        posterior std with ``use_posterior_std``). A band (0, 0) holds a dimension fixed. A
+        tuple of latent_dim (low, high) tuples.
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
       mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
       mask_value: what a masked pixel becomes.
@@ -42,6 +48,7 @@ class NeighborConfig:
     pixel_noise: float = 0.3
     mask_keep: float = 0.5
     mask_value: float = 0.0
+    latent_band: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
@@ -51,6 +58,17 @@ class NeighborConfig:
             raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
         if not isinstance(self.use_posterior_std, bool):
             raise ValueError("NeighborConfig.use_posterior_std must be a bool.")
+        if self.latent_band is not None:
+            if not isinstance(self.latent_band, tuple) or not self.latent_band:
+                raise ValueError("NeighborConfig.latent_band must be a non-empty tuple of "
+                                 f"(low, high) pairs, got {self.latent_band!r}.")
+            for i, band in enumerate(self.latent_band):
+                name = f"NeighborConfig.latent_band[{i}]"
+                if not isinstance(band, tuple) or len(band) != 2:
+                    raise ValueError(f"{name} must be a (low, high) pair, got {band!r}.")
+                low, high = (validate.number(v, name) for v in band)
+                if low > high:
+                    raise ValueError(f"{name} = {tuple(band)} is empty: low > high.")
 
 
 def latent_neighbors(
@@ -61,6 +79,7 @@ def latent_neighbors(
     num: int,
     scale: float,
     use_posterior_std: bool = False,
+    band: tuple[tuple[float, float], ...] | None = None,
     vae_config: VAEConfig = VAEConfig(),
 ) -> tuple[jax.Array, jax.Array]:
     """Decoded samples around an image's latent code.
@@ -71,14 +90,20 @@ def latent_neighbors(
       num: N, neighbours to draw.
       scale: std of the Gaussian around the posterior mean.
       use_posterior_std: multiply the noise by the posterior std.
+      band: per-dimension (low, high) offsets, drawn uniformly instead of Gaussian noise
+        (`NeighborConfig.latent_band`); [Z] pairs.
 
     Returns:
       (neighbours [N, H, W, C] in [0, 1], their latent codes [N, Z]).
     """
     mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
     std = jnp.exp(0.5 * logvar) if use_posterior_std else jnp.ones_like(mean)
-    eps = jax.random.normal(key, (num, vae_config.latent_dim))
-    z = mean + scale * std * eps
+    if band is not None:
+        low, high = jnp.asarray(band, mean.dtype).T  # [Z] each
+        offset = jax.random.uniform(key, (num, vae_config.latent_dim), mean.dtype, low, high)
+    else:
+        offset = scale * jax.random.normal(key, (num, vae_config.latent_dim))
+    z = mean + std * offset
     return vae.decode(vae_params, z, config=vae_config), z
 
 
@@ -112,7 +137,8 @@ def sample_neighbors(
                               value=config.mask_value)
     return latent_neighbors(
         vae_params, image, key, num=config.num, scale=config.latent_scale,
-        use_posterior_std=config.use_posterior_std, vae_config=vae_config,
+        use_posterior_std=config.use_posterior_std, band=config.latent_band,
+        vae_config=vae_config,
     )[0]
 
 
