@@ -16,10 +16,12 @@ import numpy as np
 
 from deepvid_jax import adversarial, checkpoint, data, files, neighbors, surrogate, train, viz
 from deepvid_jax import explain as explain_lib
+from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
 from deepvid_jax.consistency import layer_names
 from deepvid_jax.models import SurrogateConfig, TeacherConfig, VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.student import StudentConfig
 
 DEFAULT_DATASET = data.EMBEDDED_DATASET
 # The embedded digits are ~1.4k images: more epochs cost less than one MNIST epoch.
@@ -237,6 +239,7 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
         holdout=max(1, min(default_holdout, args.neighbors // 4)),
         neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
                                  latent_scale=args.latent_scale),
+        student=StudentConfig(method=args.student),
         return_neighbors=True,
     )
 
@@ -286,10 +289,13 @@ def explain_and_report(
         "explanations_per_second_incl_compile": len(images) / seconds,
         "fidelity_mean": {k: float(np.mean(v)) for k, v in e.fidelity._asdict().items()},
         "teacher_accuracy_on_explained": float(np.mean(e.teacher_probs.argmax(-1) == labels)),
+        "flip_fraction_mean": float(np.mean(e.flip_fraction)),
         "per_instance": [
             {"label": int(labels[i]), "teacher": int(e.teacher_probs[i].argmax()),
              "student": int(e.student_probs[i].argmax()),
-             **{k: float(v[i]) for k, v in e.fidelity._asdict().items()}}
+             **{k: float(v[i]) for k, v in e.fidelity._asdict().items()},
+             "flip_fraction": float(e.flip_fraction[i]),
+             **({} if e.penalty is None else {"penalty": float(e.penalty[i])})}
             for i in range(len(images))
         ],
         "figures": figures,
@@ -299,6 +305,7 @@ def explain_and_report(
     fm = summary["fidelity_mean"]
     print(f"explain: {len(images)} instances x {args.neighbors} neighbours in {seconds:.1f}s "
           f"(incl. compile); held-out fidelity top-1 {fm['top1']:.3f}, KL {fm['kl']:.3f}; "
+          f"{summary['flip_fraction_mean']:.0%} of neighbours change the teacher's label; "
           f"figures in {out}")
     return summary
 
@@ -441,6 +448,9 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    help="Neighbours per instance (fit + held out).")
     p.add_argument("--latent-scale", type=_finite(low=0.0), default=d.neighbors.latent_scale)
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
+    p.add_argument("--student", choices=student_lib.METHODS, default=d.student.method,
+                   help="adam: Adam on the KD loss; ridge: closed form, penalty by GCV; kd: "
+                   "ridge then Adam on the KD loss.")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
     p.add_argument("--figures", type=NON_NEGATIVE, default=4,
                    help="Explanation figures to write (0: none).")

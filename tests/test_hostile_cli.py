@@ -147,6 +147,7 @@ CLI_CASES = {
     "demo: latent-scale -1": (["demo", "--latent-scale", "-1", *TRAIN],
                               "--latent-scale: must be >= 0"),
     "demo: unknown sampler": (["demo", "--sampler", "gan", *TRAIN], "invalid choice: 'gan'"),
+    "demo: unknown student": (["demo", "--student", "sgd", *TRAIN], "invalid choice: 'sgd'"),
     "demo: reuse other images": (["demo", "--reuse", "--quiet", "--out", "{ckpt:16x16}"],
                                  r"takes images \(16, 16, 1\)"),
     "demo: old results in out": (["demo", "--quiet", "--out", "{tmp:legacy demo}"],
@@ -261,11 +262,14 @@ def test_explain_runs_and_a_second_run_never_mixes_with_the_first(tmp_path, mode
     assert (out / "explanation_001.png").is_file()
     summary = json.loads((out / "explanations.json").read_text())  # strict JSON
     assert summary["instances"] == 3
-    code, err = run([*base, "--indices", "4,5", "--figures", "0"], capsys)
+    code, err = run([*base, "--indices", "4,5", "--figures", "0", "--student", "ridge"], capsys)
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == [files.MANIFEST, "explanations.json", "my_notes.txt", "traversal.png"]
-    assert json.loads((out / "explanations.json").read_text())["instances"] == 2
+    summary = json.loads((out / "explanations.json").read_text())
+    assert summary["instances"] == 2 and summary["config"]["student"]["method"] == "ridge"
+    assert all(r["penalty"] > 0 and 0 <= r["flip_fraction"] <= 1
+               for r in summary["per_instance"])
     assert files.read_manifest(out)["status"] == "complete"
 
 
