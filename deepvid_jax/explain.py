@@ -24,7 +24,12 @@ from tqdm.auto import tqdm
 
 from deepvid_jax import metrics, validate
 from deepvid_jax.models import VAEConfig
-from deepvid_jax.neighbors import NeighborConfig, sample_neighbors
+from deepvid_jax.neighbors import (
+    NeighborConfig,
+    calibrate_scale,
+    latent_neighbors,
+    sample_neighbors,
+)
 from deepvid_jax.student import StudentConfig, fit_student
 
 TeacherApply = Callable[[object, jax.Array], jax.Array]
@@ -94,6 +99,8 @@ class Explanation(NamedTuple):
       None ("adam").
     flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
       instance: how far the neighbourhood reaches across decision boundaries.
+    scale: [B] the latent scale calibrated per instance (``NeighborConfig.target_flip``), or
+      None.
     """
 
     weights: jax.Array
@@ -105,6 +112,7 @@ class Explanation(NamedTuple):
     neighbor_probs: jax.Array | None = None
     penalty: jax.Array | None = None
     flip_fraction: jax.Array | None = None
+    scale: jax.Array | None = None
 
     def class_weights(self, class_idx: jax.Array) -> jax.Array:
         """The weight image of one class per instance: class_idx [B] ints in [0, K) ->
@@ -147,10 +155,23 @@ def explain_instance(
     Returns:
       `Explanation` without the batch axis.
     """
-    nb = sample_neighbors(image, key, vae_params, config.neighbors, config.vae)
-    # One teacher call for the instance and its neighbours.
-    both = teacher_apply(teacher_params, jnp.concatenate([image[None], nb]))
-    t_instance, t_logits = both[0], both[1:]
+    nc = config.neighbors
+    scale = None
+    if nc.target_flip is None:
+        nb = sample_neighbors(image, key, vae_params, nc, config.vae)
+        # One teacher call for the instance and its neighbours.
+        both = teacher_apply(teacher_params, jnp.concatenate([image[None], nb]))
+        t_instance, t_logits = both[0], both[1:]
+    else:  # the instance's label is needed first, to calibrate the radius around it
+        k_probe, k_nb = jax.random.split(key)
+        t_instance = teacher_apply(teacher_params, image[None])[0]
+        scale = calibrate_scale(
+            vae_params, image, k_probe,
+            lambda x: jnp.argmax(teacher_apply(teacher_params, x), -1),
+            jnp.argmax(t_instance), nc, config.vae)
+        nb = latent_neighbors(vae_params, image, k_nb, num=nc.num, scale=scale,
+                              use_posterior_std=nc.use_posterior_std, vae_config=config.vae)[0]
+        t_logits = teacher_apply(teacher_params, nb)
     x = nb.reshape(nb.shape[0], -1)
     n = config.num_fit
     w, b, penalty = fit_student(x[:n], t_logits[:n], config.student)
@@ -166,6 +187,7 @@ def explain_instance(
         neighbor_probs=jax.nn.softmax(t_logits) if config.return_neighbors else None,
         penalty=None if config.student.method == "adam" else penalty,
         flip_fraction=jnp.mean(jnp.argmax(t_logits, -1) != jnp.argmax(t_instance)),
+        scale=scale,
     )
 
 

@@ -8,6 +8,7 @@ two instances, traversal of each latent dimension) live here too.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,17 @@ class NeighborConfig:
         offset uniformly inside its band instead of ``latent_scale`` Gaussian noise (times the
         posterior std with ``use_posterior_std``). A band (0, 0) holds a dimension fixed. A
         tuple of latent_dim (low, high) tuples.
+      target_flip: calibrate the latent scale per instance instead of using ``latent_scale``:
+        the scale at which this fraction (in (0, 1)) of neighbours gets another teacher label
+        than the instance, found by bisection in [0, ``max_latent_scale``] on
+        ``calibration_probes`` decoded probes (the same probe noise at every step, so the
+        search sees a monotone-ish curve), ``calibration_steps`` halvings, inside the jitted
+        program. The probes cost ``probes x steps`` extra decodes and teacher rows. At scale 0
+        the neighbours are the VAE's reconstruction: where the teacher already relabels that,
+        no radius reaches a smaller target, and the scale found tends to 0 (the reported
+        flip fraction shows it).
+      max_latent_scale: the upper end of that search.
+      calibration_probes, calibration_steps: its size.
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
       mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
       mask_value: what a masked pixel becomes.
@@ -49,6 +61,10 @@ class NeighborConfig:
     mask_keep: float = 0.5
     mask_value: float = 0.0
     latent_band: tuple[tuple[float, float], ...] | None = None
+    target_flip: float | None = None
+    max_latent_scale: float = 4.0
+    calibration_probes: int = 16
+    calibration_steps: int = 6
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
@@ -58,6 +74,11 @@ class NeighborConfig:
             raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
         if not isinstance(self.use_posterior_std, bool):
             raise ValueError("NeighborConfig.use_posterior_std must be a bool.")
+        validate.fields(self, open_probability=("target_flip",), positive=("max_latent_scale",),
+                        positive_int=("calibration_probes", "calibration_steps"))
+        if self.target_flip is not None and (self.sampler != "vae" or self.latent_band):
+            raise ValueError("NeighborConfig.target_flip calibrates the 'vae' sampler's latent "
+                             "scale: it needs sampler='vae' and no latent_band.")
         if self.latent_band is not None:
             if not isinstance(self.latent_band, tuple) or not self.latent_band:
                 raise ValueError("NeighborConfig.latent_band must be a non-empty tuple of "
@@ -105,6 +126,43 @@ def latent_neighbors(
         offset = scale * jax.random.normal(key, (num, vae_config.latent_dim))
     z = mean + std * offset
     return vae.decode(vae_params, z, config=vae_config), z
+
+
+def calibrate_scale(
+    vae_params: dict,
+    image: jax.Array,
+    key: jax.Array,
+    label_of: Callable[[jax.Array], jax.Array],
+    label: jax.Array,
+    config: NeighborConfig,
+    vae_config: VAEConfig,
+) -> jax.Array:
+    """The latent scale at which ``config.target_flip`` of the neighbours of ``image`` [H, W, C]
+    get another label than ``label`` (bisection; `NeighborConfig.target_flip`).
+
+    Args:
+      label_of: images [P, H, W, C] -> labels [P] (the teacher's argmax).
+
+    Returns:
+      scalar scale in [0, config.max_latent_scale].
+    """
+    mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
+    std = jnp.exp(0.5 * logvar) if config.use_posterior_std else jnp.ones_like(mean)
+    eps = jax.random.normal(key, (config.calibration_probes, vae_config.latent_dim))
+
+    def flips(scale):
+        probes = vae.decode(vae_params, mean + scale * std * eps, config=vae_config)
+        return jnp.mean(label_of(probes) != label)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = flips(mid) < config.target_flip
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, config.calibration_steps, halve,
+                               (jnp.zeros(()), jnp.asarray(config.max_latent_scale, jnp.float32)))
+    return 0.5 * (lo + hi)
 
 
 def pixel_neighbors(image: jax.Array, key: jax.Array, *, num: int, noise: float) -> jax.Array:
