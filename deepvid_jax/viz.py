@@ -230,3 +230,38 @@ def saliency_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def neighbour_rows(
+    image: np.ndarray,
+    rows: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    label: int,
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """The instance, then one row of neighbours per setting, each titled with the teacher's
+    label (red where it differs from the instance's).
+
+    Args:
+      image: [H, W, C]; rows: name -> (neighbours [n, H, W, C], teacher labels [n]).
+    """
+    n = max(len(nb) for nb, _ in rows.values())
+    fig, axes = plt.subplots(len(rows), n + 1, figsize=(1.05 * (n + 1), 1.35 * len(rows)),
+                             squeeze=False)
+    for r, (name, (nb, labels)) in enumerate(rows.items()):
+        _show(axes[r, 0], image, vmin=0, vmax=1)
+        axes[r, 0].set_title(f"input: {class_names[label]}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+        for i in range(n):
+            ax = axes[r, i + 1]
+            if i >= len(nb):
+                ax.axis("off")
+                continue
+            _show(ax, nb[i], vmin=0, vmax=1)
+            ax.set_title(class_names[int(labels[i])], fontsize=8,
+                         color="black" if int(labels[i]) == label else "crimson")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
