@@ -117,6 +117,24 @@ def latent_neighbors(
     Returns:
       (neighbours [N, H, W, C] in [0, 1], their latent codes [N, Z]).
     """
+    z = latent_codes(vae_params, image, key, num=num, scale=scale,
+                     use_posterior_std=use_posterior_std, band=band, vae_config=vae_config)
+    return vae.decode(vae_params, z, config=vae_config), z
+
+
+def latent_codes(
+    vae_params: dict,
+    image: jax.Array,
+    key: jax.Array,
+    *,
+    num: int,
+    scale: float,
+    use_posterior_std: bool = False,
+    band: tuple[tuple[float, float], ...] | None = None,
+    vae_config: VAEConfig = VAEConfig(),
+) -> jax.Array:
+    """The latent codes [N, Z] of `latent_neighbors`, not yet decoded (so that a caller can
+    decode many instances' codes in blocks)."""
     mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
     std = jnp.exp(0.5 * logvar) if use_posterior_std else jnp.ones_like(mean)
     if band is not None:
@@ -124,8 +142,7 @@ def latent_neighbors(
         offset = jax.random.uniform(key, (num, vae_config.latent_dim), mean.dtype, low, high)
     else:
         offset = scale * jax.random.normal(key, (num, vae_config.latent_dim))
-    z = mean + std * offset
-    return vae.decode(vae_params, z, config=vae_config), z
+    return mean + std * offset
 
 
 def calibrate_scale(

@@ -1,0 +1,99 @@
+"""Explanations per second and compiled memory against batch size, with and without blocked
+decoding/labelling of the neighbours (issue 12, part 3), in one run on one machine.
+
+    python benchmarks/blocking.py --checkpoints runs/mnist --batch-sizes 16,64,256
+
+For each (block size, batch) the jitted `explain_batch` is compiled ahead of time (XLA's memory
+analysis is read from the compiled program), then called twice on the same inputs; the second
+call is timed. Student: ridge at relative penalty 0.3 (`student_methods.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from common import machine_info
+
+from deepvid_jax import checkpoint, data, files
+from deepvid_jax import explain as ex
+from deepvid_jax.models import teacher_logits
+from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.student import StudentConfig
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def run(args) -> dict:
+    folder = Path(args.checkpoints)
+    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+    vp, vcfg, _ = checkpoint.restore(folder / "vae", kind="vae")
+    pool = data.load(args.dataset, args.split, data_dir=args.data_dir).images
+    apply = functools.partial(teacher_logits, config=tcfg)
+    rows = []
+    for block in [None, *args.block_sizes]:
+        for b in args.batch_sizes:
+            cfg = ex.ExplainConfig(num_classes=tcfg.num_classes, vae=vcfg, block_size=block,
+                                   neighbors=NeighborConfig(num=args.neighbors),
+                                   student=StudentConfig(method="ridge", penalties=(0.3,)))
+            images = jnp.asarray(pool[:b])
+            keys = ex.instance_keys(jax.random.PRNGKey(0), 0, b)
+            start = time.perf_counter()
+            compiled = jax.jit(functools.partial(
+                ex.explain_batch, teacher_apply=apply, config=cfg)).lower(
+                images, keys, teacher_params=tp, vae_params=vp).compile()
+            compile_s = time.perf_counter() - start
+            memory = compiled.memory_analysis()
+            jax.block_until_ready(compiled(images, keys, teacher_params=tp, vae_params=vp))
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(images, keys, teacher_params=tp, vae_params=vp))
+            seconds = time.perf_counter() - start
+            row = {"block_size": block, "batch": b, "explanations_per_s": b / seconds,
+                   "temp_mib": memory.temp_size_in_bytes / 2**20, "compile_s": compile_s}
+            rows.append(row)
+            print(row, flush=True)
+    return {"args": vars(args), "machine": machine_info(), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    a = result["args"]
+    lines = [f"{a['dataset']}, {a['neighbors']} VAE neighbours, ridge student; "
+             f"{result['machine']['cpu_count']} cores, JAX {result['machine']['jax']} "
+             f"{result['machine']['backend']}", "",
+             "| block size (rows) | batch | explanations/s | XLA temp memory (MiB) | compile s |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        block = "none" if r["block_size"] is None else str(r["block_size"])
+        lines.append(f"| {block} | {r['batch']} | {r['explanations_per_s']:.2f} | "
+                     f"{r['temp_mib']:.0f} | {r['compile_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", default="runs/mnist")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--split", default="test[8000:]")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--neighbors", type=int, default=512)
+    p.add_argument("--batch-sizes", type=_ints, default=[16, 64, 256])
+    p.add_argument("--block-sizes", type=_ints, default=[1024, 4096])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default="mnist_cpu")
+    args = p.parse_args()
+    result = run(args)
+    text = markdown(result)
+    print("\n" + text)
+    files.write_json(Path(args.out) / f"blocking_{args.tag}.json", result)
+    files.write_text(Path(args.out) / f"blocking_{args.tag}.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
