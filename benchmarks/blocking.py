@@ -10,18 +10,14 @@ call is timed. Student: ridge at relative penalty 0.3 (`student_methods.py`).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from common import machine_info
+from common import deepvid_arguments, load_setup, machine_info, write_results
 
-from deepvid_jax import checkpoint, data, files
 from deepvid_jax import explain as ex
-from deepvid_jax.models import teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -31,11 +27,8 @@ def _ints(text: str) -> list[int]:
 
 
 def run(args) -> dict:
-    folder = Path(args.checkpoints)
-    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
-    vp, vcfg, _ = checkpoint.restore(folder / "vae", kind="vae")
-    pool = data.load(args.dataset, args.split, data_dir=args.data_dir).images
-    apply = functools.partial(teacher_logits, config=tcfg)
+    args.count = max(args.batch_sizes)
+    tp, tcfg, vp, vcfg, apply, pool, _, _ = load_setup(args)
     rows = []
     for block in [None, *args.block_sizes]:
         for b in args.batch_sizes:
@@ -76,22 +69,12 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoints", default="runs/mnist")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--split", default="test[8000:]")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--neighbors", type=int, default=512)
+    p = deepvid_arguments(__doc__.splitlines()[0], tag="mnist_cpu")
     p.add_argument("--batch-sizes", type=_ints, default=[16, 64, 256])
     p.add_argument("--block-sizes", type=_ints, default=[1024, 4096])
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tag", default="mnist_cpu")
     args = p.parse_args()
     result = run(args)
-    text = markdown(result)
-    print("\n" + text)
-    files.write_json(Path(args.out) / f"blocking_{args.tag}.json", result)
-    files.write_text(Path(args.out) / f"blocking_{args.tag}.md", text)
+    write_results(args.out, f"blocking_{args.tag}", result, markdown(result))
     return 0
 
 

@@ -6,11 +6,20 @@ which puts this folder on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
 import platform
+import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from deepvid_jax import checkpoint, data, files, metrics
+from deepvid_jax import explain as ex
+from deepvid_jax.models import teacher_logits
 
 
 def machine_info() -> dict:
@@ -31,3 +40,72 @@ def interval(x) -> dict:
     half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
     mean = float(x.mean()) if len(x) else float("nan")
     return {"mean": mean, "ci95": float(half), "n": len(x), "undefined": undefined}
+
+
+# --------------------------------------------------------------------------------------------
+# DeepVID variants measured alike (student_methods.py, locality.py, blocking.py)
+# --------------------------------------------------------------------------------------------
+
+
+def deepvid_arguments(description: str, tag: str):
+    """The arguments every DeepVID-variant benchmark takes (models, data, sizes, output)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--checkpoints", default="runs/mnist")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--split", default="test[8000:]")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--neighbors", type=int, default=512)
+    p.add_argument("--holdout", type=int, default=128)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default=tag)
+    return p
+
+
+def load_setup(args):
+    """(teacher params, teacher config, VAE params, VAE config, teacher_apply, images, their
+    teacher classes, dataset info) for a benchmark's --checkpoints/--dataset/--split/--count."""
+    folder = Path(args.checkpoints)
+    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+    vp, vcfg, _ = checkpoint.restore(folder / "vae", kind="vae")
+    ds = data.load(args.dataset, args.split, data_dir=args.data_dir)
+    images = ds.images[: args.count]
+    apply = functools.partial(teacher_logits, config=tcfg)
+    cls = np.asarray(apply(tp, jnp.asarray(images))).argmax(-1)
+    return tp, tcfg, vp, vcfg, apply, images, cls, ds.info
+
+
+def measure_explain(setup, config, seeds: int) -> tuple[dict, object]:
+    """One DeepVID configuration on the setup's images: held-out fidelity, seed agreement of
+    the teacher-class weight images over ``seeds`` seeds (key 0 and 100, 101, ...), label-flip
+    fraction, and ms per explanation (the second of two identical calls; the first compiles).
+    Returns (row, the key-0 `Explanation`)."""
+    tp, _, vp, _, apply, images, cls, _ = setup
+
+    def explain(seed):
+        return ex.explain(images, jax.random.PRNGKey(seed), teacher_apply=apply,
+                          teacher_params=tp, vae_params=vp, config=config)
+
+    explain(0)  # compile
+    start = time.perf_counter()
+    e = explain(0)
+    seconds = (time.perf_counter() - start) / len(images)
+    runs = [e.class_weights(cls)] + [explain(s).class_weights(cls)
+                                     for s in range(100, 100 + seeds - 1)]
+    row = {"top1": interval(e.fidelity.top1), "kl": interval(e.fidelity.kl),
+           "seed_agreement": interval(metrics.seed_agreement(jnp.stack(runs))),
+           "flip_fraction": interval(e.flip_fraction), "ms_per_explanation": 1000 * seconds}
+    return row, e
+
+
+def fmt_interval(v: dict, digits: int = 3) -> str:
+    return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
+
+
+def write_results(out, stem: str, result: dict, text: str) -> None:
+    """``<out>/<stem>.json`` and ``.md``, atomically; prints the Markdown."""
+    print("\n" + text)
+    files.write_json(Path(out) / f"{stem}.json", result)
+    files.write_text(Path(out) / f"{stem}.md", text)

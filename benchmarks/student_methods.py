@@ -11,19 +11,17 @@ in `evaluate.py`); time is the second of two identical calls (the first compiles
 
 from __future__ import annotations
 
-import argparse
-import functools
-import time
-from pathlib import Path
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from common import interval, machine_info
+from common import (
+    deepvid_arguments,
+    fmt_interval,
+    load_setup,
+    machine_info,
+    measure_explain,
+    write_results,
+)
 
-from deepvid_jax import checkpoint, data, files, metrics
 from deepvid_jax import explain as ex
-from deepvid_jax.models import teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -35,40 +33,19 @@ METHODS = {
 
 
 def run(args) -> dict:
-    folder = Path(args.checkpoints)
-    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
-    vp, vcfg, _ = checkpoint.restore(folder / "vae", kind="vae")
-    ds = data.load(args.dataset, args.split, data_dir=args.data_dir)
-    images = ds.images[: args.count]
-    apply = functools.partial(teacher_logits, config=tcfg)
-    cls = np.asarray(apply(tp, jnp.asarray(images))).argmax(-1)
-    results = {}
+    setup = load_setup(args)
+    vcfg, num_classes = setup[3], setup[1].num_classes
     methods = dict(METHODS)
     for rel in args.penalty_sweep:  # the stability / fidelity trade-off of the penalty
         methods[f"ridge, fixed penalty {rel:g} (relative)"] = StudentConfig(method="ridge",
                                                                            penalties=(rel,))
+    results = {}
     for name, student in methods.items():
-        config = ex.ExplainConfig(num_classes=tcfg.num_classes, vae=vcfg, student=student,
+        config = ex.ExplainConfig(num_classes=num_classes, vae=vcfg, student=student,
                                   neighbors=NeighborConfig(num=args.neighbors,
                                                            latent_scale=args.latent_scale),
                                   holdout=args.holdout, chunk_size=args.chunk)
-
-        def explain(key, config=config):
-            return ex.explain(images, key, teacher_apply=apply, teacher_params=tp,
-                              vae_params=vp, config=config)
-
-        explain(jax.random.PRNGKey(0))  # compile
-        start = time.perf_counter()
-        e = explain(jax.random.PRNGKey(0))
-        seconds = (time.perf_counter() - start) / len(images)
-        runs = [e.class_weights(cls)] + [explain(jax.random.PRNGKey(s)).class_weights(cls)
-                                         for s in range(100, 100 + args.seeds - 1)]
-        r = {
-            "top1": interval(e.fidelity.top1), "kl": interval(e.fidelity.kl),
-            "seed_agreement": interval(metrics.seed_agreement(jnp.stack(runs))),
-            "flip_fraction": interval(e.flip_fraction),
-            "ms_per_explanation": 1000 * seconds,
-        }
+        r, e = measure_explain(setup, config, args.seeds)
         if e.penalty is not None:
             r["penalty_median"] = float(np.median(e.penalty))  # absolute
         results[name] = r
@@ -86,42 +63,25 @@ def markdown(result: dict) -> str:
              f"{result['machine']['backend']}", "",
              "| student | held-out top-1 | held-out KL | seed agreement | label-flip fraction "
              "| penalty (median, absolute) | ms / explanation |", "|---|---|---|---|---|---|---|"]
-
-    def f(v, digits=3):
-        return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
-
     for name, r in result["methods"].items():
         penalty = f"{r['penalty_median']:.2f}" if "penalty_median" in r else "–"
-        lines.append(f"| {name} | {f(r['top1'])} | {f(r['kl'])} | {f(r['seed_agreement'], 2)} | "
-                     f"{f(r['flip_fraction'], 2)} | {penalty} | {r['ms_per_explanation']:.1f} |")
+        lines.append(f"| {name} | {fmt_interval(r['top1'])} | {fmt_interval(r['kl'])} | "
+                     f"{fmt_interval(r['seed_agreement'], 2)} | "
+                     f"{fmt_interval(r['flip_fraction'], 2)} | {penalty} | "
+                     f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoints", default="runs/mnist")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--split", default="test[8000:]")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--neighbors", type=int, default=512)
-    p.add_argument("--holdout", type=int, default=128)
+    p = deepvid_arguments(__doc__.splitlines()[0], tag="mnist")
     p.add_argument("--latent-scale", type=float, default=1.0)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--penalty-sweep", type=lambda t: [float(v) for v in t.split(",") if v],
                    default=[0.01, 0.3, 1.0, 10.0],
                    help="Also the ridge student at these fixed penalties (relative to the mean "
                    "eigenvalue); '' for none.")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tag", default="mnist")
     args = p.parse_args()
     result = run(args)
-    text = markdown(result)
-    print("\n" + text)
-    out = Path(args.out)
-    files.write_json(out / f"student_methods_{args.tag}.json", result)
-    files.write_text(out / f"student_methods_{args.tag}.md", text)
+    write_results(args.out, f"student_methods_{args.tag}", result, markdown(result))
     return 0
 
 
