@@ -409,10 +409,8 @@ def explain(
 def _finite_explanations(e: Explanation, start: int) -> None:
     """A NaN/inf teacher output on some neighbours poisons the student: say so, do not return
     NaN weights with a plausible fidelity."""
-    bad = ~(np.isfinite(e.weights).reshape(len(e.weights), -1).all(1)
-            & np.isfinite(e.bias).all(1) & np.isfinite(e.fidelity.kl))
-    if bad.any():
-        rows = (np.nonzero(bad)[0] + start).tolist()
+    rows = validate.nonfinite_rows(e.weights, e.bias, e.fidelity.kl, start=start)
+    if rows:
         raise ValueError(f"explanations of images {rows[:10]} are not finite: the teacher "
                          "returned NaN or inf logits on some of their neighbours (or the "
                          "student diverged); check the teacher on such inputs.")

@@ -262,8 +262,7 @@ def explain_lime(
 
 
 def _finite_lime(e: LimeExplanation, start: int) -> None:
-    bad = ~(np.isfinite(e.coef).reshape(len(e.coef), -1).all(1) & np.isfinite(e.intercept).all(1))
-    if bad.any():
-        rows = (np.nonzero(bad)[0] + start).tolist()
+    rows = validate.nonfinite_rows(e.coef, e.intercept, start=start)
+    if rows:
         raise ValueError(f"LIME explanations of images {rows[:10]} are not finite: the teacher "
                          "returned NaN or inf on some perturbed images.")

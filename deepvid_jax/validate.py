@@ -228,6 +228,16 @@ def array(
     return arr
 
 
+def nonfinite_rows(*arrays: Any, start: int = 0) -> list[int]:
+    """Indices (offset by ``start``) of the rows, along the common leading axis, in which any
+    of ``arrays`` holds NaN or inf: how a chunked driver names the instances that went wrong."""
+    bad = np.zeros(len(arrays[0]), bool)
+    for a in arrays:
+        a = np.asarray(a)
+        bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return (np.nonzero(bad)[0] + start).tolist()
+
+
 def same_length(**arrays: Any) -> int:
     """All arrays have the same leading length; returns it."""
     lengths = {k: int(np.shape(v)[0]) if np.ndim(v) else None for k, v in arrays.items()}
