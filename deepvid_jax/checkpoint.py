@@ -21,11 +21,9 @@ it, never a half-loaded or silently wrong model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import re
 import shutil
 import uuid
@@ -37,7 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from deepvid_jax import files
+from deepvid_jax import files, logs
 from deepvid_jax.models import (
     ExplainerConfig,
     SurrogateConfig,
@@ -277,22 +275,6 @@ def read_config(path: str | Path, kind: str) -> tuple[Any, dict]:
     return _config_from_dict(kind, meta["config"], path / META), meta
 
 
-@contextlib.contextmanager
-def _quiet_storage_logs():
-    """orbax/absl log their own tracebacks on a failed read; ours is the clear error."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "orbax.checkpoint")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def verify(path: str | Path) -> dict:
     """Checks a checkpoint's metadata and the SHA-256 of every parameter file without loading
     anything; returns the meta. CheckpointError names the first missing or corrupt file."""
@@ -344,7 +326,7 @@ def restore(path: str | Path, *, kind: str, config: Any | None = None) -> tuple[
     target = jax.eval_shape(lambda: KINDS[kind][1](jax.random.PRNGKey(0), saved))
     params_dir = path / meta["params"]
     try:
-        with _quiet_storage_logs():
+        with logs.quiet():
             checkpointer = ocp.StandardCheckpointer()
             try:
                 # Compare the stored shapes first: orbax failing half-way through a read

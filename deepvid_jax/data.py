@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from deepvid_jax import logs
+
 DATA_DIR_ENV = "DEEPVID_DATA_DIR"
 OFFLINE_ENV = "DEEPVID_OFFLINE"
 EMBEDDED_DATASET = "digits"
@@ -253,10 +255,12 @@ def _load_tfds(name: str, split: str, download: bool):
     except ImportError as e:  # pragma: no cover - it is a declared dependency
         raise DataNotFoundError(f"tensorflow_datasets is not importable ({e}).") from e
     try:
-        builder = tfds.builder(name)
+        with logs.quiet():  # TFDS warns about its cache folders through absl
+            builder = tfds.builder(name)
+            prepared = builder.is_prepared()
     except Exception as e:  # unknown name, broken registry
         raise DataNotFoundError(f"TFDS has no dataset {name!r} ({type(e).__name__}: {e}).") from e
-    if not builder.is_prepared():
+    if not prepared:
         if not download:
             raise DataNotFoundError(
                 f"TFDS: {name!r} is not prepared in {builder.data_dir} and downloads are off "

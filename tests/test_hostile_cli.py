@@ -110,6 +110,8 @@ CLI_CASES = {
                          "Unknown dataset 'mnsit'. Did you mean 'mnist'"),
     "unknown dataset": (["train-vae", "--dataset", "qwertyuiop", *TRAIN],
                         "Unknown dataset 'qwertyuiop'"),
+    "TFDS dataset offline": (["train-vae", "--dataset", "cifar10", *TRAIN],
+                             "'cifar10' is not prepared .* downloads are off"),
     "misspelt split": (["train-teacher", "--train-split", "tset", *TRAIN],
                        "did you mean 'test'"),
     "empty eval split": (["train-teacher", "--train-split", "train",
@@ -373,3 +375,17 @@ def test_sigkill_during_writes_leaves_a_whole_json_file(tmp_path):
         proc.communicate()
         value = json.loads(target.read_text())  # never a half-written file
         assert len(value["payload"]) in (0, *(20000 + value["i"] % 7,))
+
+
+def test_a_tfds_dataset_offline_is_one_line_without_dependency_logs(tmp_path):
+    """As a user runs it: TFDS warns through absl about a cache folder without metadata; that
+    warning must not come before (or instead of) our one-line error."""
+    (tmp_path / "tfds" / "cifar10" / "3.0.2").mkdir(parents=True)
+    env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "DEEPVID_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "deepvid_jax.cli", "train-vae", "--dataset",
+                           "cifar10", "--quiet", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("deepvid train-vae: error: Could not load 'cifar10'"), \
+        proc.stderr
+    assert "WARNING" not in proc.stderr and "Traceback" not in proc.stderr
