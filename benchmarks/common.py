@@ -104,6 +104,19 @@ def fmt_interval(v: dict, digits: int = 3) -> str:
     return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
 
 
+def fidelity_cells(row: dict) -> str:
+    """The Markdown cells every `measure_explain` row shares: held-out top-1 | KL | seed
+    agreement | label-flip fraction."""
+    return (f"{fmt_interval(row['top1'])} | {fmt_interval(row['kl'])} | "
+            f"{fmt_interval(row['seed_agreement'], 2)} | {fmt_interval(row['flip_fraction'], 2)}")
+
+
+def print_row(name: str, row: dict) -> None:
+    """One progress line: the means of a `measure_explain` row."""
+    print(name, {k: (v["mean"] if isinstance(v, dict) else v) for k, v in row.items()},
+          flush=True)
+
+
 def write_results(out, stem: str, result: dict, text: str) -> None:
     """``<out>/<stem>.json`` and ``.md``, atomically; prints the Markdown."""
     print("\n" + text)

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from common import (
     deepvid_arguments,
-    fmt_interval,
+    fidelity_cells,
     load_setup,
     machine_info,
     measure_explain,
+    print_row,
     write_results,
 )
 
@@ -53,8 +54,7 @@ def run(args) -> dict:
             r["scale_median"] = float(np.median(e.scale))
         results[name] = r
         rows[name] = (e.neighbors[i, :10], e.neighbor_probs[i, :10].argmax(-1))
-        print(name, {k: (v["mean"] if isinstance(v, dict) else v) for k, v in r.items()},
-              flush=True)
+        print_row(name, r)
     fig = viz.neighbour_rows(images[i], rows, info.class_names, int(cls[i]),
                              Path(args.figures) / f"{args.tag}_neighbours_locality.png",
                              title="VAE neighbours of one held-out image: teacher labels, "
@@ -74,9 +74,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in result["settings"].items():
         scale = f"{r['scale_median']:.2f}" if "scale_median" in r else name.split()[2]
-        lines.append(f"| {name} | {fmt_interval(r['top1'])} | {fmt_interval(r['kl'])} | "
-                     f"{fmt_interval(r['seed_agreement'], 2)} | "
-                     f"{fmt_interval(r['flip_fraction'], 2)} | {scale} | "
+        lines.append(f"| {name} | {fidelity_cells(r)} | {scale} | "
                      f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 from common import (
     deepvid_arguments,
-    fmt_interval,
+    fidelity_cells,
     load_setup,
     machine_info,
     measure_explain,
+    print_row,
     write_results,
 )
 
@@ -49,8 +50,7 @@ def run(args) -> dict:
         if e.penalty is not None:
             r["penalty_median"] = float(np.median(e.penalty))  # absolute
         results[name] = r
-        print(name, {k: (v["mean"] if isinstance(v, dict) else v) for k, v in r.items()},
-              flush=True)
+        print_row(name, r)
     return {"args": vars(args), "machine": machine_info(), "methods": results}
 
 
@@ -65,9 +65,7 @@ def markdown(result: dict) -> str:
              "| penalty (median, absolute) | ms / explanation |", "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         penalty = f"{r['penalty_median']:.2f}" if "penalty_median" in r else "–"
-        lines.append(f"| {name} | {fmt_interval(r['top1'])} | {fmt_interval(r['kl'])} | "
-                     f"{fmt_interval(r['seed_agreement'], 2)} | "
-                     f"{fmt_interval(r['flip_fraction'], 2)} | {penalty} | "
+        lines.append(f"| {name} | {fidelity_cells(r)} | {penalty} | "
                      f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
 

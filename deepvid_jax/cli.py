@@ -184,8 +184,9 @@ def train_vae_to(args, tr: data.Dataset, ev: data.Dataset,
 
 
 def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
-    """Every config of the models to train, built (and so validated) before any training, and
-    every checkpoint folder they will be saved to checked."""
+    """Every config of the models to train, built (and so validated) before any training, the
+    training split checked to hold a batch, and every checkpoint folder they will be saved to
+    checked."""
     plan: dict = {}
     info = tr.info
     if "teacher" in kinds:
@@ -202,6 +203,7 @@ def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
         plan["vae_config"] = VAEConfig(latent_dim=args.latent_dim, image_shape=info.image_shape)
         plan["vae_train"] = _train_config(args, "vae", train.VAE_TRAIN)
     for kind in kinds:
+        _batch_fits(plan[f"{kind}_train"], len(tr.images), kind)
         checkpoint.check_save_target(Path(args.out) / kind, kind)
     return plan
 
@@ -216,7 +218,6 @@ def cmd_train_teacher(args) -> int:
     files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
     plan = _plan_training(args, ("teacher",), tr)
-    _batch_fits(plan["teacher_train"], len(tr.images), "teacher")
     train_teacher_to(args, tr, ev, plan)
     return 0
 
@@ -225,7 +226,6 @@ def cmd_train_vae(args) -> int:
     files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
     plan = _plan_training(args, ("vae",), tr)
-    _batch_fits(plan["vae_train"], len(tr.images), "vae")
     train_vae_to(args, tr, ev, plan)
     return 0
 
@@ -331,9 +331,6 @@ def cmd_demo(args) -> int:
              for kind in ("teacher", "vae")}
     reused = {kind: _checkpoint_config(out, kind, tr.info) for kind in reuse if reuse[kind]}
     plan = _plan_training(args, tuple(k for k in reuse if not reuse[k]), tr)
-    for kind in ("teacher", "vae"):
-        if f"{kind}_train" in plan:
-            _batch_fits(plan[f"{kind}_train"], len(tr.images), kind)
     vae_config = reused.get("vae") or plan["vae_config"]
     config = _explain_config(args, tr.info.num_classes, vae_config)
     files.claim_output_dir(out, "demo", ["summary.json"], legacy=["summary.json"])

@@ -193,12 +193,12 @@ def fit_student(
     """
     validate.array(x, "x", ndim=2)
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
-    mu = jnp.mean(x, axis=0)
-    xc = x - mu
-    d, k = x.shape[1], teacher_logits.shape[1]
     if config.method == "ridge":
         fit = fit_ridge(x, teacher_logits, config.penalties)
         return fit.w, fit.b, fit.penalty
+    mu = jnp.mean(x, axis=0)
+    xc = x - mu
+    d, k = x.shape[1], teacher_logits.shape[1]
     if config.method == "kd":  # warm start: the ridge solution in centred coordinates
         fit = fit_ridge(x, teacher_logits, config.penalties)
         params, aux = (fit.w, fit.b + mu @ fit.w), fit.penalty
