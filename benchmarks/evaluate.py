@@ -114,16 +114,22 @@ def timed(fn: Callable, images, cls, key, warm: int) -> tuple[np.ndarray, object
 
 
 @functools.partial(jax.jit, static_argnames=("models_apply", "config", "vcfg"))
-def held_out_neighbors(images, keys, vae_params, teacher_params, *, models_apply, config, vcfg):
-    """Fresh neighbours [B, N, H, W, C] of one kind and the teacher's logits on them."""
-    nb = jax.vmap(lambda x, k: sample_neighbors(x, k, vae_params, config, vcfg))(images, keys)
+def held_out_neighbors(images, keys, scales, vae_params, teacher_params, *, models_apply, config,
+                       vcfg):
+    """Fresh neighbours [B, N, H, W, C] of one kind and the teacher's logits on them; scales
+    [B]: the calibrated latent scales of the VAE kind (None for the others)."""
+    nb = jax.vmap(lambda x, k, s: sample_neighbors(x, k, vae_params, config, vcfg, scale=s))(
+        images, keys, scales)
     logits = jax.vmap(lambda n: models_apply(teacher_params, n))(nb)
     return nb, logits
 
 
-def cross_fidelity(m: Models, images, students: dict, key, count: int) -> dict:
+def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=None) -> dict:
     """{student: {neighbour kind: {top1, kl, r2: interval}}} on ``count`` fresh held-out
-    neighbours per image and kind."""
+    neighbours per image and kind; VAE neighbours at the latent scales [B] calibrated by the
+    DeepVID explanations (``scales``; default: the "deepvid" student's)."""
+    if scales is None and "deepvid" in students:
+        scales = students["deepvid"].scale
     result = {s: {} for s in students}
     for j, (kind, nb_cfg) in enumerate(SAMPLERS.items()):
         cfg = dataclasses.replace(nb_cfg, num=count)
@@ -131,7 +137,9 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int) -> dict:
         for i in range(0, len(images), m.chunk):
             x = jnp.asarray(images[i : i + m.chunk])
             keys = ex.instance_keys(jax.random.fold_in(key, j), i, len(x))
-            nb, logits = held_out_neighbors(x, keys, m.vp, m.tp, models_apply=m.apply,
+            sc = (jnp.asarray(scales[i : i + m.chunk])
+                  if cfg.calibrated and scales is not None else None)
+            nb, logits = held_out_neighbors(x, keys, sc, m.vp, m.tp, models_apply=m.apply,
                                             config=cfg, vcfg=m.vcfg)
             for s, e in students.items():
                 f = ex.student_fidelity(e.weights[i : i + m.chunk], e.bias[i : i + m.chunk],
@@ -311,8 +319,8 @@ def evaluate_dataset(name: str, args) -> dict:
 def sweep(m: Models, images, cls, args) -> list[dict]:
     """DeepVID's fidelity and deletion AUC as the neighbour count and latent scale vary."""
     rows = []
-    grid = [(n, 1.0) for n in args.sweep_neighbors] + [
-        (512, s) for s in args.sweep_scales if s != 1.0]
+    # neighbour counts at the default (calibrated) radius; fixed latent scales at 512
+    grid = [(n, None) for n in args.sweep_neighbors] + [(512, s) for s in args.sweep_scales]
     for n, s in tqdm(grid, desc="sweep", disable=args.quiet):
         nb = NeighborConfig(num=n, latent_scale=s)
         cfg = m.explain_config(nb, holdout=max(1, n // 4))
@@ -320,13 +328,15 @@ def sweep(m: Models, images, cls, args) -> list[dict]:
         e = ex.explain(images, jax.random.PRNGKey(args.seed), teacher_apply=m.apply,
                        teacher_params=m.tp, vae_params=m.vp, config=cfg)
         sec = (time.perf_counter() - start) / len(images)
-        vae_hold = cross_fidelity(m, images, {"s": e}, jax.random.PRNGKey(5), args.holdout)["s"]
+        scales = e.scale if s is None else np.full(len(images), s, np.float32)
+        vae_hold = cross_fidelity(m, images, {"s": e}, jax.random.PRNGKey(5), args.holdout,
+                                  scales=scales)["s"]
         auc = deletion_insertion(m, images, np.asarray(e.class_weights(cls)), cls, "zero",
                                  args.steps)
         rows.append({"neighbors": n, "latent_scale": s, "seconds_per_explanation": sec,
                      "fidelity": vae_hold, "deletion": auc["deletion"],
                      "insertion": auc["insertion"]})
-        print(f"  N={n:5d} scale={s:4.2f}: top1 on VAE nbrs "
+        print(f"  N={n:5d} scale={s or 'calibrated'}: top1 on VAE nbrs "
               f"{vae_hold['deepvid']['top1']['mean']:.3f}, on mask nbrs "
               f"{vae_hold['mask']['top1']['mean']:.3f}; insertion {auc['insertion']['mean']:.3f}",
               flush=True)
@@ -404,15 +414,16 @@ def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
 
     if sweep_rows:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, key, xlabel, fixed in [
-            (axes[0], "neighbors", "neighbours per instance (latent scale 1)", "latent_scale"),
-            (axes[1], "latent_scale", "latent scale (N = 512)", "neighbors"),
+        for ax, key, xlabel, pick in [
+            (axes[0], "neighbors", "neighbours per instance (calibrated radius)",
+             lambda r: r["latent_scale"] is None),
+            (axes[1], "latent_scale", "fixed latent scale (N = 512)",
+             lambda r: r["latent_scale"] is not None and r["neighbors"] == 512),
         ]:
-            rows = [r for r in sweep_rows
-                    if r[fixed] == (1.0 if fixed == "latent_scale" else 512)]
+            rows = [r for r in sweep_rows if pick(r)]
             rows.sort(key=lambda r: r[key])
             xs = [r[key] for r in rows]
-            for kind, style, what in [("deepvid", "-o", "VAE neighbours (scale 1)"),
+            for kind, style, what in [("deepvid", "-o", "VAE neighbours (same radius)"),
                                       ("noise", "--s", "Gaussian-noise neighbours"),
                                       ("mask", ":^", "random-mask neighbours")]:
                 ys = [r["fidelity"][kind]["top1"]["mean"] for r in rows]

@@ -32,9 +32,9 @@ from deepvid_jax.student import StudentConfig
 
 STUDENT = StudentConfig(method="ridge", penalties=(0.3,))
 SETTINGS = {
-    "latent scale 1 (default)": NeighborConfig(latent_scale=1.0),
+    "latent scale 1 (the former default)": NeighborConfig(latent_scale=1.0),
     "latent scale 0.5": NeighborConfig(latent_scale=0.5),
-    "calibrated, target flip 0.2": NeighborConfig(target_flip=0.2),
+    "calibrated, target flip 0.2 (default)": NeighborConfig(target_flip=0.2),
     "calibrated, target flip 0.1": NeighborConfig(target_flip=0.1),
 }
 

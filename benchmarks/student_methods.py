@@ -24,12 +24,12 @@ from common import (
 
 from deepvid_jax import explain as ex
 from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.student import StudentConfig
+from deepvid_jax.student import GCV_PENALTIES, StudentConfig
 
 METHODS = {
-    "adam (200 steps, today's default)": StudentConfig(),
-    "ridge (closed form, GCV)": StudentConfig(method="ridge"),
-    "kd (ridge + 25 Adam steps)": StudentConfig(method="kd", steps=25),
+    "adam (200 steps, the former default)": StudentConfig(method="adam"),
+    "ridge (closed form, GCV)": StudentConfig(method="ridge", penalties=GCV_PENALTIES),
+    "kd (ridge + 25 Adam steps)": StudentConfig(method="kd", steps=25, penalties=GCV_PENALTIES),
 }
 
 

@@ -15,11 +15,18 @@ import jax
 import numpy as np
 
 from deepvid_jax import adversarial, checkpoint, data, files, neighbors, surrogate, train, viz
+from deepvid_jax import bench as bench_lib
 from deepvid_jax import explain as explain_lib
 from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
 from deepvid_jax.consistency import layer_names
-from deepvid_jax.models import SurrogateConfig, TeacherConfig, VAEConfig, teacher_logits
+from deepvid_jax.models import (
+    SurrogateConfig,
+    TeacherConfig,
+    VAEConfig,
+    init_teacher,
+    teacher_logits,
+)
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -51,7 +58,8 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _finite(low: float | None = None, high: float | None = None, low_open: bool = False):
+def _finite(low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False):
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -62,8 +70,9 @@ def _finite(low: float | None = None, high: float | None = None, low_open: bool 
         if low is not None and (value <= low if low_open else value < low):
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, "
                                              f"got {value:g}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {value:g}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high:g}, "
+                                             f"got {value:g}")
         return value
 
     parse.__name__ = "finite number"
@@ -238,7 +247,7 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
         num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(default_holdout, args.neighbors // 4)),
         neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
-                                 latent_scale=args.latent_scale),
+                                 latent_scale=args.latent_scale, target_flip=args.target_flip),
         student=StudentConfig(method=args.student),
         return_neighbors=True,
     )
@@ -439,14 +448,72 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return bench_lib.METHODS
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [n for n in names if n not in bench_lib.METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from "
+                                         f"{', '.join(bench_lib.METHODS)} or 'all'")
+    return names
+
+
+def cmd_bench(args) -> int:
+    """Every explainer's explanations/s, FLOPs and memory on this machine (`deepvid_jax.bench`)."""
+    config = bench_lib.BenchConfig(methods=args.methods, batch_sizes=args.batch_sizes,
+                                   samples=args.samples, repeats=args.repeats,
+                                   lime_images=args.lime_images)
+    out = files.check_writable_dir(args.out, "--out")
+    ds = _load(args, args.split)
+    if args.checkpoints:
+        folder = Path(args.checkpoints)
+        _checkpoint_config(folder, "teacher", ds.info)
+        _checkpoint_config(folder, "vae", ds.info)
+        m = _restore_models(folder)
+        models = bench_lib.Models(m["teacher"], m["teacher_config"], m["vae"], m["vae_config"],
+                                  trained=True)
+    else:  # speed does not depend on the weights: untrained models of the data's shape
+        tcfg = TeacherConfig(num_classes=ds.info.num_classes, image_shape=ds.info.image_shape)
+        vcfg = VAEConfig(image_shape=ds.info.image_shape)
+        models = bench_lib.Models(init_teacher(jax.random.PRNGKey(0), tcfg), tcfg,
+                                  vae_lib.init_vae(jax.random.PRNGKey(1), vcfg), vcfg,
+                                  trained=False)
+        print("no --checkpoints: untrained models (speed only)")
+    result = bench_lib.run(models, ds.images[:256], config)
+    result["data"] = f"{args.dataset} {args.split}"
+    written = bench_lib.write(result, out)
+    print("\n".join(bench_lib.ratios(result)))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     d = explain_lib.ExplainConfig()
     p.add_argument("--neighbors", type=_int_at_least(2), default=d.neighbors.num,
                    help="Neighbours per instance (fit + held out).")
-    p.add_argument("--latent-scale", type=_finite(low=0.0), default=d.neighbors.latent_scale)
+    p.add_argument("--latent-scale", type=_finite(low=0.0), default=d.neighbors.latent_scale,
+                   help="Fixed latent scale of the VAE neighbours (default: calibrated per "
+                   "image to --target-flip).")
+    p.add_argument("--target-flip", type=_finite(low=0.0, high=1.0, low_open=True,
+                                                 high_open=True),
+                   default=d.neighbors.target_flip,
+                   help="Calibrated radius: the fraction of neighbours that should get another "
+                   "teacher label than the image.")
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
     p.add_argument("--student", choices=student_lib.METHODS, default=d.student.method,
-                   help="adam: Adam on the KD loss; ridge: closed form, penalty by GCV; kd: "
+                   help="ridge: closed form on centred logits; adam: Adam on the KD loss; kd: "
                    "ridge then Adam on the KD loss.")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
     p.add_argument("--figures", type=NON_NEGATIVE, default=4,
@@ -518,6 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _explain_options(p, count=0)
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("bench", help="Explanations/s, FLOPs and memory of every explainer on "
+                       "this machine (CPU, GPU, TPU); runs of several machines merge.")
+    d = bench_lib.BenchConfig()
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--checkpoints", default=None,
+                   help="Folder with teacher/ and vae/ (default: untrained models, speed only).")
+    p.add_argument("--methods", type=_method_list, default=d.methods,
+                   help="Comma-separated, or 'all': " + ", ".join(bench_lib.METHODS) + ".")
+    p.add_argument("--batch-sizes", type=_int_list, default=d.batch_sizes,
+                   help="Comma-separated, e.g. 16,64,256,1024.")
+    p.add_argument("--samples", type=_int_list, default=d.samples,
+                   help="Neighbours / perturbations / masks per explanation, comma-separated.")
+    p.add_argument("--repeats", type=POSITIVE, default=d.repeats)
+    p.add_argument("--lime-images", type=POSITIVE, default=d.lime_images)
+    p.add_argument("--out", default="runs/bench")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -28,7 +28,6 @@ from deepvid_jax.neighbors import (
     NeighborConfig,
     calibrate_scale,
     latent_codes,
-    latent_neighbors,
     sample_neighbors,
 )
 from deepvid_jax.student import StudentConfig, fit_student
@@ -50,10 +49,11 @@ class ExplainConfig:
       chunk_size: instances per compiled call; bounds device memory whatever the batch.
       block_size: decode and label neighbours this many rows at a time across the chunk's
         instances (None: all at once); bounds the decoder's and teacher's activation memory.
-        Not used with a calibrated radius (`NeighborConfig.target_flip`). The default measured
-        best on a 2-core CPU (README: 1.8-3.8x the unblocked rate, flat in the batch size).
+        A calibrated radius's probes are not blocked (probes x instances rows). The default
+        measured best on a 2-core CPU (README: 1.8-3.8x the unblocked rate, flat in batch).
       return_neighbors: also return the neighbours and the teacher's probabilities on them.
-      shard: split each chunk's instances over all local devices when there are several.
+      shard: split each chunk's instances over all local devices when there are several
+        accelerators (not over CPU devices: `map_instances`).
     """
 
     num_classes: int = 10
@@ -106,7 +106,7 @@ class Explanation(NamedTuple):
       None ("adam").
     flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
       instance: how far the neighbourhood reaches across decision boundaries.
-    scale: [B] the latent scale calibrated per instance (``NeighborConfig.target_flip``), or
+    scale: [B] the latent scale calibrated per instance (``NeighborConfig.calibrated``), or
       None.
     """
 
@@ -163,23 +163,29 @@ def explain_instance(
       `Explanation` without the batch axis.
     """
     nc = config.neighbors
-    scale = None
-    if nc.target_flip is None:
+    if not nc.calibrated:
         nb = sample_neighbors(image, key, vae_params, nc, config.vae)
         # One teacher call for the instance and its neighbours.
         both = teacher_apply(teacher_params, jnp.concatenate([image[None], nb]))
-        t_instance, t_logits = both[0], both[1:]
-    else:  # the instance's label is needed first, to calibrate the radius around it
-        k_probe, k_nb = jax.random.split(key)
-        t_instance = teacher_apply(teacher_params, image[None])[0]
-        scale = calibrate_scale(
-            vae_params, image, k_probe,
-            lambda x: jnp.argmax(teacher_apply(teacher_params, x), -1),
-            jnp.argmax(t_instance), nc, config.vae)
-        nb = latent_neighbors(vae_params, image, k_nb, num=nc.num, scale=scale,
-                              use_posterior_std=nc.use_posterior_std, vae_config=config.vae)[0]
-        t_logits = teacher_apply(teacher_params, nb)
+        return _distil(image, nb, both[0], both[1:], None, config)
+    # The instance's label is needed first, to calibrate the radius around it.
+    t_instance = teacher_apply(teacher_params, image[None])[0]
+    scale, k_nb = _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
+                             config)
+    nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale)
+    t_logits = teacher_apply(teacher_params, nb)
     return _distil(image, nb, t_instance, t_logits, scale, config)
+
+
+def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
+               config: ExplainConfig) -> tuple[jax.Array, jax.Array]:
+    """(the calibrated latent scale [], the key of the neighbours) of one instance: the
+    instance's key is split into the probes' key and the neighbours'."""
+    k_probe, k_nb = jax.random.split(key)
+    scale = calibrate_scale(
+        vae_params, image, k_probe, lambda x: jnp.argmax(teacher_apply(teacher_params, x), -1),
+        jnp.argmax(t_instance), config.neighbors, config.vae)
+    return scale, k_nb
 
 
 def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Explanation:
@@ -244,24 +250,32 @@ def explain_batch(
 ) -> Explanation:
     """`explain_instance` over images [B, H, W, C] and keys [B]; one jitted program.
 
-    With ``config.block_size`` (and no calibrated radius), the neighbours of all B instances
+    With ``config.block_size``, the neighbours of all B instances
     are decoded and labelled by the teacher ``block_size`` rows at a time (a `lax.map` over
     blocks of the flattened B x N rows) instead of all at once, so the decoder's and teacher's
     activations take the memory of one block whatever the batch; the sampling and the students
-    stay vmapped over instances. Same numbers as the vmap up to float reassociation.
+    stay vmapped over instances (as do a calibrated radius's probes). Same numbers as the vmap
+    up to float reassociation.
     """
-    if config.block_size is None or config.neighbors.target_flip is not None:
+    if config.block_size is None:
         fn = functools.partial(
             explain_instance, teacher_apply=teacher_apply, teacher_params=teacher_params,
             vae_params=vae_params, config=config,
         )
         return jax.vmap(fn)(images, keys)
-    nc, b = config.neighbors, images.shape[0]
+    nc = config.neighbors
+    t_instance = teacher_apply(teacher_params, images)
+    scale = None
+    if nc.calibrated:  # probes per instance (small), then the neighbours in blocks
+        scale, keys = jax.vmap(lambda im, k, t: _calibrate(
+            im, k, t, teacher_apply, teacher_params, vae_params, config))(images, keys,
+                                                                           t_instance)
     if nc.sampler == "vae":
-        rows = jax.vmap(lambda im, k: latent_codes(
-            vae_params, im, k, num=nc.num, scale=nc.latent_scale,
+        fixed = nc.latent_scale if scale is None else None
+        rows = jax.vmap(lambda im, k, s: latent_codes(
+            vae_params, im, k, num=nc.num, scale=fixed if s is None else s,
             use_posterior_std=nc.use_posterior_std, band=nc.latent_band,
-            vae_config=config.vae))(images, keys)
+            vae_config=config.vae))(images, keys, scale)
 
         def generate(z):
             return vae.decode(vae_params, z, config=config.vae)
@@ -271,22 +285,41 @@ def explain_batch(
 
         def generate(x):
             return x
-    flat = rows.reshape(b * nc.num, *rows.shape[2:])
-    block = min(config.block_size, flat.shape[0])  # never pad a small chunk up to a block
+    nb, t_logits = label_in_blocks(rows, generate, teacher_apply, teacher_params,
+                                   config.block_size)
+    return jax.vmap(lambda im, n, ti, tl, s: _distil(im, n, ti, tl, s, config))(
+        images, nb, t_instance, t_logits, scale)
+
+
+def label_in_blocks(
+    rows: jax.Array, generate: Callable[[jax.Array], jax.Array], teacher_apply: TeacherApply,
+    teacher_params, block_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Neighbours and the teacher's logits on them, ``block_size`` rows at a time.
+
+    Args:
+      rows: [B, N, ...] what ``generate`` turns into images (latent codes, or the images).
+      generate: rows [M, ...] -> images [M, H, W, C] (the VAE's decoder, or the identity).
+
+    Returns:
+      (neighbours [B, N, H, W, C], logits [B, N, K]); the flattened B x N rows go through
+      `lax.map` in blocks (the last padded with zeros), so activations take one block's memory.
+    """
+    b, n = rows.shape[:2]
+    flat = rows.reshape(b * n, *rows.shape[2:])
+    block = min(block_size, flat.shape[0])  # never pad a small chunk up to a block
     blocks = -(-flat.shape[0] // block)
     pad = blocks * block - flat.shape[0]
     flat = jnp.concatenate([flat, jnp.zeros((pad, *flat.shape[1:]), flat.dtype)])
 
-    def label(block):
-        x = generate(block)
+    def label(x):
+        x = generate(x)
         return x, teacher_apply(teacher_params, x)
 
-    nb, t_logits = jax.lax.map(label, flat.reshape(blocks, block, *flat.shape[1:]))
-    nb = nb.reshape(-1, *images.shape[1:])[: b * nc.num].reshape(b, nc.num, *images.shape[1:])
-    t_logits = t_logits.reshape(b * nc.num + pad, -1)[: b * nc.num].reshape(b, nc.num, -1)
-    t_instance = teacher_apply(teacher_params, images)
-    return jax.vmap(lambda im, n, ti, tl: _distil(im, n, ti, tl, None, config))(
-        images, nb, t_instance, t_logits)
+    nb, logits = jax.lax.map(label, flat.reshape(blocks, block, *flat.shape[1:]))
+    nb = nb.reshape(blocks * block, *nb.shape[2:])[: b * n]
+    logits = logits.reshape(blocks * block, -1)[: b * n]
+    return nb.reshape(b, n, *nb.shape[1:]), logits.reshape(b, n, -1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +354,8 @@ def map_instances(
       key: PRNG key.
       chunk_size: instances per call (rounded up to a multiple of the device count, and down
         to what B needs).
-      shard: split chunks over the local devices when there are several.
+      shard: split chunks over the local devices when there are several accelerators (not
+        over CPU devices: `_shardable`).
       progress: show a progress bar over chunks, labelled ``desc``.
       check: ``check(output_chunk, start)`` called on each chunk's host output (real
         instances only) before the next chunk starts; raise there to stop at the first bad one.
@@ -334,13 +368,19 @@ def map_instances(
     treedef = jax.tree.structure(inputs)
     b = len(leaves[0])
     devices = jax.local_devices()
-    mesh = Mesh(np.array(devices), ("instances",)) if shard and len(devices) > 1 else None
+    shard = shard and len(devices) > 1 and _shardable(devices)
+    mesh = Mesh(np.array(devices), ("instances",)) if shard else None
     n_dev = 1 if mesh is None else len(devices)
     chunk = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
     chunk = min(chunk, -(-b // n_dev) * n_dev)  # no bigger than needed
     if mesh is not None:
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
         split = NamedSharding(mesh, PartitionSpec("instances"))
+        # Each device explains its own instances: no cross-device work for the compiler to
+        # invent (left to GSPMD, the calibrated radius's bisection loop hung on 4 CPU devices).
+        fn = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split.spec,
+                                                             split.spec),
+                                   out_specs=split.spec, check_vma=False))
 
     outputs = []
     for start in tqdm(range(0, b, chunk), desc=desc, unit="chunk", disable=not progress):
@@ -357,6 +397,15 @@ def map_instances(
             check(out, start)
         outputs.append(out)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def _shardable(devices) -> bool:
+    """Whether to shard over these devices: accelerators yes; CPU devices (forced with
+    ``--xla_force_host_platform_device_count``) no. They share the same cores, so sharding
+    gains nothing, and XLA CPU (jax 0.10.2) deadlocks running the ridge student's program
+    sharded over them (with multi-threaded Eigen; with it off, still with the calibrated
+    radius). Tests replace this function to exercise the sharded path on CPU."""
+    return devices[0].platform != "cpu"
 
 
 def explain(

@@ -46,11 +46,12 @@ def _assert_trees_close(a, b, rel=5e-3):
 
     A vmapped program sums in another order than a single one; Adam's normalised steps carry
     those last-bit differences into the fitted weights, so bitwise equality is not expected
-    across different programs (same program: see the bitwise test).
+    across different programs (same program: see the bitwise test). Values below 1e-5 (a
+    held-out KL of 1e-6 on a near-perfect fit) are float32 noise: compared absolutely.
     """
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        np.testing.assert_allclose(x, y, rtol=0, atol=rel * max(np.abs(y).max(), 1e-6))
+        np.testing.assert_allclose(x, y, rtol=0, atol=rel * max(np.abs(y).max(), 1e-5))
 
 
 def test_shapes(setup):
@@ -61,7 +62,8 @@ def test_shapes(setup):
     assert e.teacher_probs.shape == e.student_probs.shape == (7, 10)
     assert e.fidelity.top1.shape == (7,) and e.neighbors.shape == (7, 64, 8, 8, 1)
     assert e.neighbor_probs.shape == (7, 64, 10)
-    np.testing.assert_allclose(e.weights.sum(-1), 0, atol=1e-5)  # centred over classes
+    # centred over classes (to float32 rounding of the weights' magnitude)
+    np.testing.assert_allclose(e.weights.sum(-1), 0, atol=1e-6 * np.abs(e.weights).max() * 10)
     assert e.evidence(images, np.zeros(7, int)).shape == images.shape
 
 
@@ -117,7 +119,8 @@ def test_linear_teacher_is_recovered():
         vae=VCFG, neighbors=NeighborConfig(sampler="pixel", num=1024, pixel_noise=0.3),
         # Default temperature; no l2 (ridge shrinkage tilts W when pixels correlate) and
         # enough steps to converge on this strongly saturated teacher (logit std ~ 4).
-        holdout=128, student=StudentConfig(l2=0.0, steps=500, learning_rate=0.2),
+        holdout=128, student=StudentConfig(method="adam", l2=0.0, steps=500,
+                                           learning_rate=0.2),
     )
     e = ex.explain(images, jax.random.PRNGKey(0), teacher_apply=linear, teacher_params=(a, c),
                    vae_params=None, config=cfg)
@@ -155,7 +158,7 @@ SHARD_SCRIPT = textwrap.dedent("""
     from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
     from deepvid_jax.neighbors import NeighborConfig
     from deepvid_jax.student import StudentConfig
-    assert jax.device_count() == 4, jax.devices()
+    assert jax.device_count() == 4 and not ex._shardable(jax.devices()), jax.devices()
     t = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     v = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     from deepvid_jax import train
@@ -165,10 +168,19 @@ SHARD_SCRIPT = textwrap.dedent("""
                                 progress=False)
     vp, _ = train.train_vae(tr.images, te.images, v, fast, progress=False)
     images = te.images
+    apply = functools.partial(teacher_logits, config=t)
+    # The default (calibrated) config on 4 CPU devices: not sharded there, and completes.
+    default = ex.explain(images, jax.random.PRNGKey(0), config=ex.ExplainConfig(
+        vae=v, neighbors=NeighborConfig(num=64), holdout=16, chunk_size=5), vae_params=vp,
+        teacher_apply=apply, teacher_params=tp)
+    assert np.isfinite(default.weights).all()
+    ex._shardable = lambda devices: True  # exercise the sharded path
     outs = []
     for shard in (True, False):
-        cfg = ex.ExplainConfig(vae=v, neighbors=NeighborConfig(num=64), holdout=16,
-                               student=StudentConfig(steps=20), chunk_size=5, shard=shard)
+        cfg = ex.ExplainConfig(vae=v, neighbors=NeighborConfig(num=64, latent_scale=1.0),
+                               holdout=16,
+                               student=StudentConfig(method="adam", steps=20), chunk_size=5,
+                               shard=shard)
         outs.append(ex.explain(images, jax.random.PRNGKey(0), config=cfg, vae_params=vp,
                     teacher_apply=functools.partial(teacher_logits, config=t), teacher_params=tp))
     for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
@@ -187,7 +199,11 @@ SHARD_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_over_four_cpu_devices_equals_one():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    # The sharded path with the Adam student, a fixed radius and no multi-threaded Eigen: XLA
+    # CPU deadlocks at random on the ridge student's program sharded over 4 forced devices
+    # (so the driver does not shard over CPU devices: explain._shardable).
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
+                                      "--xla_cpu_multi_thread_eigen=false",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
@@ -298,7 +314,8 @@ def test_blocking_bounds_the_memory_that_grows_with_the_batch(tiny_teacher):
     vp = vae.init_vae(jax.random.PRNGKey(0), vcfg)
 
     def temp_bytes(block, b):
-        cfg = ex.ExplainConfig(vae=vcfg, neighbors=NeighborConfig(num=256), holdout=64,
+        cfg = ex.ExplainConfig(vae=vcfg, neighbors=NeighborConfig(num=256, latent_scale=1.0),
+                               holdout=64,
                                student=StudentConfig(method="ridge"), block_size=block)
         lowered = ex.explain_batch.lower(
             jnp.zeros((b, 8, 8, 1)), jax.random.split(jax.random.PRNGKey(0), b),

@@ -114,8 +114,6 @@ def test_calibrated_radius_hits_its_target_flip_fraction(tiny_teacher, trained_v
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"target_flip": 0.0}, r"target_flip must be in \(0, 1\)"),
     ({"target_flip": 1.0}, r"target_flip must be in \(0, 1\)"),
-    ({"target_flip": 0.3, "sampler": "pixel"}, "needs sampler='vae'"),
-    ({"target_flip": 0.3, "latent_band": ((0.0, 1.0),)}, "no latent_band"),
     ({"max_latent_scale": 0.0}, "max_latent_scale"),
     ({"calibration_probes": 0}, "calibration_probes"),
     ({"calibration_steps": -1}, "calibration_steps"),
@@ -123,3 +121,21 @@ def test_calibrated_radius_hits_its_target_flip_fraction(tiny_teacher, trained_v
 def test_bad_calibration_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NeighborConfig(**kwargs)
+
+
+def test_the_radius_is_calibrated_only_when_no_scale_or_band_is_set():
+    assert NeighborConfig().calibrated  # the default
+    assert not NeighborConfig(latent_scale=1.0).calibrated
+    assert not NeighborConfig(latent_band=((0.0, 1.0),)).calibrated
+    assert not NeighborConfig(sampler="pixel").calibrated
+
+
+def test_sampling_a_calibrated_config_without_its_scale_is_an_error():
+    with pytest.raises(ValueError, match="calibrates its latent scale"):
+        neighbors.sample_neighbors(IMAGES[0], jax.random.PRNGKey(0), VP, NeighborConfig(num=4),
+                                   VCFG)
+    nb = neighbors.sample_neighbors(IMAGES[0], jax.random.PRNGKey(0), VP, NeighborConfig(num=4),
+                                    VCFG, scale=0.5)
+    want = neighbors.sample_neighbors(IMAGES[0], jax.random.PRNGKey(0), VP,
+                                      NeighborConfig(num=4, latent_scale=0.5), VCFG)
+    np.testing.assert_array_equal(nb, want)
