@@ -28,7 +28,7 @@ $(BIN)/.bench: $(BIN)/.installed
 	touch $@
 
 bench: $(BIN)/.bench
-	$(BIN)/python benchmarks/explain_throughput.py $(ARGS)
+	$(BIN)/deepvid bench $(ARGS)
 
 # Need trained checkpoints in runs/<dataset>/{teacher,vae}: see README, "Evaluation".
 evaluate: $(BIN)/.bench

@@ -188,6 +188,38 @@ def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params
     return scale, k_nb
 
 
+def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, vae_params,
+                       config: ExplainConfig) -> tuple[jax.Array, jax.Array]:
+    """`_calibrate` of a batch (images [B, H, W, C], keys [B], t_instance [B, K]) with each
+    bisection step's B x probes rows decoded and labelled in blocks: the same scales [B] and
+    neighbour keys [B], in a memory that does not grow with B x probes."""
+    nc = config.neighbors
+    k_probe, k_nb = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    mean, logvar = vae.encode(vae_params, images, config=config.vae)  # [B, Z]
+    std = jnp.exp(0.5 * logvar) if nc.use_posterior_std else jnp.ones_like(mean)
+    eps = jax.vmap(lambda k: jax.random.normal(k, (nc.calibration_probes, mean.shape[-1])))(
+        k_probe)  # [B, P, Z], as `calibrate_scale` draws them
+    label = jnp.argmax(t_instance, -1)
+
+    def flips(scale):  # [B] -> [B]
+        z = mean[:, None] + scale[:, None, None] * std[:, None] * eps
+        _, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
+                                    teacher_apply, teacher_params, config.block_size)
+        return jnp.mean(jnp.argmax(logits, -1) != label[:, None], axis=1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = flips(mid) < nc.target_flip
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    b = images.shape[0]
+    lo, hi = jax.lax.fori_loop(0, nc.calibration_steps, halve,
+                               (jnp.zeros((b,)), jnp.full((b,), nc.max_latent_scale,
+                                                          jnp.float32)))
+    return 0.5 * (lo + hi), k_nb
+
+
 def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Explanation:
     """The student of one instance from its labelled neighbours: image [H, W, C], nb
     [N, H, W, C], t_instance [K], t_logits [N, K]."""
@@ -266,10 +298,9 @@ def explain_batch(
     nc = config.neighbors
     t_instance = teacher_apply(teacher_params, images)
     scale = None
-    if nc.calibrated:  # probes per instance (small), then the neighbours in blocks
-        scale, keys = jax.vmap(lambda im, k, t: _calibrate(
-            im, k, t, teacher_apply, teacher_params, vae_params, config))(images, keys,
-                                                                           t_instance)
+    if nc.calibrated:  # the probes in blocks too, then the neighbours
+        scale, keys = _calibrate_blocked(images, keys, t_instance, teacher_apply,
+                                         teacher_params, vae_params, config)
     if nc.sampler == "vae":
         fixed = nc.latent_scale if scale is None else None
         rows = jax.vmap(lambda im, k, s: latent_codes(

@@ -103,9 +103,8 @@ def fit_ridge(
 
     Args:
       x: [N, D] neighbours; teacher_logits: [N, K].
-      penalties: the grid; relative to the Gram matrix's trace / min(N - 1, D) (its mean
-        eigenvalue where the centred neighbours have full rank) unless ``relative=False``
-        (then absolute).
+      penalties: the grid; relative to the mean non-zero eigenvalue of the Gram matrix unless
+        ``relative=False`` (then absolute).
 
     Returns:
       `RidgeFit`.
@@ -123,9 +122,11 @@ def fit_ridge(
     tol = jnp.max(e) * max(n, d) * jnp.finfo(x.dtype).eps
     e = jnp.where(e > tol, e, 0.0)
     grid = jnp.asarray(penalties, x.dtype)
-    if relative:  # trace / the rank centred data can have: counting the eigenvalues above tol
-        # instead would jump where rounding noise crosses it (low-rank neighbourhoods).
-        grid = grid * jnp.sum(e) / min(n - 1, d)
+    if relative:  # the mean non-zero eigenvalue. The count of non-zero ones can move by one
+        # where rounding noise crosses tol (low-rank neighbourhoods): the penalty then moves by
+        # about 1/rank between programs that sum in another order.
+        rank = jnp.maximum(jnp.sum(e > 0), 1)
+        grid = grid * jnp.sum(e) / rank
     lam = grid[:, None]  # [L, 1]
     shrink = lam / (e[None, :] + lam)  # [L, m]: the part of each direction the penalty removes
     if primal:

@@ -49,6 +49,12 @@ def _assert_trees_close(a, b, rel=5e-3):
     across different programs (same program: see the bitwise test). Values below 1e-5 (a
     held-out KL of 1e-6 on a near-perfect fit) are float32 noise: compared absolutely.
     """
+    if isinstance(a, ex.Explanation) and a.penalty is not None:
+        # The relative penalty divides by the count of non-zero Gram eigenvalues, which can
+        # move by one where rounding noise crosses the rank tolerance (these tiny VAEs'
+        # neighbourhoods are low-rank): the penalty then moves by about 1/rank.
+        np.testing.assert_allclose(a.penalty, b.penalty, rtol=0.05)
+        a, b = a._replace(penalty=None), b._replace(penalty=None)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         np.testing.assert_allclose(x, y, rtol=0, atol=rel * max(np.abs(y).max(), 1e-5))
@@ -292,12 +298,15 @@ def test_student_fidelity_reproduces_the_held_out_fidelity(setup):
 
 @pytest.mark.parametrize("sampler", ["vae", "pixel"])
 def test_blocked_decoding_and_labelling_equals_unblocked(setup, sampler):
-    """Neighbours decoded and labelled 50 rows at a time across instances (chunks of 3 x 64
-    rows, so blocks straddle instances and the last one is padded) equal the plain vmap."""
+    """Neighbours (and the calibrated radius's probes) decoded and labelled 50 rows at a time
+    across instances (chunks of 3 x 64 rows, so blocks straddle instances and the last one is
+    padded) equal the plain vmap of `explain_instance`."""
     images, tp, vp = setup
     cfg = dataclasses.replace(SMALL, neighbors=NeighborConfig(sampler=sampler, num=64),
                               return_neighbors=True, student=StudentConfig(method="ridge"))
-    whole = _run(images, tp, vp, cfg)
+    whole = _run(images, tp, vp, dataclasses.replace(cfg, block_size=None))
+    if sampler == "vae":  # the default, calibrated radius
+        assert whole.scale is not None and np.all(whole.scale > 0)
     blocked = _run(images, tp, vp, dataclasses.replace(cfg, block_size=50))
     # What blocking computes (neighbours, their labels) agrees to float rounding of convs run
     # on other batch shapes; the students downstream amplify that as everywhere (_assert_...).
