@@ -231,6 +231,12 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     mem = compiled.memory_analysis()
+    if mem is not None:
+        need = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+        have = device_memory_bytes()
+        if have and need > 0.8 * have:  # refuse before running, not an allocator crash
+            raise MemoryError(f"needs {need / 2**30:.1f} GiB, the device has "
+                              f"{have / 2**30:.1f} GiB")
     seconds = []  # at least `repeats` calls, and more (up to 50) until min_seconds passed
     while len(seconds) < repeats or (sum(seconds) < min_seconds and len(seconds) < 50):
         start = time.perf_counter()
@@ -246,6 +252,18 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
         row["memory_mib"] = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                              + mem.output_size_in_bytes) / 2**20
     return row
+
+
+def device_memory_bytes() -> int | None:
+    """The default device's memory: its allocator's limit, or the host's RAM for a CPU."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def measure_lime_image(models: Models, images: np.ndarray, samples: int) -> dict:
@@ -327,7 +345,13 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
             fn = program(method, models, s or 0, config.block_size)
             for b in config.batch_sizes:
                 x, c = batch_of(images, classes, b)
-                r = measure(fn, x, c, config.repeats, config.min_seconds)
+                try:
+                    r = measure(fn, x, c, config.repeats, config.min_seconds)
+                except (MemoryError, jax.errors.JaxRuntimeError) as e:  # too big here: say so
+                    reason = str(e).strip().splitlines()[0][:200]
+                    rows.append({"method": method, "batch": b, "samples": s, "error": reason})
+                    log(f"{method:22s} B={b:5d} S={s or '-'}: not run ({reason})")
+                    continue
                 r["fraction_of_matmul"] = r["achieved_flops_per_s"] / peak
                 rows.append({"method": method, "batch": b, "samples": s, **r})
                 log(f"{method:22s} B={b:5d} S={s or '-'}: {r['explanations_per_s']:9.2f} expl/s, "
@@ -342,7 +366,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
 def ratios(result: dict) -> list[str]:
     """The comparisons that matter, within one run: DeepVID against lime_image, against
     decoding and classifying its neighbours, and its batch scaling."""
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if "error" not in r]
 
     def rate(method, b, s):
         return next((r["explanations_per_s"] for r in rows
@@ -385,6 +409,10 @@ def markdown(runs: dict) -> str:
                   "(XLA's count) | achieved GFLOP/s (% of matmul) | memory MiB |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in result["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r['batch']} | {r['samples'] or '–'} | not run: "
+                             f"{r['error']} | | | | |")
+                continue
             if "flops_per_explanation" in r:
                 fl = (f"{r['flops_per_explanation'] / 1e9:.3f} "
                       f"({r['xla_flops_per_explanation'] / 1e9:.3f})")
@@ -413,7 +441,7 @@ def plot(result: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list] = {}
-    for r in result["rows"]:
+    for r in (r for r in result["rows"] if "error" not in r):
         label = r["method"] + (f" (S={r['samples']})" if r["samples"] else "")
         series.setdefault(label, []).append((r["batch"], r["explanations_per_s"]))
     for label, pts in series.items():

@@ -133,3 +133,14 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     result = next(iter(json.loads((tmp_path / "bench.json").read_text())["runs"].values()))
     assert [r["method"] for r in result["rows"]] == ["deepvid", "decode_classify"]
     assert np.isfinite(result["matmul_flops_per_s"])
+
+
+def test_a_program_too_big_for_the_device_is_a_row_that_says_so(tiny_models, monkeypatch):
+    monkeypatch.setattr(bench, "device_memory_bytes", lambda: 1024)
+    images = data.load("digits", "test[:4]").images
+    config = bench.BenchConfig(methods=("gradient", "lime"), batch_sizes=(4,), samples=(8,),
+                               min_seconds=0.0)
+    result = bench.run(tiny_models, images, config, log=lambda _: None)
+    assert [r["method"] for r in result["rows"]] == ["gradient", "lime"]
+    assert all("needs" in r["error"] and "the device has" in r["error"] for r in result["rows"])
+    assert "not run: needs" in bench.markdown({"x": result})
