@@ -439,17 +439,19 @@ def plot(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     series: dict[str, list] = {}
     for r in (r for r in result["rows"] if "error" not in r):
         label = r["method"] + (f" (S={r['samples']})" if r["samples"] else "")
         series.setdefault(label, []).append((r["batch"], r["explanations_per_s"]))
-    for label, pts in series.items():
+    colors, markers = plt.cm.tab20.colors, "os^vDP*Xhp<>"
+    for i, (label, pts) in enumerate(series.items()):
         pts.sort()
         if label.startswith("lime_image"):
             ax.axhline(pts[0][1], ls="--", color="k", lw=1, label=label)
         else:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label,
+            ax.plot(*zip(*pts, strict=True), marker=markers[i % len(markers)],
+                    color=colors[i % len(colors)], label=label,
                     lw=2.5 if label.startswith("deepvid ") else 1.2)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -457,7 +459,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_ylabel("explanations / s")
     ax.set_title(result["device"]["name"], fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     files.savefig(fig, path, dpi=110)
     plt.close(fig)
