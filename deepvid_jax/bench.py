@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import attribution, files, rise, superpixel, vae, validate
+from deepvid_jax import attribution, files, rise, superpixel, surrogate, vae, validate
 from deepvid_jax import explain as ex
 from deepvid_jax.models import (
     ExplainerConfig,
@@ -206,14 +206,8 @@ def program(method: str, models: Models, samples: int, block_size: int) -> Calla
                                image_shape=tc.image_shape)
         sp = init_surrogate(jax.random.PRNGKey(0), scfg)
         ep = init_explainer(jax.random.PRNGKey(1), ecfg)
-        return lambda x, c, keys: surrogate_saliency(x, c, sp, ep, scfg, ecfg)
+        return lambda x, c, keys: surrogate._saliency(x, c, sp, ep, scfg, ecfg)
     raise ValueError(f"no program for {method!r}")
-
-
-def surrogate_saliency(x, c, sp, ep, scfg, ecfg):
-    from deepvid_jax import surrogate
-
-    return surrogate._saliency(x, c, sp, ep, scfg, ecfg)
 
 
 def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
@@ -221,12 +215,11 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
     """Compile ``fn`` for this batch, then time ``repeats`` calls or more (median)."""
     x, c = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
     keys = ex.instance_keys(jax.random.PRNGKey(0), 0, len(images))
-    jitted = jax.jit(fn)
     start = time.perf_counter()
-    lowered = jitted.lower(x, c, keys)
-    compiled = lowered.compile()
+    traced = jax.jit(fn).trace(x, c, keys)  # one trace: the jaxpr counted, and compiled
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
-    flops = jaxpr_flops(jax.make_jaxpr(fn)(x, c, keys))
+    flops = jaxpr_flops(traced.jaxpr)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")

@@ -26,8 +26,10 @@ from deepvid_jax import metrics, vae, validate
 from deepvid_jax.models import VAEConfig
 from deepvid_jax.neighbors import (
     NeighborConfig,
+    bisect_scale,
     calibrate_scale,
     latent_codes,
+    probe_noise,
     sample_neighbors,
 )
 from deepvid_jax.student import StudentConfig, fit_student
@@ -197,8 +199,7 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
     k_probe, k_nb = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
     mean, logvar = vae.encode(vae_params, images, config=config.vae)  # [B, Z]
     std = jnp.exp(0.5 * logvar) if nc.use_posterior_std else jnp.ones_like(mean)
-    eps = jax.vmap(lambda k: jax.random.normal(k, (nc.calibration_probes, mean.shape[-1])))(
-        k_probe)  # [B, P, Z], as `calibrate_scale` draws them
+    eps = jax.vmap(lambda k: probe_noise(k, nc, mean.shape[-1]))(k_probe)  # [B, P, Z]
     label = jnp.argmax(t_instance, -1)
 
     def flips(scale):  # [B] -> [B]
@@ -207,17 +208,7 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
                                     teacher_apply, teacher_params, config.block_size)
         return jnp.mean(jnp.argmax(logits, -1) != label[:, None], axis=1)
 
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = flips(mid) < nc.target_flip
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    b = images.shape[0]
-    lo, hi = jax.lax.fori_loop(0, nc.calibration_steps, halve,
-                               (jnp.zeros((b,)), jnp.full((b,), nc.max_latent_scale,
-                                                          jnp.float32)))
-    return 0.5 * (lo + hi), k_nb
+    return bisect_scale(flips, nc, shape=(images.shape[0],)), k_nb
 
 
 def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Explanation:
@@ -407,11 +398,6 @@ def map_instances(
     if mesh is not None:
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
         split = NamedSharding(mesh, PartitionSpec("instances"))
-        # Each device explains its own instances: no cross-device work for the compiler to
-        # invent (left to GSPMD, the calibrated radius's bisection loop hung on 4 CPU devices).
-        fn = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split.spec,
-                                                             split.spec),
-                                   out_specs=split.spec, check_vma=False))
 
     outputs = []
     for start in tqdm(range(0, b, chunk), desc=desc, unit="chunk", disable=not progress):

@@ -170,11 +170,26 @@ def calibrate_scale(
     """
     mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
     std = jnp.exp(0.5 * logvar) if config.use_posterior_std else jnp.ones_like(mean)
-    eps = jax.random.normal(key, (config.calibration_probes, vae_config.latent_dim))
+    eps = probe_noise(key, config, vae_config.latent_dim)
 
     def flips(scale):
         probes = vae.decode(vae_params, mean + scale * std * eps, config=vae_config)
         return jnp.mean(label_of(probes) != label)
+
+    return bisect_scale(flips, config)
+
+
+def probe_noise(key: jax.Array, config: NeighborConfig, latent_dim: int) -> jax.Array:
+    """The calibration probes' latent noise [calibration_probes, Z] of one instance."""
+    return jax.random.normal(key, (config.calibration_probes, latent_dim))
+
+
+def bisect_scale(
+    flips: Callable[[jax.Array], jax.Array], config: NeighborConfig, shape: tuple = ()
+) -> jax.Array:
+    """The latent scales (of ``shape``) where ``flips(scales)`` (label-flip fractions, same
+    shape) crosses ``config.target_flip``: ``calibration_steps`` halvings of
+    [0, ``max_latent_scale``], elementwise."""
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -183,7 +198,8 @@ def calibrate_scale(
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, config.calibration_steps, halve,
-                               (jnp.zeros(()), jnp.asarray(config.max_latent_scale, jnp.float32)))
+                               (jnp.zeros(shape), jnp.full(shape, config.max_latent_scale,
+                                                           jnp.float32)))
     return 0.5 * (lo + hi)
 
 
