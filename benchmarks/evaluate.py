@@ -57,7 +57,9 @@ STOCHASTIC = ("deepvid", "noise", "mask", "lime", "smoothgrad")
 def fmt(s: dict | None, digits: int = 3) -> str:
     if s is None:
         return "–"
-    text = f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}"
+    # JSON has no NaN: an undefined mean or interval (one image) is stored as null
+    mean, half = (f"{v:.{digits}f}" if v is not None else "nan" for v in (s["mean"], s["ci95"]))
+    text = f"{mean} ± {half}"
     if s.get("undefined"):
         text += f" ({s['undefined']} undefined)"
     return text
@@ -266,7 +268,11 @@ def update_subset(name: str, methods_to_update: list[str], args) -> None:
               f"{fmt(r['sanity_spearman'][-1])} ({seconds:.0f} s)", flush=True)
 
 
-def evaluate_dataset(name: str, args) -> dict:
+def evaluate_dataset(name: str, args, only: list[str] | None = None,
+                     result: dict | None = None) -> dict:
+    """Every metric of every method (or of the methods ``only`` names, written into the
+    existing ``result`` of the same settings; the pixel students go together, because their
+    fidelity is one table)."""
     m = Models(Path(args.checkpoints) / name, args.chunk)
     ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
     images, labels = ds.images[: args.count], ds.labels[: args.count]
@@ -274,11 +280,12 @@ def evaluate_dataset(name: str, args) -> dict:
     key = jax.random.PRNGKey(args.seed)
     print(f"== {name}: {len(images)} images of test[8000:], teacher accuracy on them "
           f"{(cls == labels).mean():.4f}")
-    result = {"dataset": name, "count": len(images), "teacher": m.tmeta.get("metrics"),
-              "vae": m.vmeta.get("metrics"), "methods": {}}
+    if result is None:
+        result = {"dataset": name, "count": len(images), "methods": {}}
+    result.update(teacher=m.tmeta.get("metrics"), vae=m.vmeta.get("metrics"))
 
     attrs, extras = {}, {}
-    methods = m.methods()
+    methods = {k: fn for k, fn in m.methods().items() if only is None or k in only}
     for method, fn in tqdm(methods.items(), desc=f"{name}: explain", disable=args.quiet):
         attrs[method], extras[method], sec = timed(fn, images, cls, key, args.chunk)
         result["methods"][method] = {"seconds_per_explanation": sec}
@@ -287,13 +294,15 @@ def evaluate_dataset(name: str, args) -> dict:
             result["methods"]["deepvid_x_input"] = {"seconds_per_explanation": sec}
         print(f"  {method:22s} {sec * 1e3:9.2f} ms/explanation", flush=True)
 
-    students = {s: extras[s] for s in SAMPLERS}
-    fid = cross_fidelity(m, images, students, jax.random.fold_in(key, 1), args.holdout)
-    for s in SAMPLERS:
-        result["methods"][s]["fidelity"] = fid[s]
-    lime_e = extras["lime"]
-    result["methods"]["lime"]["fidelity"] = {"own": {"top1": interval(lime_e.top1),
-                                                     "r2": interval(lime_e.r2)}}
+    if "deepvid" in methods:
+        students = {s: extras[s] for s in SAMPLERS}
+        fid = cross_fidelity(m, images, students, jax.random.fold_in(key, 1), args.holdout)
+        for s in SAMPLERS:
+            result["methods"][s]["fidelity"] = fid[s]
+    if "lime" in methods:
+        lime_e = extras["lime"]
+        result["methods"]["lime"]["fidelity"] = {"own": {"top1": interval(lime_e.top1),
+                                                         "r2": interval(lime_e.r2)}}
 
     for method, a in tqdm(attrs.items(), desc=f"{name}: deletion/insertion",
                           disable=args.quiet):
@@ -311,8 +320,9 @@ def evaluate_dataset(name: str, args) -> dict:
                 subset_metrics(m, method, fn, sub, sub_cls, attrs[method][:k], key, args))
     result["sanity_stages"] = [
         "+".join(s) for s in metrics.cascading_layers(teacher_layers(m))]
-    result["lime_reference"] = lime_reference_agreement(m, images, cls, args.lime_images,
-                                                        args.lime_samples)
+    if "lime" in methods:
+        result["lime_reference"] = lime_reference_agreement(m, images, cls, args.lime_images,
+                                                            args.lime_samples)
     return result, m, images, cls
 
 
@@ -474,8 +484,26 @@ def main(argv=None) -> int:
     p.add_argument("--update-subset", nargs="*", default=None, metavar="METHOD",
                    help="Only recompute stability and the sanity check (on --subset images) of "
                         "these methods (all when none named) in existing result files.")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="Recompute every metric of these methods only (and the sweep) in "
+                        "existing result files of the same --count (stability on --subset "
+                        "images, recorded per method); deepvid, noise and mask go together.")
     args = p.parse_args(argv)
     args.subset = args.count if args.subset is None else args.subset
+    if args.methods is not None:
+        known = [*SAMPLERS, "lime", *attribution.GRADIENT_METHODS, "random"]
+        unknown = sorted(set(args.methods) - set(known))
+        if unknown:
+            p.error(f"--methods: unknown {unknown}; known: {known}")
+        if set(SAMPLERS) & set(args.methods) and not set(SAMPLERS) <= set(args.methods):
+            p.error(f"--methods: {', '.join(SAMPLERS)} go together (one fidelity table)")
+        for name in args.datasets:
+            path = Path(args.out) / f"evaluate_{name}.json"
+            if not path.is_file():
+                p.error(f"--methods updates existing results, and {path} does not exist")
+            old = json.loads(path.read_text())["args"]["count"]
+            if old != args.count:
+                p.error(f"--methods: {path} has --count {old}; pass the same")
     if args.replot:
         results = [json.loads((Path(args.out) / f"evaluate_{n}.json").read_text())
                    for n in args.datasets]
@@ -495,12 +523,23 @@ def main(argv=None) -> int:
     results, sweep_rows = [], []
     for name in args.datasets:
         start = time.perf_counter()
-        result, m, images, cls = evaluate_dataset(name, args)
+        previous = None
+        if args.methods is not None:
+            previous = json.loads((out / f"evaluate_{name}.json").read_text())
+        result, m, images, cls = evaluate_dataset(name, args, args.methods, previous)
         if name == args.sweep_dataset and args.sweep_neighbors:
             sweep_rows = sweep(m, images[: args.sweep_count], cls[: args.sweep_count], args)
             result["sweep"] = sweep_rows
-        result.update(machine=machine, args=vars(args),
-                      wall_seconds=time.perf_counter() - start)
+        elif "sweep" in result:
+            sweep_rows = result["sweep"]
+        seconds = time.perf_counter() - start
+        if previous is None:
+            result.update(machine=machine, args=vars(args), wall_seconds=seconds)
+        else:
+            result.setdefault("updated", []).append(
+                f"every metric of {', '.join(args.methods)}"
+                + (" and the sweep" if name == args.sweep_dataset and args.sweep_neighbors
+                   else "") + f" recomputed on {machine['processor']} ({seconds:.0f} s)")
         text = markdown(result)
         print("\n" + text)
         files.write_json(out / f"evaluate_{name}.json", result)
