@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from common import deepvid_arguments, load_setup, machine_info, write_results
 
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
+from deepvid_jax import driver
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -36,7 +37,7 @@ def run(args) -> dict:
                                    neighbors=NeighborConfig(num=args.neighbors),
                                    student=StudentConfig(method="ridge", penalties=(0.3,)))
             images = jnp.asarray(pool[:b])
-            keys = ex.instance_keys(jax.random.PRNGKey(0), 0, b)
+            keys = driver.instance_keys(jax.random.PRNGKey(0), 0, b)
             start = time.perf_counter()
             compiled = jax.jit(functools.partial(
                 ex.explain_batch, teacher_apply=apply, config=cfg)).lower(

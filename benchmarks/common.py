@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepvid_jax import checkpoint, data, files, metrics
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import teacher_logits
 
 

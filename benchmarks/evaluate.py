@@ -41,8 +41,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
-from deepvid_jax import attribution, checkpoint, consistency, data, files, metrics, superpixel  # noqa: E402
-from deepvid_jax import explain as ex  # noqa: E402
+from deepvid_jax import (  # noqa: E402
+    attribution,
+    checkpoint,
+    consistency,
+    data,
+    driver,  # noqa: E402
+    files,
+    metrics,
+    superpixel,
+)
+from deepvid_jax import deepvid as ex  # noqa: E402
 from deepvid_jax.models import init_teacher, teacher_logits  # noqa: E402
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
 
@@ -138,7 +147,7 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
         per = {s: [] for s in students}
         for i in range(0, len(images), m.chunk):
             x = jnp.asarray(images[i : i + m.chunk])
-            keys = ex.instance_keys(jax.random.fold_in(key, j), i, len(x))
+            keys = driver.instance_keys(jax.random.fold_in(key, j), i, len(x))
             sc = (jnp.asarray(scales[i : i + m.chunk])
                   if cfg.calibrated and scales is not None else None)
             nb, logits = held_out_neighbors(x, keys, sc, m.vp, m.tp, models_apply=m.apply,

@@ -25,7 +25,7 @@ from common import (
     write_results,
 )
 
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax import viz
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig

@@ -28,7 +28,7 @@ import numpy as np
 from common import interval, machine_info
 
 from deepvid_jax import attribution, checkpoint, data, files, metrics, rise, surrogate, viz
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import teacher_logits
 
 METHODS = ("attentive", "rise", "deepvid", "gradient", "integrated_gradients", "grad_cam")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +17,8 @@ import numpy as np
 import optax
 
 from deepvid_jax import validate
+from deepvid_jax.models import TeacherApply
 
-TeacherApply = Callable[[object, jax.Array], jax.Array]
 ATTACKS = ("fgsm", "pgd")
 
 

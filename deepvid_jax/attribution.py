@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from deepvid_jax import validate
-from deepvid_jax.models import Teacher, TeacherConfig
+from deepvid_jax.models import Teacher, TeacherApply, TeacherConfig
 
-TeacherApply = Callable[[object, jax.Array], jax.Array]
 GRADIENT_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "smoothgrad", "grad_cam")
 
 

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import attribution, files, rise, superpixel, surrogate, vae, validate
-from deepvid_jax import explain as ex
+from deepvid_jax import attribution, driver, files, rise, superpixel, surrogate, vae, validate
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import (
     ExplainerConfig,
     SurrogateConfig,
@@ -214,7 +214,7 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
             min_seconds: float = 0.5) -> dict:
     """Compile ``fn`` for this batch, then time ``repeats`` calls or more (median)."""
     x, c = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
-    keys = ex.instance_keys(jax.random.PRNGKey(0), 0, len(images))
+    keys = driver.instance_keys(jax.random.PRNGKey(0), 0, len(images))
     start = time.perf_counter()
     traced = jax.jit(fn).trace(x, c, keys)  # one trace: the jaxpr counted, and compiled
     compiled = traced.lower().compile()

@@ -16,7 +16,7 @@ import numpy as np
 
 from deepvid_jax import adversarial, checkpoint, data, files, neighbors, surrogate, train, viz
 from deepvid_jax import bench as bench_lib
-from deepvid_jax import explain as explain_lib
+from deepvid_jax import deepvid as explain_lib
 from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
 from deepvid_jax.consistency import layer_names

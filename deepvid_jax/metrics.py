@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import jax.scipy.stats
 
 from deepvid_jax import validate
+from deepvid_jax.models import TeacherApply
 
-TeacherApply = Callable[[object, jax.Array], jax.Array]
 BASELINES = ("zero", "blur", "mean")
 
 # --------------------------------------------------------------------------------------------

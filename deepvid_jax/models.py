@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from deepvid_jax import validate
+
+# What every explainer calls the classifier under study: pure ``(params, images [N, H, W, C])
+# -> logits [N, K]``.
+TeacherApply = Callable[[object, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)

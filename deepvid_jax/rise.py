@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from deepvid_jax import validate
-
-TeacherApply = Callable[[object, jax.Array], jax.Array]
+from deepvid_jax.models import TeacherApply
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -29,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepvid_jax import validate
-from deepvid_jax.explain import map_instances
-
-TeacherApply = Callable[[object, jax.Array], jax.Array]
+from deepvid_jax.deepvid import map_instances
+from deepvid_jax.models import TeacherApply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +213,7 @@ def explain_lime(
     progress: bool = False,
 ) -> LimeExplanation:
     """LIME for every image, in jitted chunks (the last one padded) sharded over the local
-    devices, by the same driver as `explain.explain` (`explain.map_instances`): instance i uses
+    devices, by the same driver as `deepvid.explain` (`driver.map_instances`): instance i uses
     ``fold_in(key, i)``.
 
     Args:

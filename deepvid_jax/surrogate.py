@@ -44,13 +44,12 @@ from deepvid_jax.models import (
     Explainer,
     ExplainerConfig,
     SurrogateConfig,
+    TeacherApply,
     init_explainer,
     init_surrogate,
     surrogate_forward,
 )
 from deepvid_jax.student import distillation_loss
-
-TeacherApply = Callable[[object, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)

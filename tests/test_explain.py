@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_TEACHER, TINY_TRAIN
 
 from deepvid_jax import data, neighbors, student, train, vae
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
@@ -160,11 +160,11 @@ def test_callback_teacher_matches_jax_teacher(setup):
 
 SHARD_SCRIPT = textwrap.dedent("""
     import functools, sys, jax, numpy as np
-    from deepvid_jax import data, explain as ex, vae
+    from deepvid_jax import data, deepvid as ex, driver, vae
     from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
     from deepvid_jax.neighbors import NeighborConfig
     from deepvid_jax.student import StudentConfig
-    assert jax.device_count() == 4 and not ex._shardable(jax.devices()), jax.devices()
+    assert jax.device_count() == 4 and not driver._shardable(jax.devices()), jax.devices()
     t = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     v = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     from deepvid_jax import train
@@ -180,7 +180,7 @@ SHARD_SCRIPT = textwrap.dedent("""
         vae=v, neighbors=NeighborConfig(num=64), holdout=16, chunk_size=5), vae_params=vp,
         teacher_apply=apply, teacher_params=tp)
     assert np.isfinite(default.weights).all()
-    ex._shardable = lambda devices: True  # exercise the sharded path
+    driver._shardable = lambda devices: True  # exercise the sharded path
     outs = []
     for shard in (True, False):
         cfg = ex.ExplainConfig(vae=v, neighbors=NeighborConfig(num=64, latent_scale=1.0),
@@ -207,7 +207,7 @@ SHARD_SCRIPT = textwrap.dedent("""
 def test_sharded_over_four_cpu_devices_equals_one():
     # The sharded path with the Adam student, a fixed radius and no multi-threaded Eigen: XLA
     # CPU deadlocks at random on the ridge student's program sharded over 4 forced devices
-    # (so the driver does not shard over CPU devices: explain._shardable).
+    # (so the driver does not shard over CPU devices: driver._shardable).
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
                                       "--xla_cpu_multi_thread_eigen=false",
            "JAX_PLATFORMS": "cpu"}

@@ -20,6 +20,7 @@ from deepvid_jax import (
     attribution,
     consistency,
     data,
+    driver,
     metrics,
     rise,
     superpixel,
@@ -27,7 +28,7 @@ from deepvid_jax import (
     train,
     vae,
 )
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import (
     ExplainerConfig,
     SurrogateConfig,
@@ -519,7 +520,7 @@ def test_deletion_insertion_settings(kwargs, message):
     (lambda: consistency.layer_features(TP, GOOD, config=TCFG, layer="conv7"), "conv7"),
     (lambda: consistency.consistency_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4))), "one shape"),
     (lambda: consistency.top_k_concepts(GOOD.reshape(4, -1), CLS[:2], 2, K), "concepts"),
-    (lambda: ex.map_instances(lambda p, x, k: x, None, GOOD, KEY, chunk_size=0),
+    (lambda: driver.map_instances(lambda p, x, k: x, None, GOOD, KEY, chunk_size=0),
      "chunk_size must be >= 1"),
 ])
 def test_other_arguments_are_checked(call, message):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from deepvid_jax import checkpoint, cli, data, files, surrogate, train, vae
-from deepvid_jax import explain as explain_lib
+from deepvid_jax import deepvid as explain_lib
 from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher
 
 

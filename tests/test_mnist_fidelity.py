@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from deepvid_jax import data, train
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import TeacherConfig, VAEConfig, teacher_logits
 
 TOP1_FLOOR = 0.92

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_TEACHER, TINY_TRAIN
 
 from deepvid_jax import data, neighbors, train, vae
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import VAEConfig, teacher_logits
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig

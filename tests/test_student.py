@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepvid_jax import data, student
-from deepvid_jax import explain as ex
+from deepvid_jax import deepvid as ex
 from deepvid_jax.models import VAEConfig
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
