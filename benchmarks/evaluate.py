@@ -13,7 +13,8 @@ of every metric, seconds per explanation) and figures ``docs/evaluate_*.png``.
 Metrics (all in `deepvid_jax.metrics`):
 - fidelity of the pixel students (DeepVID = VAE neighbours, noise, mask) on held-out neighbours of
   every kind (fresh draws, not the ones fitted), and LIME's on its own held-out samples;
-- deletion and insertion AUC of the class probability (zero and blur baselines);
+- the registered metrics (`deepvid_jax.evaluation`): deletion and insertion AUC of the class
+  probability (zero and blur baselines), average drop / increase in confidence;
 - max-sensitivity under uniform noise of radius 0.05 (fixed seed), and agreement across seeds;
 - cascading randomisation (Adebayo et al.): Spearman correlation of |attribution| with the
   original as the teacher's layers are re-initialised from the top.
@@ -42,17 +43,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
 from deepvid_jax import (  # noqa: E402
-    attribution,
     checkpoint,
     consistency,
     data,
-    driver,  # noqa: E402
+    driver,
+    evaluation,
+    explainers,
     files,
     metrics,
     superpixel,
 )
 from deepvid_jax import deepvid as ex  # noqa: E402
-from deepvid_jax.models import init_teacher, teacher_logits  # noqa: E402
+from deepvid_jax.models import init_teacher  # noqa: E402
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
 
 SAMPLERS = {  # the pixel students and the neighbours each is fitted on
@@ -75,12 +77,15 @@ def fmt(s: dict | None, digits: int = 3) -> str:
 
 
 class Models:
-    """The restored teacher and VAE of one dataset, and the explainers built on them."""
+    """The restored models of one dataset, and the registered explainers run on them."""
 
     def __init__(self, root: Path, chunk: int):
-        self.tp, self.tcfg, self.tmeta = checkpoint.restore(root / "teacher", kind="teacher")
-        self.vp, self.vcfg, self.vmeta = checkpoint.restore(root / "vae", kind="vae")
-        self.apply = functools.partial(teacher_logits, config=self.tcfg)
+        self.models = explainers.Models.load(root)
+        self.tp, self.tcfg = self.models.teacher_params, self.models.teacher_config
+        self.vp, self.vcfg = self.models.vae_params, self.models.vae_config
+        self.apply = self.models.teacher_apply
+        self.tmeta = checkpoint.read_meta(root / "teacher")
+        self.vmeta = checkpoint.read_meta(root / "vae")
         self.chunk = chunk
 
     def explain_config(self, neighbors: NeighborConfig, holdout: int = 128) -> ex.ExplainConfig:
@@ -88,40 +93,34 @@ class Models:
                                 neighbors=neighbors, chunk_size=self.chunk, holdout=holdout)
 
     def methods(self, tp=None) -> dict[str, Callable]:
-        """name -> fn(images, class_idx, key) -> (attributions [B, H, W, C], extra)."""
-        tp = self.tp if tp is None else tp
+        """name -> fn(images, class_idx, key) -> `explainers.Attribution`: every registered
+        explainer these models can run (the surrogate when its checkpoints are there), and
+        a random map as the control."""
+        models = self.models if tp is None else dataclasses.replace(self.models,
+                                                                    teacher_params=tp)
+        configs = {s: self.explain_config(nb) for s, nb in SAMPLERS.items()}
         out = {}
-        for name, nb in SAMPLERS.items():
-            def student(x, c, key, nb=nb):
-                e = ex.explain(x, key, teacher_apply=self.apply, teacher_params=tp,
-                               vae_params=self.vp, config=self.explain_config(nb))
-                return e.class_weights(c), e
-            out[name] = student
-
-        def lime(x, c, key):
-            e = superpixel.explain_lime(x, key, teacher_apply=self.apply, teacher_params=tp,
-                                        chunk_size=self.chunk)
-            return e.attribution(c, x.shape[-1]), e
-        out["lime"] = lime
-        for m in attribution.GRADIENT_METHODS:
-            def grad(x, c, key, m=m):
-                parts = [attribution.attribute(
-                    m, jnp.asarray(x[i : i + self.chunk]), jnp.asarray(c[i : i + self.chunk]),
-                    jax.random.fold_in(key, i), teacher_apply=self.apply, teacher_params=tp,
-                    teacher_config=self.tcfg) for i in range(0, len(x), self.chunk)]
-                return np.concatenate([np.asarray(p) for p in parts]), None
-            out[m] = grad
-        out["random"] = lambda x, c, key: (np.asarray(jax.random.normal(key, x.shape)), None)
+        for name, method in explainers.METHODS.items():
+            try:
+                method.check(models, method.config)
+            except ValueError:
+                continue
+            out[name] = functools.partial(explainers.explain, name, models=models,
+                                          config=configs.get(name, method.config),
+                                          chunk_size=self.chunk)
+        out["random"] = lambda x, c, key: explainers.Attribution(
+            np.asarray(jax.random.normal(key, x.shape)), {})
         return out
 
 
-def timed(fn: Callable, images, cls, key, warm: int) -> tuple[np.ndarray, object, float]:
-    """Runs fn once on ``warm`` images (compilation), then on all; seconds per explanation."""
+def timed(fn: Callable, images, cls, key, warm: int) -> tuple[np.ndarray, dict, float]:
+    """Runs fn once on ``warm`` images (compilation), then on all: attributions, extras and
+    seconds per explanation."""
     fn(images[:warm], cls[:warm], key)
     start = time.perf_counter()
-    attr, extra = fn(images, cls, key)
-    attr = np.asarray(attr)
-    return attr, extra, (time.perf_counter() - start) / len(images)
+    out = fn(images, cls, key)
+    attr = np.asarray(out.attributions)
+    return attr, out.extras, (time.perf_counter() - start) / len(images)
 
 
 @functools.partial(jax.jit, static_argnames=("models_apply", "config", "vcfg"))
@@ -140,7 +139,7 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
     neighbours per image and kind; VAE neighbours at the latent scales [B] calibrated by the
     DeepVID explanations (``scales``; default: the "deepvid" student's)."""
     if scales is None and "deepvid" in students:
-        scales = students["deepvid"].scale
+        scales = students["deepvid"]["scale"]
     result = {s: {} for s in students}
     for j, (kind, nb_cfg) in enumerate(SAMPLERS.items()):
         cfg = dataclasses.replace(nb_cfg, num=count)
@@ -153,7 +152,7 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
             nb, logits = held_out_neighbors(x, keys, sc, m.vp, m.tp, models_apply=m.apply,
                                             config=cfg, vcfg=m.vcfg)
             for s, e in students.items():
-                f = ex.student_fidelity(e.weights[i : i + m.chunk], e.bias[i : i + m.chunk],
+                f = ex.student_fidelity(e["weights"][i : i + m.chunk], e["bias"][i : i + m.chunk],
                                         nb, logits)
                 per[s].append(jax.tree.map(np.asarray, f))
         for s in students:
@@ -162,18 +161,20 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
     return result
 
 
-def deletion_insertion(m: Models, images, attr, cls, baseline: str, steps: int) -> dict:
-    parts = []
-    for i in range(0, len(images), m.chunk):
-        r = metrics.deletion_insertion(
-            jnp.asarray(images[i : i + m.chunk]), jnp.asarray(attr[i : i + m.chunk]),
-            jnp.asarray(cls[i : i + m.chunk]), teacher_apply=m.apply, teacher_params=m.tp,
-            steps=steps, baseline=baseline)
-        parts.append(jax.tree.map(np.asarray, r))
-    r = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-    return {"deletion": interval(r.deletion), "insertion": interval(r.insertion),
-            "deletion_curve": r.deletion_curve.mean(0).tolist(),
-            "insertion_curve": r.insertion_curve.mean(0).tolist()}
+def metric_config(name: str, args):
+    """The registered metric's config with this run's settings (curve steps)."""
+    config = evaluation.get(name).config
+    if isinstance(config, evaluation.DeletionConfig):
+        config = dataclasses.replace(config, steps=args.steps)
+    return config
+
+
+def score(m: Models, name: str, images, attr, cls, args) -> dict:
+    """One registered metric of attributions: {scalar output: interval, curve output: mean
+    curve}."""
+    out = evaluation.score(name, images, attr, cls, models=m.models,
+                           config=metric_config(name, args), chunk_size=m.chunk)
+    return {k: interval(v) if v.ndim == 1 else v.mean(0).tolist() for k, v in out.items()}
 
 
 def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -> dict:
@@ -210,12 +211,12 @@ def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -
 def stability(fn: Callable, method: str, sub, sub_cls, reference, key, args) -> dict:
     """Max-sensitivity (fixed seed) and, for stochastic methods, agreement across seeds."""
     ms = metrics.max_sensitivity(
-        lambda x: jnp.asarray(fn(np.asarray(x), sub_cls, key)[0]), jnp.asarray(sub),
+        lambda x: jnp.asarray(fn(np.asarray(x), sub_cls, key).attributions), jnp.asarray(sub),
         jax.random.fold_in(key, 2), radius=args.radius, samples=args.sensitivity_samples,
         reference=jnp.asarray(reference))
     out = {"max_sensitivity": interval(ms)}
     if method in STOCHASTIC:
-        runs = [reference] + [np.asarray(fn(sub, sub_cls, jax.random.PRNGKey(s))[0])
+        runs = [reference] + [np.asarray(fn(sub, sub_cls, jax.random.PRNGKey(s)).attributions)
                               for s in range(100, 100 + args.seeds - 1)]
         out["seed_agreement"] = interval(metrics.seed_agreement(jnp.asarray(np.stack(runs))))
     return out
@@ -228,7 +229,7 @@ def sanity(m: Models, method: str, sub, sub_cls, reference, key, args) -> list[d
     rows = []
     for layers in metrics.cascading_layers(teacher_layers(m)):
         fn = m.methods(metrics.randomize_layers(m.tp, fresh, layers))[method]
-        a = np.asarray(fn(sub, sub_cls, key)[0])
+        a = np.asarray(fn(sub, sub_cls, key).attributions)
         rows.append(interval(metrics.spearman(jnp.abs(jnp.asarray(a)),
                                               jnp.abs(jnp.asarray(reference)))))
     return rows
@@ -264,7 +265,7 @@ def update_subset(name: str, methods_to_update: list[str], args) -> None:
     for method in methods_to_update or [k for k in methods if k != "random"]:
         start = time.perf_counter()
         fn = methods[method]
-        ref = np.asarray(fn(sub, sub_cls, key)[0])
+        ref = np.asarray(fn(sub, sub_cls, key).attributions)
         result["methods"][method].update(
             subset_metrics(m, method, fn, sub, sub_cls, ref, key, args))
         seconds = time.perf_counter() - start
@@ -310,21 +311,20 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
             result["methods"][s]["fidelity"] = fid[s]
     if "lime" in methods:
         lime_e = extras["lime"]
-        result["methods"]["lime"]["fidelity"] = {"own": {"top1": interval(lime_e.top1),
-                                                         "r2": interval(lime_e.r2)}}
+        result["methods"]["lime"]["fidelity"] = {
+            "own": {"top1": interval(lime_e["fidelity_top1"]),
+                    "r2": interval(lime_e["fidelity_r2"])}}
 
-    for method, a in tqdm(attrs.items(), desc=f"{name}: deletion/insertion",
-                          disable=args.quiet):
-        for b in args.baselines:
-            result["methods"][method][f"auc_{b}"] = deletion_insertion(
-                m, images, a, cls, b, args.steps)
+    for method, a in tqdm(attrs.items(), desc=f"{name}: metrics", disable=args.quiet):
+        for metric in args.metrics:
+            result["methods"][method][metric] = score(m, metric, images, a, cls, args)
 
     # Stability (max-sensitivity, agreement across seeds) and the sanity check, on a subset.
     k = args.subset
     sub, sub_cls = images[:k], cls[:k]
     for method, fn in tqdm(methods.items(), desc=f"{name}: stability, sanity",
                            disable=args.quiet):
-        if method != "random":
+        if method != "random" and not args.skip_stability:
             result["methods"][method].update(
                 subset_metrics(m, method, fn, sub, sub_cls, attrs[method][:k], key, args))
     result["sanity_stages"] = [
@@ -344,14 +344,13 @@ def sweep(m: Models, images, cls, args) -> list[dict]:
         nb = NeighborConfig(num=n, latent_scale=s)
         cfg = m.explain_config(nb, holdout=max(1, n // 4))
         start = time.perf_counter()
-        e = ex.explain(images, jax.random.PRNGKey(args.seed), teacher_apply=m.apply,
-                       teacher_params=m.tp, vae_params=m.vp, config=cfg)
+        e = explainers.explain("deepvid", images, cls, jax.random.PRNGKey(args.seed),
+                               models=m.models, config=cfg, chunk_size=m.chunk)
         sec = (time.perf_counter() - start) / len(images)
-        scales = e.scale if s is None else np.full(len(images), s, np.float32)
-        vae_hold = cross_fidelity(m, images, {"s": e}, jax.random.PRNGKey(5), args.holdout,
-                                  scales=scales)["s"]
-        auc = deletion_insertion(m, images, np.asarray(e.class_weights(cls)), cls, "zero",
-                                 args.steps)
+        scales = e.extras["scale"] if s is None else np.full(len(images), s, np.float32)
+        vae_hold = cross_fidelity(m, images, {"s": e.extras}, jax.random.PRNGKey(5),
+                                  args.holdout, scales=scales)["s"]
+        auc = score(m, "auc_zero", images, e.attributions, cls, args)
         rows.append({"neighbors": n, "latent_scale": s, "seconds_per_explanation": sec,
                      "fidelity": vae_hold, "deletion": auc["deletion"],
                      "insertion": auc["insertion"]})
@@ -363,7 +362,8 @@ def sweep(m: Models, images, cls, args) -> list[dict]:
 
 
 METHOD_ORDER = ["deepvid", "deepvid_x_input", "noise", "mask", "lime", "gradient",
-                "grad_x_input", "integrated_gradients", "smoothgrad", "grad_cam", "random"]
+                "grad_x_input", "integrated_gradients", "smoothgrad", "grad_cam", "rise",
+                "surrogate", "random"]
 
 
 def markdown(result: dict) -> str:
@@ -380,18 +380,23 @@ def markdown(result: dict) -> str:
     lf = ms["lime"]["fidelity"]["own"]
     lines += ["", f"LIME (ours, batched) on its own held-out samples: top-1 {fmt(lf['top1'])}, "
               f"R² {fmt(lf['r2'])}.", ""]
-    bl = [k[4:] for k in ms["deepvid"] if k.startswith("auc_")]
-    head = " | ".join(f"deletion ↓ ({b}) | insertion ↑ ({b})" for b in bl)
+    # one column per scalar output of every registered metric this run measured
+    cols = [(name, out, evaluation.get(name)) for name in evaluation.METRICS
+            if any(name in r for r in ms.values())
+            for out in evaluation.get(name).better]
+    arrow = {"lower": "↓", "higher": "↑"}
+    head = " | ".join(f"{out.replace('_', ' ')} {arrow[mt.better[out]]}"
+                      + (f" ({mt.label})" if mt.label else "") for name, out, mt in cols)
     lines += [f"| method | ms / explanation | {head} | max-sensitivity ↓ | seed agreement ↑ | "
               f"sanity: ρ after all layers randomised ↓ |",
-              "|---|---|" + "---|---|" * len(bl) + "---|---|---|"]
-    for method in METHOD_ORDER:
+              "|---|---|" + "---|" * len(cols) + "---|---|---|"]
+    order = [k for k in METHOD_ORDER if k in ms] + sorted(set(ms) - set(METHOD_ORDER))
+    for method in order:
         r = ms[method]
-        aucs = " | ".join(f"{fmt(r[f'auc_{b}']['deletion'])} | {fmt(r[f'auc_{b}']['insertion'])}"
-                          for b in bl)
+        cells = " | ".join(fmt(r[name][out]) if name in r else "–" for name, out, _ in cols)
         san = fmt(r["sanity_spearman"][-1], 2) if "sanity_spearman" in r else "–"
         ms_per = "–" if method == "random" else f"{1e3 * r['seconds_per_explanation']:.2f}"
-        lines.append(f"| {method} | {ms_per} | {aucs} | "
+        lines.append(f"| {method} | {ms_per} | {cells} | "
                      f"{fmt(r.get('max_sensitivity'), 2)} | {fmt(r.get('seed_agreement'), 2)} | "
                      f"{san} |")
     groups: dict[int, list[str]] = {}
@@ -416,7 +421,7 @@ def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
         for method in METHOD_ORDER:
-            rows = r["methods"][method].get("sanity_spearman")
+            rows = r["methods"].get(method, {}).get("sanity_spearman")
             if rows:
                 ax.plot(range(len(rows) + 1), [1.0] + [x["mean"] for x in rows], marker="o",
                         label=method, lw=2.5 if method.startswith("deepvid") else 1.2)
@@ -474,7 +479,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=50)
     p.add_argument("--holdout", type=int, default=128, help="Fresh neighbours per kind.")
     p.add_argument("--steps", type=int, default=28, help="Deletion/insertion curve steps.")
-    p.add_argument("--baselines", nargs="+", default=["zero", "blur"])
+    p.add_argument("--metrics", nargs="+", default=["auc_zero", "auc_blur", "average_drop"],
+                   choices=sorted(evaluation.METRICS), help="Registered metrics to compute.")
     p.add_argument("--radius", type=float, default=0.05)
     p.add_argument("--sensitivity-samples", type=int, default=3)
     p.add_argument("--seeds", type=int, default=3)
@@ -497,10 +503,15 @@ def main(argv=None) -> int:
                    help="Recompute every metric of these methods only (and the sweep) in "
                         "existing result files of the same --count (stability on --subset "
                         "images, recorded per method); deepvid, noise and mask go together.")
+    p.add_argument("--skip-stability", action="store_true",
+                   help="With --methods: keep the stored stability and sanity results of these "
+                        "methods (recompute the rest).")
     args = p.parse_args(argv)
     args.subset = args.count if args.subset is None else args.subset
+    if args.skip_stability and args.methods is None:
+        p.error("--skip-stability only applies to --methods updates")
     if args.methods is not None:
-        known = [*SAMPLERS, "lime", *attribution.GRADIENT_METHODS, "random"]
+        known = [*explainers.METHODS, "random"]
         unknown = sorted(set(args.methods) - set(known))
         if unknown:
             p.error(f"--methods: unknown {unknown}; known: {known}")
@@ -546,7 +557,8 @@ def main(argv=None) -> int:
             result.update(machine=machine, args=vars(args), wall_seconds=seconds)
         else:
             result.setdefault("updated", []).append(
-                f"every metric of {', '.join(args.methods)}"
+                ("every metric but stability and sanity" if args.skip_stability
+                 else "every metric") + f" of {', '.join(args.methods)}"
                 + (" and the sweep" if name == args.sweep_dataset and args.sweep_neighbors
                    else "") + f" recomputed on {machine['processor']} ({seconds:.0f} s)")
         text = markdown(result)

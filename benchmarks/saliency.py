@@ -18,7 +18,6 @@ Needs ``runs/<dataset>/{teacher,vae,surrogate,explainer}`` (``deepvid train-teac
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 
@@ -27,69 +26,42 @@ import jax.numpy as jnp
 import numpy as np
 from common import interval, machine_info
 
-from deepvid_jax import attribution, checkpoint, data, files, metrics, rise, surrogate, viz
-from deepvid_jax import deepvid as ex
-from deepvid_jax.models import teacher_logits
+from deepvid_jax import checkpoint, data, evaluation, explainers, files, rise, viz
 
-METHODS = ("attentive", "rise", "deepvid", "gradient", "integrated_gradients", "grad_cam")
+# shown as -> registered explainer (`deepvid_jax.explainers`)
+METHODS = {"attentive": "surrogate", "rise": "rise", "deepvid": "deepvid",
+           "gradient": "gradient", "integrated_gradients": "integrated_gradients",
+           "grad_cam": "grad_cam"}
 
 
 class Setup:
     def __init__(self, root: Path, chunk: int, rise_masks: int):
-        self.tp, self.tcfg, _ = checkpoint.restore(root / "teacher", kind="teacher")
-        self.vp, self.vcfg, _ = checkpoint.restore(root / "vae", kind="vae")
-        self.sp, self.scfg, self.smeta = checkpoint.restore(root / "surrogate", kind="surrogate")
-        self.ep, self.ecfg, self.emeta = checkpoint.restore(root / "explainer", kind="explainer")
-        self.apply = functools.partial(teacher_logits, config=self.tcfg)
+        self.models = explainers.Models.load(root)
+        self.apply, self.tp = self.models.teacher_apply, self.models.teacher_params
+        self.smeta = checkpoint.read_meta(root / "surrogate")
         self.chunk = chunk
-        self.rise_cfg = rise.RiseConfig(num_masks=rise_masks)
+        self.configs = {"rise": rise.RiseConfig(num_masks=rise_masks)}
 
     def run(self, method: str, x: np.ndarray, cls: np.ndarray, key,
             chunk: int | None = None) -> np.ndarray:
-        """Maps [B, H, W] (channel-summed attributions for the gradient methods), computed in
-        chunks of ``chunk`` images (default: the setup's)."""
-        chunk = chunk or self.chunk
-        if method == "deepvid":
-            config = ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
-                                      chunk_size=chunk)
-            e = ex.explain(x, key, teacher_apply=self.apply, teacher_params=self.tp,
-                           vae_params=self.vp, config=config)
-            return np.asarray(e.class_weights(cls)).sum(-1)
-        parts = []
-        for i in range(0, len(x), chunk):
-            xs, cs = jnp.asarray(x[i : i + chunk]), jnp.asarray(cls[i : i + chunk])
-            if method == "attentive":
-                out = surrogate.saliency(xs, surrogate_params=self.sp, explainer_params=self.ep,
-                                         class_idx=np.asarray(cs), surrogate_config=self.scfg,
-                                         explainer_config=self.ecfg)
-            elif method == "rise":
-                out = rise.rise(xs, cs, jax.random.fold_in(key, i), teacher_apply=self.apply,
-                                teacher_params=self.tp, config=self.rise_cfg)
-            else:
-                out = attribution.attribute(method, xs, cs, key, teacher_apply=self.apply,
-                                            teacher_params=self.tp,
-                                            teacher_config=self.tcfg).sum(-1)
-            parts.append(np.asarray(out))
-        return np.concatenate(parts)
+        """Maps [B, H, W] (attributions summed over channels), by the registered explainer,
+        in chunks of ``chunk`` images (default: the setup's)."""
+        name = METHODS[method]
+        out = explainers.explain(name, x, cls, key, models=self.models,
+                                 config=self.configs.get(name), chunk_size=chunk or self.chunk)
+        return out.attributions.sum(-1)
 
 
 def quality(s: Setup, x, cls, maps) -> dict:
-    dele, ins, drop, inc = [], [], [], []
-    for i in range(0, len(x), s.chunk):
-        xs, cs = jnp.asarray(x[i : i + s.chunk]), jnp.asarray(cls[i : i + s.chunk])
-        ms = jnp.asarray(maps[i : i + s.chunk])
-        r = metrics.deletion_insertion(xs, ms[..., None], cs, teacher_apply=s.apply,
-                                       teacher_params=s.tp, steps=28, baseline="zero")
-        d, c = metrics.average_drop_increase(xs, ms, cs, teacher_apply=s.apply,
-                                             teacher_params=s.tp)
-        dele.append(np.asarray(r.deletion))
-        ins.append(np.asarray(r.insertion))
-        drop.append(np.asarray(d))
-        inc.append(np.asarray(c))
-    cat = np.concatenate
-    return {"deletion": interval(cat(dele)), "insertion": interval(cat(ins)),
-            "average_drop_pct": interval(100 * cat(drop)),
-            "increase_pct": interval(100 * cat(inc))}
+    """Deletion / insertion (zero baseline, 28 steps as in evaluate.py) and average drop /
+    increase, by the registered metrics."""
+    attr = maps[..., None]
+    auc = evaluation.score("auc_zero", x, attr, cls, models=s.models, chunk_size=s.chunk,
+                           config=evaluation.DeletionConfig(steps=28))
+    drop = evaluation.score("average_drop", x, attr, cls, models=s.models, chunk_size=s.chunk)
+    return {"deletion": interval(auc["deletion"]), "insertion": interval(auc["insertion"]),
+            "average_drop_pct": interval(100 * drop["average_drop"]),
+            "increase_pct": interval(100 * drop["increase"])}
 
 
 def maps_per_second(s: Setup, method: str, x, cls, batch: int, repeats: int) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_TEACHER
 
-from deepvid_jax import attribution, data, rise, superpixel, surrogate
+from deepvid_jax import attribution, data, evaluation, metrics, rise, superpixel, surrogate
 from deepvid_jax import deepvid as ex
 from deepvid_jax import explainers as E
 from deepvid_jax.models import (
@@ -189,3 +189,44 @@ def test_black_box_teacher_runs_the_sampling_methods(models):
     got = E.explain("lime", IMAGES[:2], CLASSES[:2], KEY, models=box, config=SMALL["lime"])
     want = E.explain("lime", IMAGES[:2], CLASSES[:2], KEY, models=models, config=SMALL["lime"])
     _close(got.attributions, want.attributions)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics on the same contract
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(evaluation.METRICS))
+def test_metric_registry_equals_the_metric_function_and_ignores_chunking(name, models):
+    attr = np.asarray(jax.random.normal(KEY, IMAGES.shape))
+    m = evaluation.get(name)
+    got = {c: evaluation.score(name, IMAGES, attr, CLASSES, models=models, chunk_size=c)
+           for c in (2, B)}
+    kw = dict(teacher_apply=models.teacher_apply, teacher_params=models.teacher_params)
+    if name.startswith("auc_"):
+        want = metrics.deletion_insertion(IMAGES, attr, CLASSES, steps=m.config.steps,
+                                          baseline=m.config.baseline, **kw)._asdict()
+    else:
+        drop, inc = metrics.average_drop_increase(IMAGES, attr.sum(-1), CLASSES, **kw)
+        want = {"average_drop": drop, "increase": inc}
+    assert set(m.better) <= set(want)
+    for c, out in got.items():
+        assert set(out) == set(want), c
+        for k in want:
+            _close(out[k], want[k], tol=1e-5, floor=1e-6)
+
+
+def test_metric_errors(models):
+    attr = np.zeros(IMAGES.shape, np.float32)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluation.score("accuracy", IMAGES, attr, CLASSES, models=models)
+    with pytest.raises(ValueError, match="attributions"):
+        evaluation.score("auc_zero", IMAGES, attr[:, :4], CLASSES, models=models)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluation.score("auc_zero", IMAGES, np.full(IMAGES.shape, np.nan), CLASSES,
+                         models=models)
+    with pytest.raises(ValueError, match="DeletionConfig"):
+        evaluation.score("auc_zero", IMAGES, attr, CLASSES, models=models,
+                         config=SMALL["lime"])
+    with pytest.raises(ValueError, match="baseline"):
+        evaluation.DeletionConfig(baseline="noise")
