@@ -1,0 +1,59 @@
+"""deepvid_jax: explain and diagnose image classifiers by knowledge distillation, in JAX.
+
+``import deepvid_jax as dv`` gives the public API::
+
+    models = dv.Models.load("runs/mnist")                  # teacher, VAE (+ surrogate)
+    ds = dv.load_dataset("mnist", "test[:100]")
+    out = dv.explain("deepvid", ds.images, key=jax.random.PRNGKey(0), models=models)
+    out.attributions                                       # [B, H, W, C], the teacher's class
+    dv.score("auc_zero", ds.images, out.attributions, classes, models=models)
+
+Every explainer is in `METHODS` and every metric in `METRICS`, by name; `register` /
+`register_metric` add one. The modules hold the rest (`deepvid_jax.deepvid` for DeepVID itself,
+`deepvid_jax.metrics` for the metric functions, ...).
+"""
+
+from deepvid_jax.attribution import AttributionConfig
+from deepvid_jax.data import Dataset
+from deepvid_jax.data import load as load_dataset
+from deepvid_jax.deepvid import ExplainConfig, Explanation, callback_teacher
+from deepvid_jax.driver import instance_keys, map_instances
+from deepvid_jax.evaluation import METRICS, DeletionConfig, Metric, score
+from deepvid_jax.evaluation import get as get_metric
+from deepvid_jax.evaluation import register as register_metric
+from deepvid_jax.explainers import METHODS, Attribution, Method, Models, explain, get, register
+from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.rise import RiseConfig
+from deepvid_jax.student import StudentConfig
+from deepvid_jax.superpixel import LimeConfig
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "METHODS",
+    "METRICS",
+    "Attribution",
+    "AttributionConfig",
+    "Dataset",
+    "DeletionConfig",
+    "ExplainConfig",
+    "Explanation",
+    "LimeConfig",
+    "Method",
+    "Metric",
+    "Models",
+    "NeighborConfig",
+    "RiseConfig",
+    "StudentConfig",
+    "__version__",
+    "callback_teacher",
+    "explain",
+    "get",
+    "get_metric",
+    "instance_keys",
+    "load_dataset",
+    "map_instances",
+    "register",
+    "register_metric",
+    "score",
+]

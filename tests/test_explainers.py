@@ -230,3 +230,16 @@ def test_metric_errors(models):
                          config=SMALL["lime"])
     with pytest.raises(ValueError, match="baseline"):
         evaluation.DeletionConfig(baseline="noise")
+
+
+def test_public_api_top_level(models):
+    import importlib.metadata
+
+    import deepvid_jax as dv
+
+    assert all(hasattr(dv, name) for name in dv.__all__)
+    assert dv.__version__ == importlib.metadata.version("deepvid_jax")
+    assert dv.METHODS is E.METHODS and dv.METRICS is evaluation.METRICS
+    out = dv.explain("grad_x_input", IMAGES, CLASSES, KEY, models=models)
+    auc = dv.score("auc_zero", IMAGES, out.attributions, CLASSES, models=models)
+    assert auc["deletion"].shape == (B,)
