@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import attribution, driver, files, rise, superpixel, surrogate, vae, validate
+from deepvid_jax import attribution, driver, explainers, files, rise, superpixel, vae, validate
 from deepvid_jax import deepvid as ex
 from deepvid_jax.models import (
     ExplainerConfig,
@@ -107,6 +107,20 @@ class Models:
     def apply(self) -> Callable:
         return functools.partial(teacher_logits, config=self.teacher_config)
 
+    def registered(self) -> explainers.Models:
+        """These models for the explainer registry, with an untrained attentive surrogate of
+        the default size (its speed does not depend on training)."""
+        tc = self.teacher_config
+        scfg = SurrogateConfig(num_classes=tc.num_classes, image_shape=tc.image_shape)
+        ecfg = ExplainerConfig(num_classes=tc.num_classes, num_stages=len(scfg.features),
+                               image_shape=tc.image_shape)
+        return explainers.Models(
+            self.apply, self.teacher_params, tc.num_classes, teacher_config=tc,
+            vae_params=self.vae_params, vae_config=self.vae_config,
+            surrogate_params=init_surrogate(jax.random.PRNGKey(0), scfg), surrogate_config=scfg,
+            explainer_params=init_explainer(jax.random.PRNGKey(1), ecfg),
+            explainer_config=ecfg)
+
 
 # --------------------------------------------------------------------------------------------
 # FLOPs
@@ -165,49 +179,38 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def program(method: str, models: Models, samples: int, block_size: int) -> Callable:
-    """``fn(images, classes, keys) -> pytree`` of one method, unjitted."""
-    apply, tp, vp, vcfg = models.apply, models.teacher_params, models.vae_params, models.vae_config
-    k = models.teacher_config.num_classes
+def sampled_config(method: str, samples: int, block_size: int):
+    """The registered method's default config with ``samples`` neighbours / samples / masks."""
     if method in STUDENT_METHODS:
         nc, sc = STUDENT_METHODS[method]
-        config = ex.ExplainConfig(
-            num_classes=k, vae=vcfg, neighbors=dataclasses.replace(nc, num=samples),
-            student=sc, holdout=max(1, samples // 4), block_size=block_size)
-        return lambda x, c, keys: ex.explain_batch(
-            x, keys, teacher_apply=apply, teacher_params=tp, vae_params=vp, config=config)
+        return ex.ExplainConfig(neighbors=dataclasses.replace(nc, num=samples), student=sc,
+                                holdout=max(1, samples // 4), block_size=block_size)
+    if method == "lime":
+        return superpixel.LimeConfig(num_samples=samples, holdout=max(1, samples // 4))
+    if method == "rise":
+        return rise.RiseConfig(num_masks=samples, batch=min(samples, rise.RiseConfig.batch))
+    return explainers.get(method).config
+
+
+def program(method: str, models: Models, samples: int, block_size: int) -> Callable:
+    """``fn(images, classes, keys) -> pytree`` of one method, unjitted: the registered
+    explainer's batched function (`explainers.Method.fn`; the DeepVID variants are the
+    "deepvid" method with another config), or the ``decode_classify`` reference."""
     if method == "decode_classify":
+        apply, tp, vp, vcfg = (models.apply, models.teacher_params, models.vae_params,
+                               models.vae_config)
+
         def decode_classify(x, c, keys):
             z = jax.vmap(lambda im, key: latent_codes(vp, im, key, num=samples, scale=1.0,
                                                       vae_config=vcfg))(x, keys)
             return ex.label_in_blocks(z, lambda r: vae.decode(vp, r, config=vcfg), apply, tp,
                                       block_size)[1]
         return decode_classify
-    if method == "lime":
-        cfg = superpixel.LimeConfig(num_samples=samples, holdout=max(1, samples // 4))
-        h, w = vcfg.image_shape[:2]
-        seg = jnp.asarray(superpixel.grid_segments(h, w, cfg.patch))
-        n_seg = int(seg.max()) + 1
-        return lambda x, c, keys: superpixel.lime_batch(
-            x, jnp.broadcast_to(seg, (x.shape[0], h, w)), keys, teacher_apply=apply,
-            teacher_params=tp, num_segments=n_seg, config=cfg)
-    if method == "rise":
-        cfg = rise.RiseConfig(num_masks=samples, batch=min(samples, rise.RiseConfig.batch))
-        return lambda x, c, keys: rise._rise(x, c, keys[0], teacher_apply=apply,
-                                             teacher_params=tp, config=cfg)
-    if method in attribution.GRADIENT_METHODS:
-        return lambda x, c, keys: attribution._attribute(
-            method, x, c, keys[0], teacher_apply=apply, teacher_params=tp,
-            teacher_config=models.teacher_config)
-    if method == "surrogate":
-        tc = models.teacher_config
-        scfg = SurrogateConfig(num_classes=k, image_shape=tc.image_shape)
-        ecfg = ExplainerConfig(num_classes=k, num_stages=len(scfg.features),
-                               image_shape=tc.image_shape)
-        sp = init_surrogate(jax.random.PRNGKey(0), scfg)
-        ep = init_explainer(jax.random.PRNGKey(1), ecfg)
-        return lambda x, c, keys: surrogate._saliency(x, c, sp, ep, scfg, ecfg)
-    raise ValueError(f"no program for {method!r}")
+    registered = models.registered()
+    name = method if method in explainers.METHODS else "deepvid"  # the DeepVID variants
+    fn, config = explainers.get(name).fn, sampled_config(method, samples, block_size)
+    params, static = registered.params(), registered.static()
+    return lambda x, c, keys: fn(params, x, c, keys, models=static, config=config)
 
 
 def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
