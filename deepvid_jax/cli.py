@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,9 +15,20 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deepvid_jax import adversarial, checkpoint, data, files, neighbors, surrogate, train, viz
+from deepvid_jax import (
+    adversarial,
+    checkpoint,
+    data,
+    explainers,
+    files,
+    neighbors,
+    surrogate,
+    train,
+    viz,
+)
 from deepvid_jax import bench as bench_lib
 from deepvid_jax import deepvid as explain_lib
+from deepvid_jax import run as run_lib
 from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
 from deepvid_jax.consistency import layer_names
@@ -499,6 +511,68 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _explainer_list(text: str) -> tuple[str, ...]:
+    """'deepvid,lime' or 'all' -> registered explainer names."""
+    names = tuple(explainers.METHODS) if text == "all" else tuple(
+        t.strip() for t in text.split(",") if t.strip())
+    for name in names:
+        if name not in explainers.METHODS:
+            raise argparse.ArgumentTypeError(
+                f"unknown explainer {name!r}; registered: {', '.join(explainers.METHODS)}")
+    if not names:
+        raise argparse.ArgumentTypeError("no explainer named")
+    return names
+
+
+def _class_choice(text: str) -> str | int:
+    if text in run_lib.CLASS_CHOICES:
+        return text
+    try:
+        return NON_NEGATIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'predicted', 'label' or a class index, got {text!r}") from None
+
+
+def _distributed(args) -> None:
+    """jax.distributed from the flags, or from the environment it reads itself (SLURM, TPU
+    pods, JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(f is None for f in flags):
+        if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            jax.distributed.initialize()
+        return
+    if any(f is None for f in flags):
+        raise ValueError("--coordinator, --num-processes and --process-id go together.")
+    if not args.process_id < args.num_processes:
+        raise ValueError(f"--process-id {args.process_id} must be < --num-processes "
+                         f"{args.num_processes}.")
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+
+
+def cmd_run(args) -> int:
+    """Explains a whole split into a Zarr store, resumably (`deepvid_jax.run`)."""
+    config = run_lib.RunConfig(explainers=args.explainers, chunk_size=args.chunk_size,
+                               seed=args.seed, classes=args.class_, save_weights=args.weights)
+    _distributed(args)
+    source = data.open_source(args.dataset, args.split, data_dir=args.data_dir)
+    folder = Path(args.checkpoints)
+    _checkpoint_config(folder, "teacher", source.info)
+    models = explainers.Models.load(folder)
+    summary = run_lib.explain_dataset(source, models, args.out, config,
+                                      overwrite=args.overwrite, progress=not args.quiet)
+    if summary["process"] == 0:
+        rate = summary["images_per_second"]
+        print(f"{summary['images']} images x {len(summary['explainers'])} explainers "
+              f"({', '.join(summary['explainers'])}): {summary['chunks_computed']} chunks "
+              f"computed, {summary['chunks_found_done']} found done, "
+              f"{summary['seconds']:.1f} s" + (f", {rate:.1f} images/s" if rate else "")
+              + f"; {'complete' if summary.get('complete') else 'incomplete'} store "
+              f"{summary['store']}")
+    return 0
+
+
 def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     d = explain_lib.ExplainConfig()
     p.add_argument("--neighbors", type=_int_at_least(2), default=d.neighbors.num,
@@ -603,6 +677,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lime-images", type=POSITIVE, default=d.lime_images)
     p.add_argument("--out", default="runs/bench")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("run", help="Explain a whole split with several explainers into a "
+                       "Zarr store; re-run to resume; several processes with jax.distributed.")
+    d = run_lib.RunConfig()
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--checkpoints", required=True,
+                   help="Folder with teacher/ (and vae/, surrogate/, explainer/ as needed).")
+    p.add_argument("--explainers", type=_explainer_list, default=d.explainers,
+                   help="Comma-separated, or 'all': " + ", ".join(explainers.METHODS) + ".")
+    p.add_argument("--out", required=True, help="The Zarr store (a folder), e.g. test.zarr.")
+    p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
+    p.add_argument("--class", dest="class_", type=_class_choice, default=d.classes,
+                   help="The class explained: 'predicted' (the teacher's), 'label', or an "
+                   "index for every image.")
+    p.add_argument("--weights", action="store_true",
+                   help="Also store the students' weight images for every class (K x larger).")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace a store of another run (only a deepvid_jax store).")
+    p.add_argument("--coordinator", default=None,
+                   help="jax.distributed coordinator host:port (multi-process runs).")
+    p.add_argument("--num-processes", type=POSITIVE, default=None)
+    p.add_argument("--process-id", type=NON_NEGATIVE, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

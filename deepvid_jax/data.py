@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gzip
+import hashlib
 import os
 import re
 import zipfile
@@ -402,6 +403,11 @@ def load(
       CorruptDataError: a raw file is truncated or malformed; the message names the file.
       ValueError: the split string is malformed.
     """
+    return _to_dataset(*_read(name, split, data_dir, download), name, split)
+
+
+def _read(name: str, split: str, data_dir, download) -> tuple[np.ndarray, np.ndarray, str]:
+    """images (uint8 [N, H, W(, C)] or float), labels [N] and the source of a split."""
     if not isinstance(split, str):
         raise ValueError(f"split must be a string in TFDS syntax, got {split!r}.")
     parts = parse_split(split)
@@ -409,7 +415,7 @@ def load(
     check_split(name, parts)
     if name == EMBEDDED_DATASET:
         x, y = _load_digits(parts)
-        return _to_dataset(x, y, name, split, "embedded:sklearn.datasets.load_digits")
+        return x, y, "embedded:sklearn.datasets.load_digits"
 
     if download is None:
         download = os.environ.get(OFFLINE_ENV, "0") not in ("1", "true", "True")
@@ -432,7 +438,7 @@ def load(
         except DataNotFoundError as e:
             tried.append(f"{kind}: {e}")
             continue
-        return _to_dataset(x, y, name, split, source)
+        return x, y, source
 
     raise DataNotFoundError(
         f"Could not load {name!r} split {split!r}. Looked at:\n  - "
@@ -441,6 +447,56 @@ def load(
         f"set ${DATA_DIR_ENV}=<dir>; or let TFDS download it (internet, {OFFLINE_ENV} unset); "
         f"or use the embedded dataset {EMBEDDED_DATASET!r}, which needs nothing."
     )
+
+
+class Source:
+    """Random access to a split by index ranges (`open_source`): the dataset runner reads a
+    chunk at a time, as float32 images, from the stored bytes (uint8 for the raw files and
+    TFDS: a quarter of the float32 size; compressed raw files cannot be sliced, so they are
+    decompressed once).
+
+    Attributes:
+      info: `DatasetInfo`.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo):
+        self._images, self._labels, self.info = images, np.asarray(labels, np.int32), info
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """images [stop - start, H, W, C] float32 in [0, 1] and labels [n] int32."""
+        x = self._images[start:stop]
+        if x.ndim == 3:
+            x = x[..., None]
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        return x, self._labels[start:stop]
+
+    def fingerprint(self) -> str:
+        """sha256 of the split's stored image bytes and labels (hex): which data a store of
+        explanations was made from."""
+        h = hashlib.sha256()
+        h.update(str((self._images.dtype, self._images.shape)).encode())
+        h.update(np.ascontiguousarray(self._images).tobytes())
+        h.update(self._labels.tobytes())
+        return h.hexdigest()
+
+
+def open_source(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool | None = None,
+) -> Source:
+    """A split as a `Source` (arguments and errors as in `load`)."""
+    x, y, source = _read(name, split, data_dir, download)
+    info = _to_dataset(x[:1], y[:1], name, split, source).info  # checks, shape, class names
+    if len(x) == 0:
+        _to_dataset(x, y, name, split, source)  # the clear "selects no images" error
+    class_names = CLASS_NAMES.get(name) or tuple(str(i) for i in range(int(y.max()) + 1))
+    return Source(x, y, dataclasses.replace(info, class_names=class_names))
 
 
 def map_batches(fn: Callable, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

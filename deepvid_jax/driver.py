@@ -38,6 +38,8 @@ def map_instances(
     progress: bool = False,
     desc: str = "explain",
     check: Callable | None = None,
+    offset: int = 0,
+    full_chunks: bool = False,
 ):
     """Runs a batched, keyed explainer over any number of instances, in fixed-size chunks.
 
@@ -59,6 +61,11 @@ def map_instances(
       progress: show a progress bar over chunks, labelled ``desc``.
       check: ``check(output_chunk, start)`` called on each chunk's host output (real
         instances only) before the next chunk starts; raise there to stop at the first bad one.
+      offset: the index of ``inputs``' first instance in a larger set (keys are
+        ``fold_in(key, offset + i)``; a dataset runner explains a slice at a time).
+      full_chunks: pad to ``chunk_size`` even when B is smaller (by default the chunk shrinks
+        to what B needs), so a caller that passes one chunk at a time keeps one compiled
+        program and the same results as one call over everything.
 
     Returns:
       ``fn``'s output pytree as numpy arrays with leading axis B.
@@ -72,7 +79,8 @@ def map_instances(
     mesh = Mesh(np.array(devices), ("instances",)) if shard else None
     n_dev = 1 if mesh is None else len(devices)
     chunk = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
-    chunk = min(chunk, -(-b // n_dev) * n_dev)  # no bigger than needed
+    if not full_chunks:
+        chunk = min(chunk, -(-b // n_dev) * n_dev)  # no bigger than needed
     if mesh is not None:
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
         split = NamedSharding(mesh, PartitionSpec("instances"))
@@ -83,13 +91,13 @@ def map_instances(
         real = len(xs[0])
         if real < chunk:  # pad with copies of the last instance: same shape, no recompilation
             xs = [np.concatenate([a, np.repeat(a[-1:], chunk - real, axis=0)]) for a in xs]
-        xs, keys = [jnp.asarray(a) for a in xs], instance_keys(key, start, chunk)
+        xs, keys = [jnp.asarray(a) for a in xs], instance_keys(key, offset + start, chunk)
         if mesh is not None:
             xs, keys = jax.device_put(xs, split), jax.device_put(keys, split)
         out = fn(params, jax.tree.unflatten(treedef, xs), keys)
         out = jax.tree.map(lambda a, r=real: np.asarray(a[:r]), out)
         if check is not None:
-            check(out, start)
+            check(out, offset + start)
         outputs.append(out)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
