@@ -323,11 +323,19 @@ def restore(path: str | Path, *, kind: str, config: Any | None = None) -> tuple[
             f"{path} was trained with a different {kind} config: " + "; ".join(diffs)
         )
     meta = verify(path)
-    target = jax.eval_shape(lambda: KINDS[kind][1](jax.random.PRNGKey(0), saved))
+    # on this process's first device (under jax.distributed the saving topology may differ)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
+        jax.eval_shape(lambda: KINDS[kind][1](jax.random.PRNGKey(0), saved)))
     params_dir = path / meta["params"]
     try:
         with logs.quiet():
-            checkpointer = ocp.StandardCheckpointer()
+            # Every process reads the whole checkpoint on its own (no barrier with the
+            # others: under jax.distributed each process of a run restores its own models).
+            local = ocp.options.MultiprocessingOptions(
+                primary_host=None, active_processes={jax.process_index()})
+            checkpointer = ocp.StandardCheckpointer(multiprocessing_options=local)
             try:
                 # Compare the stored shapes first: orbax failing half-way through a read
                 # leaves pending coroutines that print noise at exit.

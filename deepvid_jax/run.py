@@ -449,11 +449,19 @@ def explain_dataset(
     return summary
 
 
-def _wait_for_all(root, path: Path, names, timeout: float = 3600) -> None:
-    """Process 0 waits until every process's chunks are marked done."""
-    deadline = time.monotonic() + timeout
-    while not all(np.asarray(root[f"done/{s}"][:]).all() for s in names):
-        if time.monotonic() > deadline:
-            raise RunError(f"{path}: other processes did not finish their chunks in "
-                           f"{timeout:.0f} s.")
+def _wait_for_all(root, path: Path, names, stall: float = 600) -> None:
+    """Process 0 waits until every process's chunks are marked done; a RunError when none
+    is marked for ``stall`` seconds (another process died: re-running finishes its chunks)."""
+    count, last = -1, time.monotonic()
+    while True:
+        marks = sum(int(np.asarray(root[f"done/{s}"][:]).sum()) for s in names)
+        total = sum(root[f"done/{s}"].shape[0] for s in names)
+        if marks == total:
+            return
+        if marks != count:
+            count, last = marks, time.monotonic()
+        elif time.monotonic() - last > stall:
+            raise RunError(f"{path}: {total - marks} chunk stages of other processes are not "
+                           f"done and none finished in {stall:.0f} s; re-run the command to "
+                           "complete them.")
         time.sleep(0.5)
