@@ -28,6 +28,7 @@ from deepvid_jax import (
 )
 from deepvid_jax import bench as bench_lib
 from deepvid_jax import deepvid as explain_lib
+from deepvid_jax import report as report_lib
 from deepvid_jax import run as run_lib
 from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
@@ -573,6 +574,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """One self-contained HTML page about a store of `deepvid run` (`deepvid_jax.report`)."""
+    path = report_lib.write(args.store, args.out, data_dir=args.data_dir)
+    print(f"wrote {path} (open it in a browser; it needs no network)")
+    return 0
+
+
 def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     d = explain_lib.ExplainConfig()
     p.add_argument("--neighbors", type=_int_at_least(2), default=d.neighbors.num,
@@ -703,6 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-id", type=NON_NEGATIVE, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="A self-contained HTML page about a store of "
+                       "'deepvid run': configuration, fidelity, class means, galleries.")
+    p.add_argument("store", help="The Zarr store written by 'deepvid run'.")
+    p.add_argument("--out", default=None, help="The HTML file (default: STORE.html).")
+    p.add_argument("--data-dir", default=None,
+                   help="Where to read the input images for the galleries (default "
+                   f"${data.DATA_DIR_ENV}).")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -149,9 +149,10 @@ def _commit() -> str | None:
 
 
 def _device() -> dict:
-    dev = jax.local_devices()[0]
-    return {"platform": dev.platform, "kind": dev.device_kind,
-            "local_devices": jax.local_device_count(), "processes": jax.process_count()}
+    from deepvid_jax.bench import device_info  # the name `deepvid bench` keys its runs on
+
+    return {**device_info(), "local_devices": jax.local_device_count(),
+            "processes": jax.process_count()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,12 +211,12 @@ def _create(path: Path, arrays: dict, attrs: dict, chunk: int) -> None:
     files.fsync_dir(path.parent)
 
 
-def _open(path: Path):
-    """The store's root group and attributes; RunError when it is not a readable store of
-    ours."""
+def _open(path: Path, mode: str = "r+"):
+    """The store's root group and its deepvid_jax attributes; RunError when it is not a
+    readable store of ours."""
     zarr = _zarr()
     try:
-        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
         attrs = dict(root.attrs)
     except Exception as e:  # zarr raises many kinds for a damaged store
         raise RunError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}); it "

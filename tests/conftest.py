@@ -8,7 +8,8 @@ import pytest
 os.environ["DEEPVID_OFFLINE"] = "1"
 
 from deepvid_jax import data, train  # noqa: E402
-from deepvid_jax.models import TeacherConfig  # noqa: E402
+from deepvid_jax.models import TeacherConfig, VAEConfig  # noqa: E402
+from deepvid_jax.run import RunConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +42,39 @@ def tiny_teacher() -> dict:
     params, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), TINY_TEACHER,
                                     TINY_TRAIN, progress=False)
     return params
+
+
+# The dataset runner's small run (tests/test_run.py, tests/test_report.py).
+RUN_VAE = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
+RUN_SPLIT = "test[:20]"
+RUN_EXPLAINERS = ("deepvid", "gradient")
+RUN_CONFIG = RunConfig(explainers=RUN_EXPLAINERS, chunk_size=8)
+
+
+@pytest.fixture(scope="session")
+def run_checkpoints(tmp_path_factory, tiny_teacher) -> Path:
+    """Teacher and VAE checkpoints of the embedded digits, as `deepvid run` reads them."""
+    from deepvid_jax import checkpoint
+
+    folder = tmp_path_factory.mktemp("models")
+    tr = data.load("digits", "train")
+    vp, _ = train.train_vae(tr.images, tr.images[:64], RUN_VAE,
+                            train.TrainConfig(epochs=2, batch_size=64), progress=False)
+    meta = {"name": "digits", "image_shape": [8, 8, 1], "num_classes": 10}
+    checkpoint.save(folder / "teacher", tiny_teacher, kind="teacher", config=TINY_TEACHER,
+                    dataset=meta)
+    checkpoint.save(folder / "vae", vp, kind="vae", config=RUN_VAE, dataset=meta)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def run_store(tmp_path_factory, run_checkpoints) -> Path:
+    """An uninterrupted run of `RUN_CONFIG` (in this process)."""
+    from deepvid_jax import explainers, run
+
+    path = tmp_path_factory.mktemp("clean") / "store.zarr"
+    summary = run.explain_dataset(data.open_source("digits", RUN_SPLIT),
+                                  explainers.Models.load(run_checkpoints), path, RUN_CONFIG,
+                                  progress=False)
+    assert summary["complete"] and summary["chunks_computed"] == 3
+    return path

@@ -13,33 +13,20 @@ import jax
 import numpy as np
 import pytest
 import zarr
-from conftest import TINY_TEACHER
+from conftest import RUN_CONFIG, RUN_EXPLAINERS, RUN_SPLIT
 
-from deepvid_jax import checkpoint, data, train
+from deepvid_jax import data
 from deepvid_jax import explainers as E
 from deepvid_jax import run as run_lib
-from deepvid_jax.models import VAEConfig
 
-VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
-SPLIT = "test[:20]"
-EXPLAINERS = ("deepvid", "gradient")
-CONFIG = run_lib.RunConfig(explainers=EXPLAINERS, chunk_size=8)
+SPLIT, EXPLAINERS, CONFIG = RUN_SPLIT, RUN_EXPLAINERS, RUN_CONFIG
 CLI = ["run", "--dataset", "digits", "--split", SPLIT, "--explainers", ",".join(EXPLAINERS),
        "--chunk-size", "8", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tiny_teacher) -> Path:
-    """Teacher and VAE checkpoints of the embedded digits, as `deepvid run` reads them."""
-    folder = tmp_path_factory.mktemp("models")
-    tr = data.load("digits", "train")
-    vp, _ = train.train_vae(tr.images, tr.images[:64], VCFG,
-                            train.TrainConfig(epochs=2, batch_size=64), progress=False)
-    meta = {"name": "digits", "image_shape": [8, 8, 1], "num_classes": 10}
-    checkpoint.save(folder / "teacher", tiny_teacher, kind="teacher", config=TINY_TEACHER,
-                    dataset=meta)
-    checkpoint.save(folder / "vae", vp, kind="vae", config=VCFG, dataset=meta)
-    return folder
+def checkpoints(run_checkpoints) -> Path:
+    return run_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +40,8 @@ def source() -> data.Source:
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory, source, models) -> Path:
-    """An uninterrupted run (in this process)."""
-    path = tmp_path_factory.mktemp("clean") / "store.zarr"
-    summary = run_lib.explain_dataset(source, models, path, CONFIG, progress=False)
-    assert summary["complete"] and summary["chunks_computed"] == 3
-    return path
+def clean(run_store) -> Path:
+    return run_store
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
