@@ -604,6 +604,13 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
         p.add_argument("--count", type=POSITIVE, default=count, help="Test images to explain.")
 
 
+def _split_options(p: argparse.ArgumentParser) -> None:
+    """The data a command reads: one split of one dataset."""
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", default=None)
+
+
 def _common(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"TFDS name (mnist, fashion_mnist, kmnist) or 'digits' (embedded; "
@@ -656,9 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     _explain_options(p, count=64)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("explain", help="Explain images with trained checkpoints.")
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", default=None)
+    _split_options(p)
     p.add_argument("--indices", default="0:16", help="'start:stop' or 'i,j,k' within the split.")
     p.add_argument("--checkpoints", required=True,
                    help="Folder with teacher/ and vae/ (the --out of train-* or demo).")
@@ -670,9 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="Explanations/s, FLOPs and memory of every explainer on "
                        "this machine (CPU, GPU, TPU); runs of several machines merge.")
     d = bench_lib.BenchConfig()
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", default=None)
+    _split_options(p)
     p.add_argument("--checkpoints", default=None,
                    help="Folder with teacher/ and vae/ (default: untrained models, speed only).")
     p.add_argument("--methods", type=_method_list, default=d.methods,
@@ -688,9 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="Explain a whole split with several explainers into a "
                        "Zarr store; re-run to resume; several processes with jax.distributed.")
     d = run_lib.RunConfig()
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", default=None)
+    _split_options(p)
     p.add_argument("--checkpoints", required=True,
                    help="Folder with teacher/ (and vae/, surrogate/, explainer/ as needed).")
     p.add_argument("--explainers", type=_explainer_list, default=d.explainers,
