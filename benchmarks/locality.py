@@ -36,6 +36,11 @@ SETTINGS = {
     "latent scale 0.5": NeighborConfig(latent_scale=0.5),
     "calibrated, target flip 0.2 (default)": NeighborConfig(target_flip=0.2),
     "calibrated, target flip 0.1": NeighborConfig(target_flip=0.1),
+    # cheaper calibrations (the default costs 16 probes x 6 steps = 96 extra decodes)
+    "calibrated, 8 probes x 6 steps": NeighborConfig(calibration_probes=8),
+    "calibrated, 16 probes x 4 steps": NeighborConfig(calibration_steps=4),
+    "calibrated, 8 probes x 4 steps": NeighborConfig(calibration_probes=8,
+                                                     calibration_steps=4),
 }
 
 

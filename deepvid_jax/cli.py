@@ -699,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="The Zarr store (a folder), e.g. test.zarr.")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
     p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
-    p.add_argument("--class", dest="class_", type=_class_choice, default=d.classes,
+    p.add_argument("--class", dest="class_", metavar="CLASS", type=_class_choice,
+                   default=d.classes,
                    help="The class explained: 'predicted' (the teacher's), 'label', or an "
                    "index for every image.")
     p.add_argument("--weights", action="store_true",

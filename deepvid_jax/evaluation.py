@@ -131,6 +131,8 @@ def score(
         validate.config(config, type(m.config), f"config of metric {name!r}")
     validate.config(models, Models, "models")
     arr = validate.images(images)
+    validate.teacher(models.teacher_apply, models.teacher_params, arr,
+                     num_classes=models.num_classes)
     attr = validate.array(attributions, "attributions", shape=arr.shape)
     cls = validate.class_indices(classes, batch=len(arr), num_classes=models.num_classes)
     static = models.static()

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deepvid_jax as dv
 from deepvid_jax import (
     adversarial,
     attribution,
@@ -75,6 +76,8 @@ def linear(params, x):
 
 
 TEACHER_APPLY = functools.partial(teacher_logits, config=TCFG)
+LINEAR_MODELS = dv.Models(linear, A, K)
+VAE_MODELS = dv.Models(TEACHER_APPLY, TP, K, teacher_config=TCFG, vae_params=VP, vae_config=VCFG)
 
 
 def _zeros_like(x):
@@ -115,6 +118,11 @@ IMAGE_ENTRY_POINTS = {
     "pool_activations": lambda x: consistency.pool_activations(TP, x, config=TCFG,
                                                                layer="dense"),
     "Explanation.evidence": lambda x: EXPLANATION.evidence(x, CLS),
+    "dv.explain(gradient)": lambda x: dv.explain("gradient", x, CLS, KEY, models=LINEAR_MODELS),
+    "dv.explain(deepvid)": lambda x: dv.explain("deepvid", x, CLS, KEY, models=VAE_MODELS,
+                                                config=VAE_SAMPLER),
+    "dv.score(auc_zero)": lambda x: dv.score("auc_zero", x, _zeros_like(x), CLS,
+                                             models=LINEAR_MODELS),
 }
 
 NAN = GOOD.copy()
@@ -150,7 +158,7 @@ def test_bad_images_are_clear_errors(entry, bad):
 # Entry points with a configured image shape name the mismatch; with a shape-agnostic JAX
 # teacher the probe reports the teacher's own failure on that shape.
 SHAPED = {"explain(vae)", "attribute(grad_cam)", "saliency", "train_teacher", "train_vae",
-          "pool_activations", "Explanation.evidence"}
+          "pool_activations", "Explanation.evidence", "dv.explain(deepvid)"}
 WRONG_SHAPES = {"3 channels": np.repeat(GOOD, 3, axis=-1), "9x9": np.full((4, 9, 9, 1), 0.5,
                                                                            np.float32)}
 
@@ -192,6 +200,9 @@ INDEX_ENTRY_POINTS = {
                                              class_idx=c, surrogate_config=SCFG,
                                              explainer_config=ECFG),
     "Explanation.class_weights": lambda c: EXPLANATION.class_weights(c),
+    "dv.explain(gradient)": lambda c: dv.explain("gradient", GOOD, c, KEY,
+                                                 models=LINEAR_MODELS),
+    "dv.score(auc_zero)": lambda c: dv.score("auc_zero", GOOD, GOOD, c, models=LINEAR_MODELS),
     "Explanation.evidence": lambda c: EXPLANATION.evidence(GOOD, c),
     "LimeExplanation.attribution": lambda c: LIME_RESULT.attribution(c),
     "train_teacher(labels)": lambda c: train.train_teacher(
