@@ -49,6 +49,8 @@ from deepvid_jax.student import StudentConfig
 STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`
     "deepvid": (NeighborConfig(), StudentConfig()),
     "deepvid_fixed_radius": (NeighborConfig(latent_scale=1.0), StudentConfig()),
+    "deepvid_16x6_probes": (NeighborConfig(calibration_probes=16, calibration_steps=6),
+                            StudentConfig()),
     "deepvid_adam": (NeighborConfig(latent_scale=1.0), StudentConfig(method="adam")),
     "noise": (NeighborConfig(sampler="pixel"), StudentConfig()),
     "mask": (NeighborConfig(sampler="mask"), StudentConfig()),
