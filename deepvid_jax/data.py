@@ -403,7 +403,8 @@ def load(
       CorruptDataError: a raw file is truncated or malformed; the message names the file.
       ValueError: the split string is malformed.
     """
-    return _to_dataset(*_read(name, split, data_dir, download), name, split)
+    images, labels, source = _read(name, split, data_dir, download)
+    return _to_dataset(images, labels, name, split, source)
 
 
 def _read(name: str, split: str, data_dir, download) -> tuple[np.ndarray, np.ndarray, str]:
