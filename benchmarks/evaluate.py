@@ -62,7 +62,6 @@ SAMPLERS = {  # the pixel students and the neighbours each is fitted on
     "noise": NeighborConfig(sampler="pixel"),
     "mask": NeighborConfig(sampler="mask"),
 }
-STOCHASTIC = ("deepvid", "noise", "mask", "lime", "smoothgrad")
 
 
 def fmt(s: dict | None, digits: int = 3) -> str:
@@ -215,7 +214,7 @@ def stability(fn: Callable, method: str, sub, sub_cls, reference, key, args) -> 
         jax.random.fold_in(key, 2), radius=args.radius, samples=args.sensitivity_samples,
         reference=jnp.asarray(reference))
     out = {"max_sensitivity": interval(ms)}
-    if method in STOCHASTIC:
+    if method in explainers.METHODS and explainers.get(method).stochastic:
         runs = [reference] + [np.asarray(fn(sub, sub_cls, jax.random.PRNGKey(s)).attributions)
                               for s in range(100, 100 + args.seeds - 1)]
         out["seed_agreement"] = interval(metrics.seed_agreement(jnp.asarray(np.stack(runs))))
