@@ -379,7 +379,7 @@ def ratios(result: dict) -> list[str]:
             out.append(f"S={s}: DeepVID (batch {best['batch']}) is "
                        f"{best['explanations_per_s'] / lime:.1f}x lime_image's explanations/s")
         for r in rows:
-            if r["method"] in ("deepvid", "deepvid_fixed_radius") and r["samples"] == s:
+            if r["method"].startswith("deepvid") and r["samples"] == s:
                 ref = rate("decode_classify", r["batch"], s)
                 if ref:
                     out.append(f"S={s} B={r['batch']}: {r['method']} takes "
