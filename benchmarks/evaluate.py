@@ -297,10 +297,11 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
     methods = {k: fn for k, fn in m.methods().items() if only is None or k in only}
     for method, fn in tqdm(methods.items(), desc=f"{name}: explain", disable=args.quiet):
         attrs[method], extras[method], sec = timed(fn, images, cls, key, args.chunk)
-        result["methods"][method] = {"seconds_per_explanation": sec}
+        # update, not replace: --skip-stability keeps a method's stored stability and sanity
+        result["methods"].setdefault(method, {})["seconds_per_explanation"] = sec
         if method == "deepvid":
             attrs["deepvid_x_input"] = attrs[method] * images
-            result["methods"]["deepvid_x_input"] = {"seconds_per_explanation": sec}
+            result["methods"].setdefault("deepvid_x_input", {})["seconds_per_explanation"] = sec
         print(f"  {method:22s} {sec * 1e3:9.2f} ms/explanation", flush=True)
 
     if "deepvid" in methods:
