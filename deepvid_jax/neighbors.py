@@ -67,7 +67,7 @@ class NeighborConfig:
     target_flip: float = 0.2
     max_latent_scale: float = 4.0
     # 8 x 4 = 32 probe decodes (6 % of 512 neighbours): as faithful, stable and local as
-    # 16 x 6 (README, "How local?") and 1.18x decode+classify instead of 1.35x.
+    # 16 x 6 (README, "How local?"), and 1.22-1.25x decode+classify instead of 1.24-1.31x.
     calibration_probes: int = 8
     calibration_steps: int = 4
 
