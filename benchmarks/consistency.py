@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from common import machine_info
 
-from deepvid_jax import adversarial, checkpoint, consistency, data, files, train, viz
+from deepvid_jax import adversarial, checkpoint, consistency, data, driver, files, train, viz
 from deepvid_jax.adversarial import AttackConfig
 from deepvid_jax.models import TeacherConfig, teacher_logits
 
@@ -70,7 +70,7 @@ def measure(params, cfg, ev, args) -> tuple[dict, dict]:
     predict = jax.jit(lambda p, images: apply(p, images).argmax(-1))
 
     def accuracy(images):
-        return float((data.map_batches(predict, params, images) == y).mean())
+        return float((driver.map_batches(predict, params, images) == y).mean())
 
     row = {"clean_accuracy": accuracy(x)}
     pgd_pool = None

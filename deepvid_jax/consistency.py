@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import data, validate
+from deepvid_jax import driver, validate
 from deepvid_jax.models import Teacher, TeacherConfig
 
 
@@ -202,4 +202,4 @@ def pool_activations(
         raise ValueError(f"layer {layer!r} is not one of the teacher's layers "
                          f"{layer_names(config)}.")
     fn = jax.jit(lambda p, x: layer_features(p, x, config=config, layer=layer))
-    return data.map_batches(fn, params, images, batch_size)
+    return driver.map_batches(fn, params, images, batch_size)

@@ -498,14 +498,3 @@ def open_source(
         _to_dataset(x, y, name, split, source)  # the clear "selects no images" error
     class_names = CLASS_NAMES.get(name) or tuple(str(i) for i in range(int(y.max()) + 1))
     return Source(x, y, dataclasses.replace(info, class_names=class_names))
-
-
-def map_batches(fn: Callable, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """``fn(params, batch)`` over consecutive batches of ``images`` [N, ...], concatenated on
-    the host: whole-dataset inference with bounded device memory (pass a jitted ``fn``)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if len(images) == 0:
-        raise ValueError("map_batches: no images.")
-    return np.concatenate([np.asarray(fn(params, images[i : i + batch_size]))
-                           for i in range(0, len(images), batch_size)])

@@ -109,3 +109,16 @@ def _shardable(devices) -> bool:
     sharded over them (with multi-threaded Eigen; with it off, still with the calibrated
     radius). Tests replace this function to exercise the sharded path on CPU."""
     return devices[0].platform != "cpu"
+
+
+def map_batches(fn: Callable, params, images, batch_size: int = 1000) -> np.ndarray:
+    """``fn(params, batch)`` over ``images`` [N, ...] in batches of ``batch_size`` by
+    `map_instances` (the last batch padded: one compiled program; sharded over accelerators),
+    gathered on the host: whole-dataset inference with bounded device memory. ``fn`` must treat
+    rows independently (pass a jitted one)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if len(images) == 0:
+        raise ValueError("map_batches: no images.")
+    return map_instances(lambda p, x, keys: fn(p, x), params, images, jax.random.PRNGKey(0),
+                         chunk_size=batch_size)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepvid_jax import data, train, validate
+from deepvid_jax import driver, train, validate
 from deepvid_jax.models import (
     Explainer,
     ExplainerConfig,
@@ -84,7 +84,7 @@ def teacher_logits_of(teacher_apply: TeacherApply, teacher_params, images,
     the teacher is probed first, and non-finite logits are an error."""
     images = validate.images(images)
     validate.teacher(teacher_apply, teacher_params, images)
-    out = data.map_batches(jax.jit(teacher_apply), teacher_params, images, batch_size)
+    out = driver.map_batches(jax.jit(teacher_apply), teacher_params, images, batch_size)
     return validate.array(out, "the teacher's logits")
 
 
@@ -120,7 +120,7 @@ def surrogate_agreement(params, images, teacher_logits, config: SurrogateConfig,
                         batch_size: int = 1000) -> float:
     """Top-1 agreement of surrogate and teacher on [N] images (teacher logits given)."""
     fn = jax.jit(lambda p, x: jnp.argmax(surrogate_forward(p, x, config)[0], -1))
-    pred = data.map_batches(fn, params, images, batch_size)
+    pred = driver.map_batches(fn, params, images, batch_size)
     return float((pred == np.asarray(teacher_logits).argmax(-1)).mean())
 
 

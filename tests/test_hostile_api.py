@@ -524,7 +524,7 @@ def test_deletion_insertion_settings(kwargs, message):
                                        SCFG, TINY_TRAIN, progress=False), "contains NaN"),
     (lambda: surrogate.train_explainer(SP, SCFG, GOOD, np.array([0, 1, 2, 99]), GOOD, CLS,
                                        TINY_TRAIN, progress=False), "train_classes must be in"),
-    (lambda: data.map_batches(lambda p, x: x, None, GOOD, batch_size=0), "batch_size"),
+    (lambda: driver.map_batches(lambda p, x: x, None, GOOD, batch_size=0), "batch_size"),
     (lambda: vae.encode(VP, GOOD[..., :0], config=VCFG), "the VAE expects images"),
     (lambda: vae.decode(VP, jnp.zeros((3, 5)), config=VCFG), r"the VAE expects z \[B, Z\]"),
     (lambda: teacher_logits(TP, jnp.zeros((2, 9, 9, 1)), TCFG), "the teacher expects images"),
