@@ -472,15 +472,20 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _method_list(text: str) -> tuple[str, ...]:
-    if text == "all":
-        return bench_lib.METHODS
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [n for n in names if n not in bench_lib.METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from "
-                                         f"{', '.join(bench_lib.METHODS)} or 'all'")
-    return names
+def _name_list(known, what: str):
+    """An argparse type: 'a,b' or 'all' -> names from ``known`` (a clear error for others)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        if text == "all":
+            return tuple(known)
+        names = tuple(v.strip() for v in text.split(",") if v.strip())
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {unknown or text!r}; choose "
+                                             f"from {', '.join(known)} or 'all'")
+        return names
+
+    return parse
 
 
 def cmd_bench(args) -> int:
@@ -510,19 +515,6 @@ def cmd_bench(args) -> int:
     print("\n".join(bench_lib.ratios(result)))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _explainer_list(text: str) -> tuple[str, ...]:
-    """'deepvid,lime' or 'all' -> registered explainer names."""
-    names = tuple(explainers.METHODS) if text == "all" else tuple(
-        t.strip() for t in text.split(",") if t.strip())
-    for name in names:
-        if name not in explainers.METHODS:
-            raise argparse.ArgumentTypeError(
-                f"unknown explainer {name!r}; registered: {', '.join(explainers.METHODS)}")
-    if not names:
-        raise argparse.ArgumentTypeError("no explainer named")
-    return names
 
 
 def _class_choice(text: str) -> str | int:
@@ -678,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     _split_options(p)
     p.add_argument("--checkpoints", default=None,
                    help="Folder with teacher/ and vae/ (default: untrained models, speed only).")
-    p.add_argument("--methods", type=_method_list, default=d.methods,
+    p.add_argument("--methods", type=_name_list(bench_lib.METHODS, "method"),
+                   default=d.methods,
                    help="Comma-separated, or 'all': " + ", ".join(bench_lib.METHODS) + ".")
     p.add_argument("--batch-sizes", type=_int_list, default=d.batch_sizes,
                    help="Comma-separated, e.g. 16,64,256,1024.")
@@ -694,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     _split_options(p)
     p.add_argument("--checkpoints", required=True,
                    help="Folder with teacher/ (and vae/, surrogate/, explainer/ as needed).")
-    p.add_argument("--explainers", type=_explainer_list, default=d.explainers,
+    p.add_argument("--explainers", type=_name_list(explainers.METHODS, "explainer"),
+                   default=d.explainers,
                    help="Comma-separated, or 'all': " + ", ".join(explainers.METHODS) + ".")
     p.add_argument("--out", required=True, help="The Zarr store (a folder), e.g. test.zarr.")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)

@@ -363,19 +363,30 @@ def check_split(name: str, parts: list[SplitSlice]) -> None:
             raise ValueError(f"{name} has splits {list(splits)}, not {part.split!r}{hint}.")
 
 
-def _to_dataset(images, labels, name: str, split: str, source: str) -> Dataset:
-    images = np.asarray(images)
-    if len(images) == 0:
-        raise ValueError(f"split {split!r} of {name!r} selects no images (from {source}); check "
-                         "the slice bounds, e.g. 'test[5000:100]' is empty.")
+def _float_images(images: np.ndarray) -> np.ndarray:
+    """Stored images ([N, H, W] or [N, H, W, C]; uint8 0-255 or floats) -> [N, H, W, C]
+    float32 in [0, 1]."""
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
-    images = images.astype(np.float32)
+    return images.astype(np.float32)
+
+
+def _info(images: np.ndarray, labels, name: str, split: str, source: str) -> DatasetInfo:
+    """What a split is, from its stored images and labels; a clear error for an empty one."""
+    if len(images) == 0:
+        raise ValueError(f"split {split!r} of {name!r} selects no images (from {source}); check "
+                         "the slice bounds, e.g. 'test[5000:100]' is empty.")
     class_names = CLASS_NAMES.get(name) or tuple(str(i) for i in range(int(labels.max()) + 1))
-    info = DatasetInfo(name, split, class_names, tuple(images.shape[1:]), source)
-    return Dataset(images, np.asarray(labels, dtype=np.int32), info)
+    shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
+    return DatasetInfo(name, split, class_names, shape, source)
+
+
+def _to_dataset(images, labels, name: str, split: str, source: str) -> Dataset:
+    images = np.asarray(images)
+    info = _info(images, labels, name, split, source)
+    return Dataset(_float_images(images), np.asarray(labels, dtype=np.int32), info)
 
 
 def load(
@@ -468,20 +479,23 @@ class Source:
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """images [stop - start, H, W, C] float32 in [0, 1] and labels [n] int32."""
-        x = self._images[start:stop]
-        if x.ndim == 3:
-            x = x[..., None]
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        return x, self._labels[start:stop]
+        return _float_images(self._images[start:stop]), self._labels[start:stop]
 
     def fingerprint(self) -> str:
         """sha256 of the split's stored image bytes and labels (hex): which data a store of
         explanations was made from."""
-        h = hashlib.sha256()
-        h.update(str((self._images.dtype, self._images.shape)).encode())
-        h.update(np.ascontiguousarray(self._images).tobytes())
-        h.update(self._labels.tobytes())
-        return h.hexdigest()
+        return array_digest([self._images, self._labels])
+
+
+def array_digest(arrays) -> str:
+    """sha256 (hex) of arrays' dtypes, shapes and bytes, in order: what data or parameters a
+    result was made from."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def open_source(
@@ -493,8 +507,5 @@ def open_source(
 ) -> Source:
     """A split as a `Source` (arguments and errors as in `load`)."""
     x, y, source = _read(name, split, data_dir, download)
-    info = _to_dataset(x[:1], y[:1], name, split, source).info  # checks, shape, class names
-    if len(x) == 0:
-        _to_dataset(x, y, name, split, source)  # the clear "selects no images" error
-    class_names = CLASS_NAMES.get(name) or tuple(str(i) for i in range(int(y.max()) + 1))
-    return Source(x, y, dataclasses.replace(info, class_names=class_names))
+    x = np.asarray(x)
+    return Source(x, y, _info(x, y, name, split, source))

@@ -296,11 +296,39 @@ def _argmax(params, images, teacher_apply):
     return jnp.argmax(teacher_apply(params, images), -1)
 
 
+@functools.partial(jax.jit, static_argnames="teacher_apply")
+def _probabilities(params, images, teacher_apply):
+    return jax.nn.softmax(teacher_apply(params, images))
+
+
 def predicted_classes(images, models: Models, chunk_size: int = 256) -> np.ndarray:
     """The teacher's argmax [B] on images [B, H, W, C], in chunks by the one driver."""
     return map_instances(lambda p, x, k: _argmax(p, x, models.teacher_apply),
                          models.teacher_params, images, jax.random.PRNGKey(0),
                          chunk_size=chunk_size, desc="classify")
+
+
+def teacher_probabilities(images, models: Models, *, chunk_size: int = 256,
+                          full_chunks: bool = False) -> np.ndarray:
+    """The teacher's softmax [B, K] on images [B, H, W, C], in chunks by the one driver."""
+    return map_instances(lambda p, x, k: _probabilities(p, x, models.teacher_apply),
+                         models.teacher_params, images, jax.random.PRNGKey(0),
+                         chunk_size=chunk_size, full_chunks=full_chunks)
+
+
+def run_method(method: Method, models: Models, config: Any, images, classes, key: jax.Array, *,
+               chunk_size: int, **driver_options) -> Attribution:
+    """``method`` over checked images [B, H, W, C] and classes [B] by the one driver, no checks
+    of its own (what `explain` and the dataset runner share); ``driver_options`` go to
+    `map_instances` (progress, check, offset, full_chunks, ...)."""
+    static = models.static()
+
+    def fn(params, inputs, keys):
+        return method.batch(params, inputs[0], inputs[1], keys, models=static, config=config)
+
+    driver_options.setdefault("desc", method.name)
+    return map_instances(fn, models.params(), (images, np.asarray(classes, np.int32)), key,
+                         chunk_size=chunk_size, **driver_options)
 
 
 def explain(
@@ -344,10 +372,6 @@ def explain(
     cls = (predicted_classes(arr, models) if classes is None
            else validate.class_indices(classes, batch=len(arr), num_classes=models.num_classes))
     key = jax.random.PRNGKey(0) if key is None else key
-    static = models.static()
-
-    def fn(params, inputs, keys):
-        return m.batch(params, inputs[0], inputs[1], keys, models=static, config=config)
 
     def finite(out: Attribution, start: int) -> None:
         rows = validate.nonfinite_rows(out.attributions, start=start)
@@ -355,5 +379,5 @@ def explain(
             raise ValueError(f"{method} attributions of images {rows[:10]} are not finite: the "
                              "teacher returned NaN or inf on some inputs it was shown.")
 
-    return map_instances(fn, models.params(), (arr, np.asarray(cls, np.int32)), key,
-                         chunk_size=chunk_size, progress=progress, desc=method, check=finite)
+    return run_method(m, models, config, arr, cls, key, chunk_size=chunk_size,
+                      progress=progress, check=finite)

@@ -33,14 +33,12 @@ progress and the summary.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from deepvid_jax import __version__, explainers, files, validate
+from deepvid_jax import __version__, data, explainers, files, validate
 from deepvid_jax.data import Source
-from deepvid_jax.driver import map_instances
 
 INPUTS = "inputs"  # the stage that writes indices, labels, classes, teacher_probs
 CLASS_CHOICES = ("predicted", "label")
@@ -105,14 +102,7 @@ class RunConfig:
 def _tree_digest(tree) -> str | None:
     """sha256 (hex, 16 chars) of a pytree's arrays, or None for an empty one."""
     leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return None
-    h = hashlib.sha256()
-    for leaf in leaves:
-        a = np.asarray(leaf)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+    return data.array_digest(leaves)[:16] if leaves else None
 
 
 def _config_dict(config: Any) -> Any:
@@ -300,18 +290,18 @@ def _write(root, path: Path, name: str, start: int, values: np.ndarray) -> None:
 
 
 class _Stages:
-    """The jitted work of one run: the inputs stage and one program per explainer."""
+    """The jitted work of one run: the inputs stage and one program per explainer, every
+    chunk padded to ``chunk_size`` (one compiled program each, results as `dv.explain`'s)."""
 
     def __init__(self, models: explainers.Models, config: RunConfig, configs: dict):
         self.models, self.config, self.configs = models, config, configs
-        self.static, self.params = models.static(), models.params()
         self.key = jax.random.PRNGKey(config.seed)
 
     def inputs(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """classes [n] and teacher_probs [n, K] of a chunk."""
-        apply = self.models.teacher_apply
-        probs = map_instances(lambda p, xs, k: _softmax(p, xs, apply), self.params["teacher"],
-                              x, self.key, chunk_size=self.config.chunk_size, full_chunks=True)
+        probs = explainers.teacher_probabilities(x, self.models,
+                                                 chunk_size=self.config.chunk_size,
+                                                 full_chunks=True)
         if self.config.classes == "predicted":
             classes = probs.argmax(-1)
         elif self.config.classes == "label":
@@ -321,24 +311,9 @@ class _Stages:
         return classes.astype(np.int32), probs.astype(np.float32)
 
     def explain(self, name: str, x, classes, offset: int) -> explainers.Attribution:
-        m = explainers.get(name)
-        config = self.configs[name]
-        static = self.static
-
-        def fn(params, inputs, keys):
-            return m.batch(params, inputs[0], inputs[1], keys, models=static, config=config)
-
-        return map_instances(fn, self.params, (x, classes), self.key,
-                             chunk_size=self.config.chunk_size, offset=offset, full_chunks=True)
-
-
-@jax.jit
-def _softmax_of(logits):
-    return jax.nn.softmax(logits)
-
-
-def _softmax(params, images, apply: Callable):
-    return _softmax_of(apply(params, images))
+        return explainers.run_method(explainers.get(name), self.models, self.configs[name], x,
+                                     classes, self.key, chunk_size=self.config.chunk_size,
+                                     offset=offset, full_chunks=True)
 
 
 def explain_dataset(
@@ -418,7 +393,8 @@ def explain_dataset(
                             ("classes", classes), ("teacher_probs", probs)):
                 _write(root, path, name, lo, v)
             _write(root, path, f"done/{INPUTS}", j, np.ones(1, np.uint8))
-        classes = np.asarray(root["classes"][lo:hi])
+        else:  # a resumed chunk: the classes its inputs stage chose
+            classes = np.asarray(root["classes"][lo:hi])
         for name in config.explainers:
             if marks[name][j]:
                 continue
