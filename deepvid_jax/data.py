@@ -5,7 +5,8 @@
 (a) **raw files**: a local directory holding the dataset's original distribution files
     (IDX ``.gz`` for MNIST / Fashion-MNIST, the ``.npz`` files for KMNIST) in a folder named
     after the dataset, under ``data_dir`` or the ``DEEPVID_DATA_DIR`` environment variable;
-(b) **TFDS**: ``tensorflow_datasets`` as usual (a prepared ``TFDS_DATA_DIR`` is read, otherwise
+(b) **TFDS**: ``tensorflow_datasets`` as usual (a dataset TFDS prepared under the same data
+    folder is read first, then TFDS's own folder, a prepared ``TFDS_DATA_DIR``; otherwise
     TFDS downloads, unless ``download=False`` or ``DEEPVID_OFFLINE=1``);
 (c) **embedded**: ``digits``, the 8x8 handwritten digits that ship inside scikit-learn, which
     need no file and no network at all.
@@ -224,10 +225,16 @@ def _read_raw_split(name: str, split: str, folder: Path) -> tuple[np.ndarray, np
     return images, labels
 
 
+def data_root(data_dir: str | os.PathLike | None) -> Path | None:
+    """Our data folder: ``data_dir``, else ``$DEEPVID_DATA_DIR``, else None."""
+    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    return None if not root else Path(root).expanduser()
+
+
 def raw_dir(name: str, data_dir: str | os.PathLike | None) -> Path | None:
     """The folder searched for ``name``'s raw files: ``<data_dir or $DEEPVID_DATA_DIR>/<name>``."""
-    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-    return None if not root else Path(root).expanduser() / name
+    root = data_root(data_dir)
+    return None if root is None else root / name
 
 
 def _load_raw(name: str, parts: list[SplitSlice], folder: Path):
@@ -250,14 +257,54 @@ def _load_raw(name: str, parts: list[SplitSlice], folder: Path):
 # --------------------------------------------------------------------------------------------
 
 
-def _load_tfds(name: str, split: str, download: bool):
+def _tfds_keys(info) -> tuple[str, str]:
+    """The image and label feature names of a TFDS dataset: its supervised keys, else its first
+    Image and first ClassLabel features."""
+    keys = info.supervised_keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return keys
+    import tensorflow_datasets as tfds
+
+    features = info.features
+    image = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+    label = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
+    if not image or not label:
+        raise DataNotFoundError(
+            f"TFDS {info.name!r} is not an image classification dataset: no supervised keys and "
+            f"no Image + ClassLabel features (features: {sorted(features)}).")
+    return image[0], label[0]
+
+
+def _tfds_class_names(info, label_key: str) -> tuple[str, ...] | None:
+    try:
+        feature = info.features[label_key]
+        names = feature.names or [str(i) for i in range(feature.num_classes)]
+    except Exception:  # not a ClassLabel, or one without its classes
+        return None
+    return tuple(str(n) for n in names) if names else None
+
+
+def _tfds_builder(name: str, root: Path | None):
+    """TFDS's builder for ``name``: the one prepared under ``root`` (our data folder) when there
+    is one, else TFDS's own folder (where downloads go)."""
+    import tensorflow_datasets as tfds
+
+    with logs.quiet():  # TFDS warns about its cache folders through absl
+        if root is not None and root.is_dir():
+            local = tfds.builder(name, data_dir=str(root))
+            if local.is_prepared():
+                return local
+        return tfds.builder(name)
+
+
+def _load_tfds(name: str, split: str, download: bool, root: Path | None = None) -> Source:
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - it is a declared dependency
         raise DataNotFoundError(f"tensorflow_datasets is not importable ({e}).") from e
     try:
-        with logs.quiet():  # TFDS warns about its cache folders through absl
-            builder = tfds.builder(name)
+        builder = _tfds_builder(name, root)
+        with logs.quiet():
             prepared = builder.is_prepared()
     except Exception as e:  # unknown name, broken registry
         raise DataNotFoundError(f"TFDS has no dataset {name!r} ({type(e).__name__}: {e}).") from e
@@ -268,28 +315,34 @@ def _load_tfds(name: str, split: str, download: bool):
                 f"(download=False or {OFFLINE_ENV}=1)."
             )
         try:
-            # array_record lets us read without TensorFlow (tfds.data_source).
+            # array_record gives random access without TensorFlow (builder.as_data_source).
             builder.download_and_prepare(file_format="array_record")
         except Exception as e:
             raise DataNotFoundError(
                 f"TFDS could not download/prepare {name!r} ({type(e).__name__}: {e})."
             ) from e
+    image_key, label_key = _tfds_keys(builder.info)
+    class_names = _tfds_class_names(builder.info, label_key)
+    origin = f"tfds:{builder.data_dir}"
     try:
-        source = builder.as_data_source(split=split)
-        records = [source[i] for i in range(len(source))]
-        images = np.stack([np.asarray(r["image"]) for r in records])
-        labels = np.asarray([int(r["label"]) for r in records])
+        records = builder.as_data_source(split=split)
+        return TfdsSource(records, image_key, label_key, name, split, origin, class_names)
+    except (CorruptDataError, ValueError) as e:
+        if isinstance(e, CorruptDataError) or "selects no images" in str(e):
+            raise
+        first = e
     except Exception as e:
-        try:  # Prepared as tfrecord: needs TensorFlow, which is optional.
-            arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-            images, labels = np.asarray(arrays["image"]), np.asarray(arrays["label"])
-        except Exception as e2:
-            raise DataNotFoundError(
-                f"TFDS found {name!r} in {builder.data_dir} but could not read split {split!r}: "
-                f"{type(e).__name__}: {e}; {type(e2).__name__}: {e2}. Prepare it with "
-                "file_format='array_record', or install tensorflow to read tfrecords."
-            ) from e2
-    return images, labels, f"tfds:{builder.data_dir}"
+        first = e
+    try:  # Prepared as tfrecord: needs TensorFlow, which is optional, and is read whole.
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        images, labels = np.asarray(arrays[image_key]), np.asarray(arrays[label_key])
+    except Exception as e2:
+        raise DataNotFoundError(
+            f"TFDS found {name!r} in {builder.data_dir} but could not read split {split!r}: "
+            f"{type(first).__name__}: {first}; {type(e2).__name__}: {e2}. Prepare it with "
+            "file_format='array_record', or install tensorflow to read tfrecords."
+        ) from e2
+    return Source(images, labels, _info(images, labels, name, split, origin, class_names))
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,20 +426,17 @@ def _float_images(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def _info(images: np.ndarray, labels, name: str, split: str, source: str) -> DatasetInfo:
-    """What a split is, from its stored images and labels; a clear error for an empty one."""
+def _info(images, labels, name: str, split: str, source: str,
+          class_names: tuple[str, ...] | None = None) -> DatasetInfo:
+    """What a split is, from its stored images [N, H, W(, C)] and labels [N]; a clear error for
+    an empty one."""
     if len(images) == 0:
         raise ValueError(f"split {split!r} of {name!r} selects no images (from {source}); check "
                          "the slice bounds, e.g. 'test[5000:100]' is empty.")
-    class_names = CLASS_NAMES.get(name) or tuple(str(i) for i in range(int(labels.max()) + 1))
+    class_names = (CLASS_NAMES.get(name) or class_names
+                   or tuple(str(i) for i in range(int(np.max(labels)) + 1)))
     shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
     return DatasetInfo(name, split, class_names, shape, source)
-
-
-def _to_dataset(images, labels, name: str, split: str, source: str) -> Dataset:
-    images = np.asarray(images)
-    info = _info(images, labels, name, split, source)
-    return Dataset(_float_images(images), np.asarray(labels, dtype=np.int32), info)
 
 
 def load(
@@ -414,20 +464,28 @@ def load(
       CorruptDataError: a raw file is truncated or malformed; the message names the file.
       ValueError: the split string is malformed.
     """
-    images, labels, source = _read(name, split, data_dir, download)
-    return _to_dataset(images, labels, name, split, source)
+    source = open_source(name, split, data_dir=data_dir, download=download)
+    images, labels = source.read(0, len(source))
+    return Dataset(images, labels, source.info)
 
 
-def _read(name: str, split: str, data_dir, download) -> tuple[np.ndarray, np.ndarray, str]:
-    """images (uint8 [N, H, W(, C)] or float), labels [N] and the source of a split."""
+def open_source(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool | None = None,
+) -> Source:
+    """A split as a `Source` that reads index ranges (arguments and errors as in `load`): TFDS
+    splits prepared as array_record decode only the records asked for."""
     if not isinstance(split, str):
         raise ValueError(f"split must be a string in TFDS syntax, got {split!r}.")
     parts = parse_split(split)
     check_name(name)
     check_split(name, parts)
     if name == EMBEDDED_DATASET:
-        x, y = _load_digits(parts)
-        return x, y, "embedded:sklearn.datasets.load_digits"
+        return _array_source(*_load_digits(parts), name, split,
+                             "embedded:sklearn.datasets.load_digits")
 
     if download is None:
         download = os.environ.get(OFFLINE_ENV, "0") not in ("1", "true", "True")
@@ -439,18 +497,17 @@ def _read(name: str, split: str, data_dir, download) -> tuple[np.ndarray, np.nda
         if folder is None:
             tried.append(f"raw files: no data_dir given and ${DATA_DIR_ENV} is not set")
         else:
-            loaders.append(("raw", lambda: (*_load_raw(name, parts, folder), f"raw:{folder}")))
+            loaders.append(("raw", lambda: _array_source(*_load_raw(name, parts, folder), name,
+                                                         split, f"raw:{folder}")))
     else:
         tried.append(f"raw files: {name!r} is not one of {sorted(RAW_FILES)}")
-    loaders.append(("tfds", lambda: _load_tfds(name, split, download)))
+    loaders.append(("tfds", lambda: _load_tfds(name, split, download, data_root(data_dir))))
 
     for kind, loader in loaders:
         try:
-            x, y, source = loader()
+            return loader()
         except DataNotFoundError as e:
             tried.append(f"{kind}: {e}")
-            continue
-        return x, y, source
 
     raise DataNotFoundError(
         f"Could not load {name!r} split {split!r}. Looked at:\n  - "
@@ -461,13 +518,20 @@ def _read(name: str, split: str, data_dir, download) -> tuple[np.ndarray, np.nda
     )
 
 
+def _array_source(images, labels, name: str, split: str, origin: str) -> Source:
+    images = np.asarray(images)
+    return Source(images, labels, _info(images, labels, name, split, origin))
+
+
 class Source:
     """Random access to a split by index ranges (`open_source`): the dataset runner reads a
     chunk at a time, as float32 images, from the stored bytes (uint8 for the raw files and
     TFDS: a quarter of the float32 size; compressed raw files cannot be sliced, so they are
-    decompressed once).
+    decompressed once; TFDS array_record splits are read record by record, `TfdsSource`).
 
-    Attributes:
+    Args:
+      images: [N, H, W] or [N, H, W, C], uint8 0-255 or floats in [0, 1].
+      labels: [N] integers.
       info: `DatasetInfo`.
     """
 
@@ -477,14 +541,81 @@ class Source:
     def __len__(self) -> int:
         return len(self._images)
 
+    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """images [n, ...] as stored and labels [n] int32 of records start..stop."""
+        return self._images[start:stop], self._labels[start:stop]
+
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """images [stop - start, H, W, C] float32 in [0, 1] and labels [n] int32."""
-        return _float_images(self._images[start:stop]), self._labels[start:stop]
+        images, labels = self._stored(start, stop)
+        return _float_images(images), labels
 
-    def fingerprint(self) -> str:
-        """sha256 of the split's stored image bytes and labels (hex): which data a store of
-        explanations was made from."""
-        return array_digest([self._images, self._labels])
+    def fingerprint(self, chunk: int = 4096) -> str:
+        """sha256 of the split's stored image bytes and labels (hex), equal to `array_digest` of
+        the whole arrays but read a chunk at a time: which data a store of explanations was made
+        from."""
+        h, labels = hashlib.sha256(), []
+        for start in range(0, len(self), chunk):
+            images, y = self._stored(start, min(start + chunk, len(self)))
+            images = np.ascontiguousarray(images)
+            if start == 0:
+                h.update(str((images.dtype, (len(self), *images.shape[1:]))).encode())
+            h.update(images.tobytes())
+            labels.append(y)
+        y = np.concatenate(labels)
+        h.update(str((y.dtype, y.shape)).encode())
+        h.update(np.ascontiguousarray(y).tobytes())
+        return h.hexdigest()
+
+
+class TfdsSource(Source):
+    """A TFDS split prepared as array_record, read through ``builder.as_data_source``: a range of
+    indices decodes only its records, so memory holds one chunk of images, never the split.
+
+    Args:
+      records: the TFDS data source (a sequence of feature dicts with ``__getitems__``).
+      image_key, label_key: its image and class features.
+    """
+
+    def __init__(self, records, image_key: str, label_key: str, name: str, split: str,
+                 origin: str, class_names: tuple[str, ...] | None = None):
+        self._records, self._keys = records, (image_key, label_key)
+        self._n = len(records)
+        if not self._n:
+            _info(np.zeros((0, 1, 1)), [], name, split, origin)  # the clear "selects no images"
+        images, labels = self._decode([0])
+        self._shape, self._dtype = images.shape[1:], images.dtype
+        if class_names is None and name not in CLASS_NAMES:  # no names in the features: the
+            labels = np.concatenate(  # labels seen say how many classes there are
+                [self._stored(i, i + 4096)[1] for i in range(0, self._n, 4096)])
+        self.info = _info(images, labels, name, split, origin, class_names)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _decode(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        getitems = getattr(self._records, "__getitems__", None)
+        records = getitems(indices) if getitems else [self._records[i] for i in indices]
+        image_key, label_key = self._keys
+        images = [np.asarray(r[image_key]) for r in records]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise CorruptDataError(
+                f"TFDS split has images of different sizes {sorted(shapes)[:4]} among records "
+                f"{indices[0]}..{indices[-1]}: resize them to one size first.")
+        return np.stack(images), np.asarray([int(r[label_key]) for r in records], np.int32)
+
+    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = max(0, start), min(stop, self._n)
+        if stop <= start:
+            return np.zeros((0, *self._shape), self._dtype), np.zeros(0, np.int32)
+        images, labels = self._decode(list(range(start, stop)))
+        if images.shape[1:] != self._shape or images.dtype != self._dtype:
+            raise CorruptDataError(
+                f"TFDS split: records {start}..{stop - 1} hold {images.dtype} images of shape "
+                f"{images.shape[1:]}, the first record {self._dtype} {self._shape}: resize them "
+                "to one size first.")
+        return images, labels
 
 
 def array_digest(arrays) -> str:
@@ -496,16 +627,3 @@ def array_digest(arrays) -> str:
         h.update(str((a.dtype, a.shape)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
-
-
-def open_source(
-    name: str,
-    split: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    download: bool | None = None,
-) -> Source:
-    """A split as a `Source` (arguments and errors as in `load`)."""
-    x, y, source = _read(name, split, data_dir, download)
-    x = np.asarray(x)
-    return Source(x, y, _info(x, y, name, split, source))
