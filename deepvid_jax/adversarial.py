@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepvid_jax import validate
+from deepvid_jax import driver, validate
 from deepvid_jax.models import TeacherApply
 
 ATTACKS = ("fgsm", "pgd")
@@ -90,16 +90,24 @@ def pgd(
     epsilon: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
     targeted: bool = False,
 ) -> jax.Array:
-    """Projected gradient descent in L-inf: -> [B, H, W, C], within epsilon and in [0, 1]."""
+    """Projected gradient descent in L-inf: -> [B, H, W, C], within epsilon and in [0, 1].
+    Image ``i``'s random start is drawn from ``fold_in(key, i)``."""
     validate.number(epsilon, "epsilon", low=0.0, high=1.0)
     validate.integer(steps, "steps", minimum=1)
     if step_size is not None:
         validate.number(step_size, "step_size", low=0.0, low_open=True)
+    return _pgd(teacher_apply, params, images, labels,
+                driver.instance_keys(key, 0, images.shape[0]), epsilon=epsilon, steps=steps,
+                step_size=step_size, random_start=random_start, targeted=targeted)
+
+
+def _pgd(teacher_apply, params, images, labels, keys, *, epsilon, steps, step_size,
+         random_start, targeted):
+    """`pgd` with one key per image (keys [B]), unchecked."""
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
     sign = -1.0 if targeted else 1.0
     adv = images
     if random_start:
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0]))
         noise = jax.vmap(lambda k, x: jax.random.uniform(k, x.shape, x.dtype, -epsilon, epsilon))(
             keys, images)
         adv = project(images + noise, images, epsilon)
@@ -125,39 +133,41 @@ def attack(
     validate.config(config, AttackConfig, "config")
     images, labels = validate.images_and_classes(images, labels, teacher_apply, teacher_params,
                                                  name="labels")
-    return _attack(images, labels, key, teacher_apply=teacher_apply,
-                   teacher_params=teacher_params, config=config)
+    keys = driver.instance_keys(key, 0, images.shape[0])
+    return _attack(teacher_params, images, labels, keys, teacher_apply=teacher_apply,
+                   config=config)
 
 
 @functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
 def _attack(
-    images: jax.Array, labels: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
-    teacher_params, config: AttackConfig = AttackConfig(),
+    teacher_params, images: jax.Array, labels: jax.Array, keys: jax.Array, *,
+    teacher_apply: TeacherApply, config: AttackConfig = AttackConfig(),
 ) -> jax.Array:
-    """`attack` without the checks, jitted."""
+    """`attack` without the checks, jitted, with one key per image (keys [B]): the driver's
+    contract, so a chunk's results do not depend on the chunk."""
     labels = jnp.asarray(labels, jnp.int32)
     if config.method == "fgsm":
         return fgsm(teacher_apply, teacher_params, images, labels, epsilon=config.epsilon,
                     targeted=config.targeted)
-    return pgd(teacher_apply, teacher_params, images, labels, key, epsilon=config.epsilon,
-               steps=config.steps, step_size=config.alpha, random_start=config.random_start,
-               targeted=config.targeted)
+    return _pgd(teacher_apply, teacher_params, images, labels, keys, epsilon=config.epsilon,
+                steps=config.steps, step_size=config.alpha, random_start=config.random_start,
+                targeted=config.targeted)
 
 
 def attack_dataset(
     images, labels, key: jax.Array, *, teacher_apply: TeacherApply, teacher_params,
     config: AttackConfig = AttackConfig(), batch_size: int = 500,
 ):
-    """`attack` over any number of images in batches (instance keys ``fold_in(key, batch)``);
-    returns a numpy array like ``images``. Everything is checked once, before the first batch."""
+    """`attack` over any number of images [N, H, W, C] in batches of ``batch_size`` by the
+    driver (`driver.map_instances`: the last batch padded, one compiled program, sharded over
+    accelerators); image ``i`` draws its random start from ``fold_in(key, i)``, so the result
+    equals `attack` on all the images at once, whatever the batch size. Returns numpy
+    [N, H, W, C]. Everything is checked once, before the first batch."""
     validate.config(config, AttackConfig, "config")
     images, labels = validate.images_and_classes(images, labels, teacher_apply, teacher_params,
                                                  name="labels")
     validate.integer(batch_size, "batch_size", minimum=1)
-    out = []
-    for j, i in enumerate(range(0, len(images), batch_size)):
-        out.append(np.asarray(_attack(
-            jnp.asarray(images[i : i + batch_size]), jnp.asarray(labels[i : i + batch_size]),
-            jax.random.fold_in(key, j), teacher_apply=teacher_apply,
-            teacher_params=teacher_params, config=config)))
-    return np.concatenate(out)
+    fn = functools.partial(_attack, teacher_apply=teacher_apply, config=config)
+    return driver.map_instances(lambda p, xy, keys: fn(p, xy[0], xy[1], keys), teacher_params,
+                                (np.asarray(images), np.asarray(labels)), key,
+                                chunk_size=batch_size)

@@ -73,6 +73,20 @@ def test_attack_batch_equals_loop(trained):
         np.testing.assert_allclose(g[0], f[i], atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [4, 7])
+def test_attack_dataset_does_not_depend_on_its_batches(trained, batch_size):
+    """Image i's random start is fold_in(key, i) in any batch: the batched run equals one call
+    of `attack` on all the images (it was fold_in(key, batch number) before the driver)."""
+    x, y, tp = trained
+    key, cfg = jax.random.PRNGKey(3), AttackConfig(epsilon=EPS, steps=3, random_start=True)
+    whole = adversarial.attack(x[:17], y[:17], key, teacher_apply=APPLY, teacher_params=tp,
+                               config=cfg)
+    batched = adversarial.attack_dataset(x[:17], y[:17], key, teacher_apply=APPLY,
+                                         teacher_params=tp, config=cfg, batch_size=batch_size)
+    assert isinstance(batched, np.ndarray) and batched.shape == (17, *x.shape[1:])
+    np.testing.assert_allclose(batched, whole, atol=1e-6)
+
+
 def test_bad_attack_config_is_clear():
     with pytest.raises(ValueError, match="method"):
         AttackConfig(method="cw")
