@@ -20,7 +20,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from deepvid_jax import adversarial, consistency, vae, validate
+from deepvid_jax import adversarial, consistency, driver, vae, validate
 from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
 
 
@@ -183,9 +183,11 @@ def adversarial_teacher_train_step(
 
 
 @functools.partial(jax.jit, static_argnums=3)
-def _teacher_eval_batch(params, images, labels, config):
-    loss, logits = teacher_loss(params, images, labels, config)
-    return loss * images.shape[0], jnp.sum(jnp.argmax(logits, -1) == labels)
+def _teacher_eval_rows(params, images, labels, config):
+    """Per image: cross-entropy [B] and whether the class is right [B]."""
+    logits = teacher_logits(params, images, config)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return loss, jnp.argmax(logits, -1) == labels
 
 
 def evaluate_teacher(
@@ -194,14 +196,10 @@ def evaluate_teacher(
 ) -> dict[str, float]:
     """Test loss and accuracy over [N, H, W, C] images and [N] labels."""
     images, labels = _labelled(images, labels, config, "eval")
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(images), batch_size):
-        loss, hits = _teacher_eval_batch(
-            params, images[i : i + batch_size], labels[i : i + batch_size], config
-        )
-        total_loss += float(loss)
-        correct += int(hits)
-    return {"loss": total_loss / len(images), "accuracy": correct / len(images)}
+    loss, hits = driver.map_instances(
+        lambda p, xy, keys: _teacher_eval_rows(p, xy[0], xy[1], config), params,
+        (images, labels), jax.random.PRNGKey(0), chunk_size=batch_size)
+    return {"loss": float(np.mean(loss, dtype=np.float64)), "accuracy": float(np.mean(hits))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,27 +227,30 @@ def vae_train_step(state: TrainState, batch: tuple, key: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnums=3)
-def _vae_eval_batch(params, images, key, config):
-    loss, aux = vae.negative_elbo(params, images, key, config=config)
+def _vae_eval_rows(params, images, keys, config):
+    """Per image, its own sample (keys [B]): negative ELBO [B], its KL [B], reconstruction MSE
+    [B]."""
+    def one(x, key):
+        loss, aux = vae.negative_elbo(params, x[None], key, config=config)
+        return loss, aux["kl"]
+
+    loss, kl = jax.vmap(one)(images, keys)
     recon = vae.reconstruct(params, images, config=config)
-    sq_err = jnp.sum(jnp.mean((recon - images) ** 2, axis=(1, 2, 3)))
-    return loss * images.shape[0], aux["kl"] * images.shape[0], sq_err
+    return loss, kl, jnp.mean((recon - images) ** 2, axis=(1, 2, 3))
 
 
 
 def evaluate_vae(
     params: dict, images: np.ndarray, key: jax.Array, config: VAEConfig, batch_size: int = 1000
 ) -> dict[str, float]:
-    """Held-out negative ELBO (nats/image), its KL part, and the reconstruction MSE per pixel."""
+    """Held-out negative ELBO (nats/image; image ``i``'s sample from ``fold_in(key, i)``, so
+    the numbers do not depend on ``batch_size``), its KL part, and the reconstruction MSE per
+    pixel."""
     images = validate.images(images, name="eval images", image_shape=config.image_shape,
                              expected_by="the VAE config")
-    totals = np.zeros(3)
-    for j, i in enumerate(range(0, len(images), batch_size)):
-        out = _vae_eval_batch(
-            params, images[i : i + batch_size], jax.random.fold_in(key, j), config
-        )
-        totals += np.array([float(o) for o in out])
-    neg_elbo, kl, mse = totals / len(images)
+    out = driver.map_instances(lambda p, x, keys: _vae_eval_rows(p, x, keys, config), params,
+                               images, key, chunk_size=batch_size)
+    neg_elbo, kl, mse = (float(np.mean(o, dtype=np.float64)) for o in out)
     return {"neg_elbo": neg_elbo, "kl": kl, "recon_mse": mse}
 
 

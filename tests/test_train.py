@@ -98,3 +98,20 @@ def test_teacher_logits_shape(digits):
 def test_vae_config_validates_shape():
     with pytest.raises(ValueError, match="divisible"):
         VAEConfig(image_shape=(30, 30, 1))
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(digits):
+    """Held-out metrics go through the driver: image i's VAE sample is fold_in(key, i), so the
+    numbers are those of one batch of everything (before, each batch had its own key)."""
+    _, te = digits
+    vp = vae.init_vae(jax.random.PRNGKey(0), VAE_CFG)
+    tp = init_teacher(jax.random.PRNGKey(1), TEACHER)
+    key = jax.random.PRNGKey(2)
+    whole = train.evaluate_vae(vp, te.images, key, VAE_CFG, batch_size=len(te.images))
+    assert train.evaluate_vae(vp, te.images, key, VAE_CFG, batch_size=37) == pytest.approx(
+        whole, rel=1e-6)
+    t_whole = train.evaluate_teacher(tp, te.images, te.labels, TEACHER, len(te.images))
+    t_batched = train.evaluate_teacher(tp, te.images, te.labels, TEACHER, 37)
+    assert t_batched == pytest.approx(t_whole, rel=1e-6)
+    logits = teacher_logits(tp, jnp.asarray(te.images), TEACHER)
+    assert t_whole["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == te.labels)))
