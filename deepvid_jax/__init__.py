@@ -3,6 +3,7 @@
 ``import deepvid_jax as dv`` gives the public API::
 
     models = dv.Models.load("runs/mnist")                  # teacher, VAE (+ surrogate)
+    models = dv.Models(*dv.from_flax(module, variables, image_shape=(32, 32, 3)))  # yours
     ds = dv.load_dataset("mnist", "test[:100]")
     out = dv.explain("deepvid", ds.images, key=jax.random.PRNGKey(0), models=models)
     out.attributions                                       # [B, H, W, C], the teacher's class
@@ -13,8 +14,17 @@ Every explainer is in `METHODS` and every metric in `METRICS`, by name; `registe
 `deepvid_jax.metrics` for the metric functions, ...).
 """
 
+from deepvid_jax.adapters import (
+    Teacher,
+    from_callback,
+    from_equinox,
+    from_flax,
+    from_keras,
+    from_nnx,
+    load_teacher,
+)
 from deepvid_jax.attribution import AttributionConfig
-from deepvid_jax.data import Dataset
+from deepvid_jax.data import Dataset, open_source
 from deepvid_jax.data import load as load_dataset
 from deepvid_jax.deepvid import ExplainConfig, Explanation, callback_teacher
 from deepvid_jax.driver import instance_keys, map_instances
@@ -45,14 +55,22 @@ __all__ = [
     "NeighborConfig",
     "RiseConfig",
     "StudentConfig",
+    "Teacher",
     "__version__",
     "callback_teacher",
     "explain",
+    "from_callback",
+    "from_equinox",
+    "from_flax",
+    "from_keras",
+    "from_nnx",
     "get",
     "get_metric",
     "instance_keys",
     "load_dataset",
+    "load_teacher",
     "map_instances",
+    "open_source",
     "register",
     "register_metric",
     "score",

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from deepvid_jax import (
+    adapters,
     adversarial,
     checkpoint,
     data,
@@ -24,6 +25,7 @@ from deepvid_jax import (
     neighbors,
     surrogate,
     train,
+    validate,
     viz,
 )
 from deepvid_jax import bench as bench_lib
@@ -136,6 +138,42 @@ def _checkpoint_config(folder: Path, kind: str, info: data.DatasetInfo):
         raise ValueError(f"the {kind} checkpoint {folder / kind} predicts {k} classes, but "
                          f"{info.name} has {info.num_classes}.")
     return config
+
+
+TEACHER_HELP = ("Your model instead of --checkpoints' teacher/: 'package.module:function', a "
+                "function returning (apply, params, num_classes), e.g. deepvid_jax.adapters."
+                "from_keras(model) (searched on PYTHONPATH and in the current folder).")
+
+
+def _user_teacher(args, info: data.DatasetInfo) -> adapters.Teacher | None:
+    """The model of ``--teacher module:function``, checked against the dataset; None without."""
+    spec = getattr(args, "teacher", None)
+    if spec is None:
+        return None
+    if os.getcwd() not in sys.path:  # like `uvicorn module:app`: the current folder's modules
+        sys.path.insert(0, os.getcwd())
+    teacher = adapters.load_teacher(spec)
+    if teacher.num_classes != info.num_classes:
+        raise ValueError(f"--teacher {spec} predicts {teacher.num_classes} classes, but "
+                         f"{info.name} has {info.num_classes}.")
+    probe = np.zeros((2, *info.image_shape), np.float32)
+    validate.teacher(teacher.apply, teacher.params, probe, num_classes=info.num_classes,
+                     name=f"--teacher {spec}")
+    return teacher
+
+
+def _models(args, info: data.DatasetInfo) -> explainers.Models:
+    """`--checkpoints` (teacher/, vae/, surrogate/, explainer/) and/or `--teacher`."""
+    teacher = _user_teacher(args, info)
+    folder = Path(args.checkpoints) if args.checkpoints else None
+    if teacher is None:
+        if folder is None:
+            raise ValueError("give --checkpoints (a folder with teacher/) or --teacher "
+                             "module:function.")
+        _checkpoint_config(folder, "teacher", info)
+    if folder is not None and (folder / "vae").exists():
+        _checkpoint_config(folder, "vae", info)
+    return explainers.Models.load(folder, teacher, teacher_name=getattr(args, "teacher", None))
 
 
 def _adversarial_training(args) -> train.AdversarialTraining | None:
@@ -283,7 +321,7 @@ def explain_and_report(
     """Explains ``images`` with the restored/trained models; writes figures and returns a
     JSON-ready summary (per-instance fidelity, timings). ``out`` was claimed beforehand."""
     vcfg = models["vae_config"]
-    apply = functools.partial(teacher_logits, config=models["teacher_config"])
+    apply = models["teacher_apply"]
     start = time.perf_counter()
     e = explain_lib.explain(
         images, jax.random.PRNGKey(args.seed), teacher_apply=apply,
@@ -332,11 +370,16 @@ def explain_and_report(
     return summary
 
 
-def _restore_models(folder: Path) -> dict:
-    tp, tcfg, tmeta = checkpoint.restore(folder / "teacher", kind="teacher")
+def _restore_models(folder: Path, teacher: adapters.Teacher | None = None) -> dict:
+    """The teacher (``folder/teacher`` or a user's `Teacher`) and the VAE of ``folder``."""
     vp, vcfg, vmeta = checkpoint.restore(folder / "vae", kind="vae")
-    return {"teacher": tp, "teacher_config": tcfg, "vae": vp, "vae_config": vcfg,
-            "teacher_metrics": tmeta["metrics"], "vae_metrics": vmeta["metrics"]}
+    models = {"vae": vp, "vae_config": vcfg, "vae_metrics": vmeta["metrics"]}
+    if teacher is not None:
+        return {**models, "teacher": teacher.params, "teacher_apply": teacher.apply,
+                "teacher_config": None, "teacher_metrics": {}}
+    tp, tcfg, tmeta = checkpoint.restore(folder / "teacher", kind="teacher")
+    return {**models, "teacher": tp, "teacher_config": tcfg, "teacher_metrics": tmeta["metrics"],
+            "teacher_apply": functools.partial(teacher_logits, config=tcfg)}
 
 
 def cmd_demo(args) -> int:
@@ -383,8 +426,13 @@ def cmd_demo(args) -> int:
 def cmd_train_surrogate(args) -> int:
     out = files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
-    folder = Path(args.checkpoints)
-    _checkpoint_config(folder, "teacher", tr.info)
+    teacher = _user_teacher(args, tr.info)
+    if teacher is None:
+        if not args.checkpoints:
+            raise ValueError("give --checkpoints (a folder with teacher/) or --teacher "
+                             "module:function.")
+        folder = Path(args.checkpoints)
+        _checkpoint_config(folder, "teacher", tr.info)
     for kind in ("surrogate", "explainer"):
         checkpoint.check_save_target(out / kind, kind)
     tc_s = dataclasses.replace(surrogate.SURROGATE_TRAIN, seed=args.seed,
@@ -392,11 +440,13 @@ def cmd_train_surrogate(args) -> int:
     tc_e = dataclasses.replace(surrogate.EXPLAINER_TRAIN, seed=args.seed,
                                epochs=args.explainer_epochs or surrogate.EXPLAINER_TRAIN.epochs)
     _batch_fits(tc_s, len(tr.images), "surrogate")
-    tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
-    apply = functools.partial(teacher_logits, config=tcfg)
-    t_train = surrogate.teacher_logits_of(apply, tp, tr.images)
-    t_eval = surrogate.teacher_logits_of(apply, tp, ev.images)
-    scfg = SurrogateConfig(num_classes=tcfg.num_classes, image_shape=tr.info.image_shape)
+    if teacher is None:
+        tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+        teacher = adapters.Teacher(functools.partial(teacher_logits, config=tcfg), tp,
+                                   tcfg.num_classes)
+    t_train = surrogate.teacher_logits_of(teacher.apply, teacher.params, tr.images)
+    t_eval = surrogate.teacher_logits_of(teacher.apply, teacher.params, ev.images)
+    scfg = SurrogateConfig(num_classes=teacher.num_classes, image_shape=tr.info.image_shape)
     meta = _dataset_meta(args, tr)
 
     start = time.perf_counter()
@@ -451,11 +501,13 @@ def cmd_explain(args) -> int:
     folder = Path(args.checkpoints)
     ds = _load(args, args.split)
     idx = _parse_indices(args.indices, len(ds.images))
-    tcfg = _checkpoint_config(folder, "teacher", ds.info)
+    teacher = _user_teacher(args, ds.info)
+    if teacher is None:
+        _checkpoint_config(folder, "teacher", ds.info)
     vcfg = _checkpoint_config(folder, "vae", ds.info)
-    config = _explain_config(args, tcfg.num_classes, vcfg)
+    config = _explain_config(args, ds.info.num_classes, vcfg)
     out = _claim_explain_dir(Path(args.out), len(idx), args.figures)
-    models = _restore_models(folder)
+    models = _restore_models(folder, teacher)
     explain_and_report(args, ds.images[idx], ds.labels[idx], ds.info.class_names, models, out,
                        config)
     return 0
@@ -550,9 +602,7 @@ def cmd_run(args) -> int:
                                seed=args.seed, classes=args.class_, save_weights=args.weights)
     _distributed(args)
     source = data.open_source(args.dataset, args.split, data_dir=args.data_dir)
-    folder = Path(args.checkpoints)
-    _checkpoint_config(folder, "teacher", source.info)
-    models = explainers.Models.load(folder)
+    models = _models(args, source.info)
     summary = run_lib.explain_dataset(source, models, args.out, config,
                                       overwrite=args.overwrite, progress=not args.quiet)
     if summary["process"] == 0:
@@ -644,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-surrogate",
                        help="Distil the attentive surrogate and its saliency network.")
     _common(p, out="runs/default")
-    p.add_argument("--checkpoints", required=True, help="Folder with the teacher/ to distil.")
+    p.add_argument("--checkpoints", default=None, help="Folder with the teacher/ to distil.")
+    p.add_argument("--teacher", default=None, metavar="MODULE:FUNCTION", help=TEACHER_HELP)
     p.add_argument("--explainer-epochs", type=POSITIVE, default=None)
     p.set_defaults(func=cmd_train_surrogate)
     p = sub.add_parser("demo", help="The README's main job, on the embedded dataset by default.")
@@ -659,6 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indices", default="0:16", help="'start:stop' or 'i,j,k' within the split.")
     p.add_argument("--checkpoints", required=True,
                    help="Folder with teacher/ and vae/ (the --out of train-* or demo).")
+    p.add_argument("--teacher", default=None, metavar="MODULE:FUNCTION",
+                   help=TEACHER_HELP + " --checkpoints then only gives vae/.")
     p.add_argument("--out", default="runs/explain")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -685,8 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Zarr store; re-run to resume; several processes with jax.distributed.")
     d = run_lib.RunConfig()
     _split_options(p)
-    p.add_argument("--checkpoints", required=True,
+    p.add_argument("--checkpoints", default=None,
                    help="Folder with teacher/ (and vae/, surrogate/, explainer/ as needed).")
+    p.add_argument("--teacher", default=None, metavar="MODULE:FUNCTION",
+                   help=TEACHER_HELP + " --checkpoints then gives the rest (vae/ for deepvid).")
     p.add_argument("--explainers", type=_name_list(explainers.METHODS, "explainer"),
                    default=d.explainers,
                    help="Comma-separated, or 'all': " + ", ".join(explainers.METHODS) + ".")

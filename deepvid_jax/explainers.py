@@ -69,6 +69,8 @@ class Models:
       vae_params, vae_config: the VAE of DeepVID's neighbours.
       surrogate_params, surrogate_config, explainer_params, explainer_config: the attentive
         surrogate and its explainer network (`surrogate.train_surrogate` / `train_explainer`).
+      teacher_name: which model a user's teacher is (e.g. ``"my_pkg.models:classifier"``);
+        None for ours, which its config and parameters identify.
     """
 
     teacher_apply: TeacherApply
@@ -81,6 +83,7 @@ class Models:
     surrogate_config: SurrogateConfig | None = None
     explainer_params: Any = None
     explainer_config: ExplainerConfig | None = None
+    teacher_name: str | None = None
 
     def __post_init__(self):
         validate.integer(self.num_classes, "Models.num_classes", minimum=2)
@@ -89,16 +92,25 @@ class Models:
                              "logits.")
 
     @classmethod
-    def load(cls, folder: str | Path) -> Models:
+    def load(cls, folder: str | Path | None, teacher: tuple | None = None,
+             teacher_name: str | None = None) -> Models:
         """Restores ``folder/{teacher,vae,surrogate,explainer}`` (the CLI's layout); the teacher
-        is required, the others are loaded when present."""
-        folder = Path(folder)
-        tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+        is required, the others are loaded when present. With ``teacher`` (``(apply, params,
+        num_classes)``, e.g. an `adapters.Teacher`), that is the teacher and ``folder`` (may be
+        None) only provides the rest; ``teacher_name`` says which model it is (recorded by the
+        dataset runner, e.g. the ``--teacher`` spec)."""
+        folder = None if folder is None else Path(folder)
         parts: dict[str, Any] = {}
         for kind in ("vae", "surrogate", "explainer"):
-            if (folder / kind).exists():
+            if folder is not None and (folder / kind).exists():
                 params, config, _ = checkpoint.restore(folder / kind, kind=kind)
                 parts.update({f"{kind}_params": params, f"{kind}_config": config})
+        if teacher is not None:
+            apply, params, k = teacher
+            return cls(apply, params, k, teacher_name=teacher_name, **parts)
+        if folder is None:
+            raise ValueError("Models.load needs a checkpoint folder or a teacher.")
+        tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
         return cls(functools.partial(teacher_logits, config=tcfg), tp, tcfg.num_classes,
                    teacher_config=tcfg, **parts)
 
@@ -119,7 +131,8 @@ class Models:
 
     def __hash__(self):  # only static() copies are hashed (arrays are not hashable)
         return hash((self.teacher_apply, self.num_classes, self.teacher_config,
-                     self.vae_config, self.surrogate_config, self.explainer_config))
+                     self.vae_config, self.surrogate_config, self.explainer_config,
+                     self.teacher_name))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,7 +122,10 @@ def identity(source: Source, models: explainers.Models, config: RunConfig,
                    "teacher_config": _config_dict(models.teacher_config),
                    "vae": _tree_digest(models.vae_params),
                    "surrogate": _tree_digest(models.surrogate_params),
-                   "explainer": _tree_digest(models.explainer_params)},
+                   "explainer": _tree_digest(models.explainer_params),
+                   # a user's teacher (--teacher): which one (absent for ours: stores made
+                   # before it existed still resume)
+                   **({"teacher_name": models.teacher_name} if models.teacher_name else {})},
         "run": dataclasses.asdict(config),
         "configs": {name: _config_dict(configs[name]) for name in config.explainers},
     })

@@ -79,7 +79,7 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
     "open_probability": lambda v, n: number(v, n, low=0.0, high=1.0, low_open=True,
                                            high_open=True),
     "positive_ints": lambda v, n: _int_tuple(v, n),
-    "image_shape": lambda v, n: _image_shape(v, n),
+    "image_shape": lambda v, n: image_shape(v, n),
 }
 
 
@@ -89,7 +89,8 @@ def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
     return tuple(integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(value))
 
 
-def _image_shape(value: Any, name: str) -> tuple[int, int, int]:
+def image_shape(value: Any, name: str) -> tuple[int, int, int]:
+    """(H, W, C) of positive integers."""
     if not isinstance(value, tuple | list) or len(value) != 3:
         raise ValueError(f"{name} must be (H, W, C), got {value!r}.")
     return tuple(integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(value))
