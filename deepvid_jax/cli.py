@@ -104,8 +104,14 @@ def _epochs(dataset: str, kind: str, requested: int | None) -> int:
     return EPOCHS.get(dataset, EPOCHS[None])[kind]
 
 
+def _data_options(args) -> dict:
+    """The keyword arguments of `data.load` / `data.open_source` given on the command line."""
+    return {"data_dir": args.data_dir, "image_size": args.image_size,
+            "color_mode": args.color_mode, "skip_bad": args.skip_bad_images}
+
+
 def _load(args, split: str) -> data.Dataset:
-    return data.load(args.dataset, split, data_dir=args.data_dir)
+    return data.load(args.dataset, split, **_data_options(args))
 
 
 def _load_splits(args) -> tuple[data.Dataset, data.Dataset]:
@@ -601,7 +607,7 @@ def cmd_run(args) -> int:
     config = run_lib.RunConfig(explainers=args.explainers, chunk_size=args.chunk_size,
                                seed=args.seed, classes=args.class_, save_weights=args.weights)
     _distributed(args)
-    source = data.open_source(args.dataset, args.split, data_dir=args.data_dir)
+    source = data.open_source(args.dataset, args.split, **_data_options(args))
     models = _models(args, source.info)
     summary = run_lib.explain_dataset(source, models, args.out, config,
                                       overwrite=args.overwrite, progress=not args.quiet)
@@ -646,17 +652,41 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
         p.add_argument("--count", type=POSITIVE, default=count, help="Test images to explain.")
 
 
+def _image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=_size, default=None, metavar="H,W",
+                   help="Resize every image (needed for a folder of mixed sizes).")
+    p.add_argument("--color-mode", choices=sorted(data.COLOR_MODES), default="rgb",
+                   help="An image folder's channels (default rgb).")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="Skip (and count) files of an image folder that are not images.")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected positive H,W, got {text!r}")
+    return h, w
+
+
+DATASET_HELP = (f"A TFDS name (mnist, kmnist, cifar10, ...), 'digits' (embedded), 'synthetic' "
+                f"or 'synthetic_64' (generated), or an image folder's path (default "
+                f"{DEFAULT_DATASET}).")
+
+
 def _split_options(p: argparse.ArgumentParser) -> None:
     """The data a command reads: one split of one dataset."""
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=DATASET_HELP)
     p.add_argument("--split", default="test")
     p.add_argument("--data-dir", default=None)
+    _image_options(p)
 
 
 def _common(p: argparse.ArgumentParser, *, out: str) -> None:
-    p.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help=f"TFDS name (mnist, fashion_mnist, kmnist) or 'digits' (embedded; "
-                   f"default {DEFAULT_DATASET}).")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=DATASET_HELP)
+    _image_options(p)
     p.add_argument("--train-split", default="train", help="TFDS split syntax, e.g. 'test[:8000]'.")
     p.add_argument("--eval-split", default="test", help="TFDS split syntax, e.g. 'test[8000:]'.")
     p.add_argument("--data-dir", default=None,

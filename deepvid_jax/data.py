@@ -449,16 +449,26 @@ def load(
     *,
     data_dir: str | os.PathLike | None = None,
     download: bool | None = None,
+    image_size: tuple[int, int] | None = None,
+    color_mode: str = "rgb",
+    skip_bad: bool = False,
 ) -> Dataset:
     """Loads a split of an image classification dataset.
 
     Args:
-      name: TFDS name (``mnist``, ``fashion_mnist``, ``kmnist``) or ``digits`` (embedded).
+      name: TFDS name (``mnist``, ``fashion_mnist``, ``kmnist``, ``cifar10``...), ``digits``
+        (embedded), ``synthetic`` / ``synthetic_64`` (generated), or the path of an image
+        folder (one sub-folder per class, optionally inside split folders: `ImageFolderSource`).
       split: TFDS split syntax, e.g. ``train``, ``test[:8000]``, ``test[80%:]``.
       data_dir: folder with one sub-folder of raw files per dataset (``<data_dir>/mnist/...``);
         defaults to ``$DEEPVID_DATA_DIR``.
       download: let TFDS download when the dataset is not prepared; defaults to True unless
         ``$DEEPVID_OFFLINE`` is set to 1.
+      image_size: (H, W) to resize every image to (bilinear, antialiased; PIL); needed for an
+        image folder whose images differ in size.
+      color_mode: for an image folder: "rgb" (3 channels) or "grayscale" (1).
+      skip_bad: for an image folder: skip files that are not readable images (counted in
+        ``info.source``) instead of raising `CorruptDataError`.
 
     Returns:
       `Dataset` with images [N, H, W, C] float32 in [0, 1], labels [N] int32 and `DatasetInfo`.
@@ -468,7 +478,8 @@ def load(
       CorruptDataError: a raw file is truncated or malformed; the message names the file.
       ValueError: the split string is malformed.
     """
-    source = open_source(name, split, data_dir=data_dir, download=download)
+    source = open_source(name, split, data_dir=data_dir, download=download,
+                         image_size=image_size, color_mode=color_mode, skip_bad=skip_bad)
     images, labels = source.read(0, len(source))
     return Dataset(images, labels, source.info)
 
@@ -479,12 +490,35 @@ def open_source(
     *,
     data_dir: str | os.PathLike | None = None,
     download: bool | None = None,
+    image_size: tuple[int, int] | None = None,
+    color_mode: str = "rgb",
+    skip_bad: bool = False,
 ) -> Source:
     """A split as a `Source` that reads index ranges (arguments and errors as in `load`): TFDS
-    splits prepared as array_record decode only the records asked for."""
+    splits prepared as array_record decode only the records asked for; an image folder reads
+    only the files asked for."""
     if not isinstance(split, str):
         raise ValueError(f"split must be a string in TFDS syntax, got {split!r}.")
     parts = parse_split(split)
+    size = None if image_size is None else _image_size(image_size)
+    if is_folder_name(name):
+        return ImageFolderSource(name, split, parts, image_size=size, color_mode=color_mode,
+                                 skip_bad=skip_bad)
+    source = _open_named(name, split, parts, data_dir, download)
+    if size is None or tuple(source.info.image_shape[:2]) == size:
+        return source
+    return ResizedSource(source, size)
+
+
+def _image_size(value) -> tuple[int, int]:
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise ValueError(f"image_size must be (H, W) of positive integers, got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
+def _open_named(name: str, split: str, parts: list[SplitSlice], data_dir, download) -> Source:
+    """A dataset known by name: ours, generated, embedded, raw files or TFDS."""
     check_name(name)
     check_split(name, parts)
     if name in synthetic.SIZES:
@@ -543,6 +577,10 @@ class Source:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo):
         self._images, self._labels, self.info = images, np.asarray(labels, np.int32), info
+
+    # The `open_source` keyword arguments that made this source (beyond name and split), so a
+    # store's report can open the same data again.
+    options: dict = {}
 
     def __len__(self) -> int:
         return len(self._images)
@@ -665,6 +703,161 @@ class SyntheticSource(Source):
     def masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """[n, H, W] bool: the pixels of each image's shape (those that carry its class)."""
         return self._generate(start, len(self) if stop is None else stop)[2]
+
+
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """images [n, h, w(, c)] uint8 -> [n, H, W(, c)] uint8, bilinear and antialiased (PIL)."""
+    from PIL import Image
+
+    h, w = size
+    out = [np.asarray(Image.fromarray(im.squeeze(-1) if im.ndim == 3 and im.shape[-1] == 1
+                                      else im).resize((w, h), Image.Resampling.BILINEAR))
+           for im in images]
+    out = np.stack(out) if out else np.zeros((0, h, w, *images.shape[3:]), np.uint8)
+    return out.reshape(len(images), h, w, *images.shape[3:])
+
+
+class ResizedSource(Source):
+    """Another source's images resized to (H, W) a chunk at a time (`open_source(...,
+    image_size=)`)."""
+
+    def __init__(self, inner: Source, size: tuple[int, int]):
+        self._inner, self._size = inner, size
+        self.info = dataclasses.replace(inner.info, image_shape=(*size, inner.info.image_shape[2]))
+        self.options = {"image_size": list(size)}
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self._inner._stored(start, stop)
+        if images.dtype != np.uint8:
+            raise CorruptDataError(f"{self.info.name}: resizing needs uint8 images, the source "
+                                   f"stores {images.dtype}.")
+        return _resize(images, self._size), labels
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COLOR_MODES = {"rgb": "RGB", "grayscale": "L"}
+FOLDER_SPLIT = "all"  # the split of a folder of class folders
+
+
+def is_folder_name(name) -> bool:
+    """Whether a dataset name is an image folder's path (an existing folder, or a name that
+    can only be a path)."""
+    return isinstance(name, str | os.PathLike) and (
+        Path(name).expanduser().is_dir() or str(name).startswith(("/", "./", "../", "~")))
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+class ImageFolderSource(Source):
+    """A folder with one sub-folder of images per class (the layout of torchvision's
+    ``ImageFolder`` and Keras' ``image_dataset_from_directory``): its split is ``all``. Or a
+    folder of split folders (``train/``, ``test/``...) each laid out so: the splits are their
+    names, the classes the union of their class folders, in sorted order. TFDS split syntax
+    selects from a split's files ordered by a hash of their relative paths (so every slice
+    mixes the classes, and the order does not depend on the machine).
+
+    Every selected file's header is read when the source is opened (a file that is not an
+    image is an error naming it, or skipped and counted with ``skip_bad``; images of several
+    sizes need ``image_size``); pixels are decoded only when a chunk is read.
+    """
+
+    def __init__(self, root, split: str, parts: list[SplitSlice], *,
+                 image_size: tuple[int, int] | None = None, color_mode: str = "rgb",
+                 skip_bad: bool = False):
+        from PIL import Image
+
+        if color_mode not in COLOR_MODES:
+            raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, got "
+                             f"{color_mode!r}.")
+        self._mode = COLOR_MODES[color_mode]
+        folder = Path(root).expanduser().resolve()
+        if not folder.is_dir():
+            raise DataNotFoundError(f"{root}: no such image folder.")
+        subdirs = _class_dirs(folder)
+        nested = bool(subdirs) and all(_class_dirs(d) and not [
+            p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            for d in subdirs)
+        splits = {d.name: d for d in subdirs} if nested else {FOLDER_SPLIT: folder}
+        classes = sorted({c.name for d in splits.values() for c in _class_dirs(d)})
+        if not classes:
+            raise DataNotFoundError(f"{folder}: no class sub-folders (expected <folder>/<class>/"
+                                    "<image files>, or <folder>/<split>/<class>/<image files>).")
+        files: list[Path] = []
+        labels: list[int] = []
+        for part in parts:
+            if part.split not in splits:
+                raise ValueError(f"{folder} has splits {sorted(splits)}, not {part.split!r}.")
+            base = splits[part.split]
+            found = [(f, classes.index(c.name)) for c in _class_dirs(base)
+                     for f in _image_files(c)]
+            found.sort(key=lambda fl: hashlib.sha1(
+                str(fl[0].relative_to(base)).encode()).hexdigest())
+            picked = found[slice_indices(part, len(found))]
+            files += [f for f, _ in picked]
+            labels += [label for _, label in picked]
+        bad, sizes = [], {}
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    sizes.setdefault((im.size[1], im.size[0]), f)
+            except Exception as e:  # PIL raises several kinds for a file that is not an image
+                if not skip_bad:
+                    raise CorruptDataError(
+                        f"{f} is not a readable image ({type(e).__name__}: {e}); remove it, or "
+                        "pass skip_bad=True (--skip-bad-images) to skip such files.") from e
+                bad.append(f)
+        if bad:
+            keep = [i for i, f in enumerate(files) if f not in set(bad)]
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        origin = f"folder:{folder}" + (f" ({len(bad)} unreadable files skipped)" if bad else "")
+        if not files:
+            _info(np.zeros((0, 1, 1)), [], str(root), split, origin)  # "selects no images"
+        if image_size is None and len(sizes) > 1:
+            examples = ", ".join(f"{h}x{w} ({p.name})" for (h, w), p in list(sizes.items())[:4])
+            raise CorruptDataError(
+                f"{folder}: images of {len(sizes)} different sizes ({examples}); pass "
+                "image_size=(H, W) (--image-size H,W) to resize them to one.")
+        self._size = image_size or next(iter(sizes))
+        self._files, self._labels = files, np.asarray(labels, np.int32)
+        self.skipped = len(bad)
+        self.options = {"color_mode": color_mode, "skip_bad": skip_bad,
+                        **({"image_size": list(image_size)} if image_size else {})}
+        channels = 3 if self._mode == "RGB" else 1
+        self.info = DatasetInfo(str(root), split, tuple(classes), (*self._size, channels),
+                                origin)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image
+
+        h, w = self._size
+        out = []
+        for f in self._files[start:stop]:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(self._mode)
+                    if im.size != (w, h):
+                        im = im.resize((w, h), Image.Resampling.BILINEAR)
+                    out.append(np.asarray(im, np.uint8).reshape(h, w, -1))
+            except Exception as e:
+                raise CorruptDataError(f"{f}: cannot decode the image ({type(e).__name__}: "
+                                       f"{e}).") from e
+        images = np.stack(out) if out else np.zeros((0, h, w, self.info.image_shape[2]),
+                                                    np.uint8)
+        return images, self._labels[start:stop]
 
 
 def array_digest(arrays) -> str:

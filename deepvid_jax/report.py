@@ -135,7 +135,9 @@ def _inputs(meta: dict, rows: np.ndarray, data_dir) -> tuple[np.ndarray | None, 
     """The input images of ``rows`` from the dataset the store names, or (None, why not)."""
     ds = meta["identity"]["dataset"]
     try:
-        source = data.open_source(ds["name"], ds["split"], data_dir=data_dir, download=False)
+        source = data.open_source(ds["name"], ds["split"], data_dir=data_dir, download=False,
+                                  **{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in ds.get("options", {}).items()})
     except (data.DataNotFoundError, data.CorruptDataError, ValueError) as e:
         return None, f"the input images are not shown: {ds['name']} {ds['split']} could not " \
                      f"be read here ({str(e).splitlines()[0]})."

@@ -116,7 +116,8 @@ def identity(source: Source, models: explainers.Models, config: RunConfig,
     info = source.info
     return files.jsonable({
         "dataset": {"name": info.name, "split": info.split, "count": len(source),
-                    "image_shape": list(info.image_shape), "fingerprint": source.fingerprint()},
+                    "image_shape": list(info.image_shape), "fingerprint": source.fingerprint(),
+                    **({"options": source.options} if source.options else {})},
         "models": {"num_classes": models.num_classes,
                    "teacher": _tree_digest(models.teacher_params),
                    "teacher_config": _config_dict(models.teacher_config),
