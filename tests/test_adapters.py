@@ -208,7 +208,7 @@ TEACHER_MODULE = textwrap.dedent("""
 def test_the_command_line_runs_a_users_teacher(tmp_path, monkeypatch, capsys,
                                                run_checkpoints):
     """`deepvid run --teacher module:function` (the module found in the current folder) gives
-    the store the library's own call gives; a VAE still comes from --checkpoints."""
+    the store the library's own call gives."""
     import zarr
 
     from deepvid_jax import cli
@@ -217,7 +217,7 @@ def test_the_command_line_runs_a_users_teacher(tmp_path, monkeypatch, capsys,
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "out.zarr"
     assert cli.main(["run", "--dataset", "digits", "--split", "test[:6]", "--teacher",
-                     "user_model:classifier", "--explainers", "gradient,deepvid",
+                     "user_model:classifier", "--explainers", "gradient",
                      "--checkpoints", str(run_checkpoints), "--chunk-size", "4",
                      "--out", str(store), "--quiet"]) == 0
     import user_model
@@ -229,7 +229,9 @@ def test_the_command_line_runs_a_users_teacher(tmp_path, monkeypatch, capsys,
     assert identity["models"]["teacher_name"] == "user_model:classifier"
     want = dv.explain("gradient", ds.images, models=dv.Models(*teacher), chunk_size=4)
     np.testing.assert_allclose(root["gradient/attributions"][:], want.attributions, rtol=1e-6)
-    assert root["deepvid/attributions"].shape == (6, 8, 8, 1)
+    # --checkpoints still gives the VAE (deepvid's) beside a user's teacher.
+    both = dv.Models.load(run_checkpoints, teacher, teacher_name="user_model:classifier")
+    assert both.vae_params is not None and both.teacher_apply is teacher.apply
 
     base = ["run", "--dataset", "digits", "--split", "test[:6]", "--explainers"]
     for args, message in [
