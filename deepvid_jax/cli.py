@@ -40,7 +40,9 @@ from deepvid_jax.models import (
     TeacherConfig,
     VAEConfig,
     init_teacher,
+    teacher_config_for,
     teacher_logits,
+    vae_config_for,
 )
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
@@ -257,8 +259,7 @@ def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
     info = tr.info
     if "teacher" in kinds:
         plan["adversarial"] = _adversarial_training(args)
-        plan["teacher_config"] = TeacherConfig(num_classes=info.num_classes,
-                                               image_shape=info.image_shape)
+        plan["teacher_config"] = teacher_config_for(info.image_shape, info.num_classes)
         plan["teacher_train"] = _train_config(args, "teacher", train.TEACHER_TRAIN)
         if plan["adversarial"] is not None:
             names = layer_names(plan["teacher_config"])
@@ -266,7 +267,7 @@ def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
                 raise ValueError(f"--layer {args.layer!r} is not one of the teacher's layers "
                                  f"{names}.")
     if "vae" in kinds:
-        plan["vae_config"] = VAEConfig(latent_dim=args.latent_dim, image_shape=info.image_shape)
+        plan["vae_config"] = vae_config_for(info.image_shape, args.latent_dim)
         plan["vae_train"] = _train_config(args, "vae", train.VAE_TRAIN)
     for kind in kinds:
         _batch_fits(plan[f"{kind}_train"], len(tr.images), kind)
@@ -561,8 +562,8 @@ def cmd_bench(args) -> int:
         models = bench_lib.Models(m["teacher"], m["teacher_config"], m["vae"], m["vae_config"],
                                   trained=True)
     else:  # speed does not depend on the weights: untrained models of the data's shape
-        tcfg = TeacherConfig(num_classes=ds.info.num_classes, image_shape=ds.info.image_shape)
-        vcfg = VAEConfig(image_shape=ds.info.image_shape)
+        tcfg = teacher_config_for(ds.info.image_shape, ds.info.num_classes)
+        vcfg = vae_config_for(ds.info.image_shape)
         models = bench_lib.Models(init_teacher(jax.random.PRNGKey(0), tcfg), tcfg,
                                   vae_lib.init_vae(jax.random.PRNGKey(1), vcfg), vcfg,
                                   trained=False)
@@ -694,7 +695,8 @@ def _common(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--epochs", type=POSITIVE, default=None, help="Default depends on the dataset.")
     p.add_argument("--out", default=out, help="Output folder.")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
-    p.add_argument("--latent-dim", type=POSITIVE, default=VAEConfig.latent_dim)
+    p.add_argument("--latent-dim", type=POSITIVE, default=None,
+                   help="Default 16 for grayscale, 32 for colour.")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 

@@ -134,6 +134,48 @@ class VAEConfig:
             )
 
 
+# Channels of successive stride-2 stages (teacher blocks, VAE stages): doubling, capped.
+_STAGE_FEATURES = (32, 64, 128, 128, 128)
+
+
+def _stages_for(height: int, width: int) -> int:
+    """How many stages halve an image to about 4-7 pixels a side: 2 up to 31 pixels (MNIST's
+    28 -> 7), 3 from 32 (-> 4), 4 from 64."""
+    side = min(height, width)
+    return max(2, min(len(_STAGE_FEATURES), int(math.log2(max(side, 1) / 4))))
+
+
+def teacher_config_for(image_shape, num_classes: int) -> TeacherConfig:
+    """Our teacher for images of this size: one conv block per stage of `_stages_for` (28x28 ->
+    the default two, 32x32 -> three, 64x64 -> four). Any size works (pooling floors)."""
+    h, w, _ = validate.image_shape(image_shape, "image_shape")
+    return TeacherConfig(num_classes=num_classes, image_shape=(h, w, image_shape[2]),
+                         features=_STAGE_FEATURES[: _stages_for(h, w)])
+
+
+def _twos(n: int) -> int:
+    """The exponent of the largest power of 2 dividing n."""
+    return (n & -n).bit_length() - 1
+
+
+def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
+    """Our VAE for images of this size: as many stride-2 stages as `_stages_for` and as divide
+    H and W (sizes are never padded: 28x28 -> 2, 32x32 -> 3, 64x64 -> 4, 20x20 -> 2, 30x30 ->
+    1); ``latent_dim`` defaults to 16 for grayscale and 32 for colour.
+
+    Raises:
+      ValueError: odd H or W (no stride-2 stage fits): resize the images (``--image-size``).
+    """
+    h, w, c = validate.image_shape(image_shape, "image_shape")
+    stages = min(_stages_for(h, w), _twos(h), _twos(w))
+    if stages < 1:
+        raise ValueError(f"the VAE halves images with stride-2 convolutions, so it needs even H "
+                         f"and W; got {h}x{w}. Resize them (image_size=, --image-size H,W).")
+    latent = latent_dim if latent_dim is not None else (16 if c == 1 else 32)
+    return VAEConfig(latent_dim=latent, features=_STAGE_FEATURES[:stages],
+                     image_shape=(h, w, c))
+
+
 class Encoder(nn.Module):
     """images [B, H, W, C] -> (mean [B, Z], logvar [B, Z])."""
 

@@ -20,7 +20,7 @@ import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 SIZES = {"synthetic": 32, "synthetic_64": 64}  # dataset name -> image side
-SPLITS = {"train": 10_000, "test": 2_000}  # split -> number of images
+SPLITS = {"train": 20_000, "test": 2_000}  # split -> number of images
 SEED = 0  # the seed of the named datasets
 _SPLIT_CODE = {"train": 1, "test": 2}
 _MIN_CONTRAST = 0.45  # L2 distance in RGB [0, 1] between the shape and the background colours

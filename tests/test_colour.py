@@ -73,3 +73,29 @@ def test_metrics_score_colour_attributions(metric, models):
     out = dv.score(metric, X, maps, Y, models=models)
     for name, values in out.items():
         assert values.shape[0] == 3 and np.isfinite(values).all(), name
+
+
+@pytest.mark.parametrize("shape, stages", [((28, 28, 1), 2), ((8, 8, 1), 2), ((32, 32, 3), 3),
+                                           ((64, 64, 3), 4), ((32, 48, 3), 3), ((30, 30, 3), 1)])
+def test_models_follow_the_image_size(shape, stages):
+    from deepvid_jax import vae
+    from deepvid_jax.models import init_teacher, teacher_config_for, vae_config_for
+
+    vcfg = vae_config_for(shape)
+    assert len(vcfg.features) == stages and vcfg.latent_dim == (16 if shape[2] == 1 else 32)
+    x = jax.ShapeDtypeStruct((2, *shape), np.float32)
+    params = jax.eval_shape(lambda: init_vae(jax.random.PRNGKey(0), vcfg))
+    recon = jax.eval_shape(lambda p, x: vae.reconstruct(p, x, config=vcfg), params, x)
+    assert recon.shape == (2, *shape)
+    tcfg = teacher_config_for(shape, 6)
+    tparams = jax.eval_shape(lambda: init_teacher(jax.random.PRNGKey(0), tcfg))
+    assert jax.eval_shape(lambda p, x: teacher_logits(p, x, tcfg), tparams, x).shape == (2, 6)
+    if shape[:2] == (28, 28):  # MNIST keeps the models of every table in this README
+        assert (tcfg.features, vcfg.features) == (TeacherConfig().features, VAEConfig().features)
+
+
+def test_odd_sizes_are_a_clear_error_for_the_vae():
+    from deepvid_jax.models import vae_config_for
+
+    with pytest.raises(ValueError, match="even H and W.*--image-size"):
+        vae_config_for((31, 32, 3))
