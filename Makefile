@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo test lint bench evaluate consistency install clean
+.PHONY: demo test notebooks lint bench evaluate consistency install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest -q $(ARGS)
+
+# Every notebook, top to bottom, on small settings (DEEPVID_NOTEBOOK_QUICK=1).
+notebooks: $(BIN)/.installed
+	$(BIN)/pytest -q -m notebooks tests/test_notebooks.py $(ARGS)
 
 $(BIN)/.bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
