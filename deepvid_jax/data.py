@@ -403,6 +403,8 @@ def check_name(name: str) -> None:
         return
     close = difflib.get_close_matches(base, [*KNOWN_SPLITS, *tfds_names], n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    if Path(name).is_dir():
+        hint = f" For the image folder {name!r} here, write it as a path: './{name}'."
     raise DataNotFoundError(
         f"Unknown dataset {name!r}.{hint} Known here: {', '.join(sorted(KNOWN_SPLITS))}; any "
         "TFDS image classification dataset can be named too.")
@@ -743,10 +745,16 @@ FOLDER_SPLIT = "all"  # the split of a folder of class folders
 
 
 def is_folder_name(name) -> bool:
-    """Whether a dataset name is an image folder's path (an existing folder, or a name that
-    can only be a path)."""
-    return isinstance(name, str | os.PathLike) and (
-        Path(name).expanduser().is_dir() or str(name).startswith(("/", "./", "../", "~")))
+    """Whether a dataset name is an image folder's path: one that starts like a path (``/``,
+    ``./``, ``../``, ``~``), or holds a ``/`` and names an existing folder. A bare name is always
+    a dataset's (so a folder called ``mnist`` beside you never hides MNIST): write ``./images``."""
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str):
+        return False
+    if name.startswith(("/", "./", "../", "~")):
+        return True
+    return "/" in name and Path(name).is_dir()
 
 
 def _class_dirs(folder: Path) -> list[Path]:

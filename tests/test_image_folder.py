@@ -142,3 +142,13 @@ def test_the_command_line_trains_runs_and_reports_on_a_folder(tmp_path, capsys):
     assert cli.main(["run", "--dataset", str(images), "--split", "all", "--checkpoints",
                      str(tmp_path / "models"), "--out", str(tmp_path / "x.zarr")]) != 0
     assert "--image-size" in capsys.readouterr().err
+
+
+def test_a_bare_name_is_a_dataset_and_a_path_is_a_folder(tmp_path, monkeypatch):
+    _write(tmp_path / "images")
+    (tmp_path / "digits").mkdir()  # a folder named like a dataset never hides it
+    monkeypatch.chdir(tmp_path)
+    assert data.load("digits", "test[:2]").info.source.startswith("embedded")
+    assert data.load("./images", "all").info.class_names == CLASSES
+    with pytest.raises(data.DataNotFoundError, match=r"write it as a path: './images'"):
+        data.load("images", "all")
