@@ -7,8 +7,10 @@ import pytest
 
 os.environ["DEEPVID_OFFLINE"] = "1"
 
-from deepvid_jax import data, train  # noqa: E402
+from deepvid_jax import attribution, data, rise, superpixel, train  # noqa: E402
+from deepvid_jax import deepvid as ex  # noqa: E402
 from deepvid_jax.models import TeacherConfig, VAEConfig  # noqa: E402
+from deepvid_jax.neighbors import NeighborConfig  # noqa: E402
 from deepvid_jax.run import RunConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 # The tiny teacher the explain, evaluation and consistency tests share (8x8 embedded digits).
 TINY_TEACHER = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 TINY_TRAIN = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
+
+# Small settings of every method, so the tables of every method (grayscale,
+# colour) run in seconds.
+SMALL = {
+    "deepvid": ex.ExplainConfig(neighbors=NeighborConfig(num=32), holdout=8),
+    "noise": ex.ExplainConfig(neighbors=NeighborConfig(sampler="pixel", num=32), holdout=8),
+    "mask": ex.ExplainConfig(neighbors=NeighborConfig(sampler="mask", num=32), holdout=8),
+    "lime": superpixel.LimeConfig(num_samples=32, holdout=8, patch=2),
+    "rise": rise.RiseConfig(num_masks=24, batch=8, grid=3),
+    **{m: attribution.AttributionConfig(ig_steps=4, smoothgrad_samples=3)
+       for m in attribution.GRADIENT_METHODS},
+    "surrogate": None,
+}
 
 
 def shared_data_dir() -> Path | None:

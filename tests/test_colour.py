@@ -8,12 +8,11 @@ import functools
 import jax
 import numpy as np
 import pytest
+from conftest import SMALL as ALL_SMALL
 
 import deepvid_jax as dv
-from deepvid_jax import attribution, rise, superpixel, synthetic, train
-from deepvid_jax import deepvid as ex
+from deepvid_jax import synthetic, train
 from deepvid_jax.models import TeacherConfig, VAEConfig, teacher_logits
-from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.vae import init_vae
 
 SIZE = 16
@@ -21,15 +20,7 @@ SHAPE = (SIZE, SIZE, 3)
 TCFG = TeacherConfig(num_classes=len(synthetic.CLASSES), features=(8, 16), hidden=32,
                      image_shape=SHAPE)
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=SHAPE)
-SMALL = {
-    "deepvid": ex.ExplainConfig(neighbors=NeighborConfig(num=32), holdout=8),
-    "noise": ex.ExplainConfig(neighbors=NeighborConfig(sampler="pixel", num=32), holdout=8),
-    "mask": ex.ExplainConfig(neighbors=NeighborConfig(sampler="mask", num=32), holdout=8),
-    "lime": superpixel.LimeConfig(num_samples=32, holdout=8, patch=4),
-    "rise": rise.RiseConfig(num_masks=16, batch=8, grid=3),
-    **{m: attribution.AttributionConfig(ig_steps=4, smoothgrad_samples=3)
-       for m in attribution.GRADIENT_METHODS},
-}
+SMALL = {k: v for k, v in ALL_SMALL.items() if k != "surrogate"}
 # Maps with one value per location, by design: LIME's segments and RISE's masks hide every
 # channel of a pixel at once; Grad-CAM upsamples a map of locations.
 SPATIAL = ("lime", "rise", "grad_cam")

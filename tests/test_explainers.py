@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_TEACHER
+from conftest import SMALL, TINY_TEACHER
 
 from deepvid_jax import attribution, data, evaluation, metrics, rise, superpixel, surrogate
 from deepvid_jax import deepvid as ex
@@ -21,23 +21,11 @@ from deepvid_jax.models import (
     init_surrogate,
     teacher_logits,
 )
-from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.vae import init_vae
 
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 SCFG = SurrogateConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
 ECFG = ExplainerConfig(num_stages=1, features=(4,), image_shape=(8, 8, 1))
-# Small settings of every method, so the table runs in seconds.
-SMALL = {
-    "deepvid": ex.ExplainConfig(neighbors=NeighborConfig(num=32), holdout=8),
-    "noise": ex.ExplainConfig(neighbors=NeighborConfig(sampler="pixel", num=32), holdout=8),
-    "mask": ex.ExplainConfig(neighbors=NeighborConfig(sampler="mask", num=32), holdout=8),
-    "lime": superpixel.LimeConfig(num_samples=32, holdout=8, patch=2),
-    "rise": rise.RiseConfig(num_masks=24, batch=8, grid=3),
-    **{m: attribution.AttributionConfig(ig_steps=4, smoothgrad_samples=3)
-       for m in attribution.GRADIENT_METHODS},
-    "surrogate": None,
-}
 B = 5
 
 
