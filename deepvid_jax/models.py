@@ -107,7 +107,7 @@ def _check_input_shape(images, image_shape, what: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-    """A convolutional VAE with a diagonal Gaussian posterior and Bernoulli pixel likelihood.
+    """A convolutional VAE with a diagonal Gaussian posterior.
 
     Attributes:
       latent_dim: size of z.
@@ -115,16 +115,24 @@ class VAEConfig:
         must be divisible by 2 ** len(features).
       hidden: width of the dense layer between convs and the latent code.
       image_shape: (H, W, C) of the images; taken from the data by the training code.
+      likelihood: of a pixel given z, around the decoded mean sigmoid(logits): "bernoulli"
+        (the usual relaxation for near-binary images such as MNIST) or "gaussian" with standard
+        deviation ``sigma`` (colour images: the Bernoulli loss of a mid-grey pixel barely
+        depends on the prediction, so every image decodes to the mean and the code collapses).
+      sigma: the Gaussian's standard deviation, in [0, 1] pixel units.
     """
 
     latent_dim: int = 16
     features: tuple[int, ...] = (32, 64)
     hidden: int = 256
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    likelihood: str = "bernoulli"
+    sigma: float = 0.1
 
     def __post_init__(self):
         validate.fields(self, positive_int=("latent_dim", "hidden"), positive_ints=("features",),
-                        image_shape=("image_shape",))
+                        image_shape=("image_shape",), positive=("sigma",))
+        validate.choice(self.likelihood, LIKELIHOODS, "VAEConfig.likelihood")
         h, w, _ = self.image_shape
         stride = 2 ** len(self.features)
         if h % stride or w % stride:
@@ -132,6 +140,9 @@ class VAEConfig:
                 f"VAEConfig: image_shape {self.image_shape} needs H and W divisible by {stride} "
                 f"(2 ** len(features={self.features}))."
             )
+
+
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 # Channels of successive stride-2 stages (teacher blocks, VAE stages): doubling, capped.
@@ -161,7 +172,8 @@ def _twos(n: int) -> int:
 def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
     """Our VAE for images of this size: as many stride-2 stages as `_stages_for` and as divide
     H and W (sizes are never padded: 28x28 -> 2, 32x32 -> 3, 64x64 -> 4, 20x20 -> 2, 30x30 ->
-    1); ``latent_dim`` defaults to 16 for grayscale and 32 for colour.
+    1); ``latent_dim`` defaults to 16 for grayscale and 32 for colour; the pixel likelihood is
+    Bernoulli for grayscale, Gaussian for colour (see `VAEConfig.likelihood`).
 
     Raises:
       ValueError: odd H or W (no stride-2 stage fits): resize the images (``--image-size``).
@@ -173,7 +185,7 @@ def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
                          f"and W; got {h}x{w}. Resize them (image_size=, --image-size H,W).")
     latent = latent_dim if latent_dim is not None else (16 if c == 1 else 32)
     return VAEConfig(latent_dim=latent, features=_STAGE_FEATURES[:stages],
-                     image_shape=(h, w, c))
+                     image_shape=(h, w, c), likelihood="bernoulli" if c == 1 else "gaussian")
 
 
 class Encoder(nn.Module):

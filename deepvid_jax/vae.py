@@ -73,10 +73,12 @@ def kl_to_prior(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 def negative_elbo(
     params: dict, images: jax.Array, key: jax.Array, *, config: VAEConfig = VAEConfig()
 ) -> tuple[jax.Array, dict]:
-    """Single-sample negative ELBO, in nats per image.
+    """Single-sample negative ELBO, in nats per image (up to a constant for the Gaussian
+    likelihood: its normalisation, which does not depend on the parameters, is left out).
 
     Args:
-      images: [B, H, W, C] in [0, 1]; treated as Bernoulli means (the usual continuous relaxation).
+      images: [B, H, W, C] in [0, 1]; Bernoulli means (the usual continuous relaxation) or
+        Gaussian observations around sigmoid(logits), per ``config.likelihood``.
       key: PRNG key for the reparameterised sample.
 
     Returns:
@@ -84,6 +86,10 @@ def negative_elbo(
     """
     eps = jax.random.normal(key, (images.shape[0], config.latent_dim))
     logits, mean, logvar = VAE(config).apply({"params": params}, images, eps)
-    recon = optax.sigmoid_binary_cross_entropy(logits, images).sum(axis=(1, 2, 3))
+    if config.likelihood == "gaussian":
+        sq = (jax.nn.sigmoid(logits) - images) ** 2
+        recon = (0.5 / config.sigma**2) * sq.sum(axis=(1, 2, 3))
+    else:
+        recon = optax.sigmoid_binary_cross_entropy(logits, images).sum(axis=(1, 2, 3))
     kl = kl_to_prior(mean, logvar)
     return jnp.mean(recon + kl), {"recon": jnp.mean(recon), "kl": jnp.mean(kl)}

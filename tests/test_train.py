@@ -115,3 +115,24 @@ def test_evaluation_does_not_depend_on_the_batch_size(digits):
     assert t_batched == pytest.approx(t_whole, rel=1e-6)
     logits = teacher_logits(tp, jnp.asarray(te.images), TEACHER)
     assert t_whole["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == te.labels)))
+
+
+def test_gaussian_likelihood_is_the_scaled_squared_error():
+    """negative_elbo with likelihood="gaussian": 0.5 / sigma^2 * sum (sigmoid(logits) - x)^2
+    (normalisation left out) + KL, checked against numpy on the same sample."""
+    from deepvid_jax.models import VAE
+
+    cfg = dataclasses.replace(VAE_CFG, image_shape=(8, 8, 3), likelihood="gaussian", sigma=0.2)
+    params = vae.init_vae(jax.random.PRNGKey(0), cfg)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 8, 3))
+    key = jax.random.PRNGKey(2)
+    loss, aux = vae.negative_elbo(params, x, key, config=cfg)
+    eps = jax.random.normal(key, (3, cfg.latent_dim))
+    logits, mean, logvar = VAE(cfg).apply({"params": params}, x, eps)
+    mu = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    recon = 0.5 / 0.2**2 * ((mu - np.asarray(x)) ** 2).sum((1, 2, 3))
+    kl = 0.5 * (np.exp(logvar) + np.asarray(mean) ** 2 - 1 - logvar).sum(-1)
+    np.testing.assert_allclose(float(aux["recon"]), recon.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), (recon + kl).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="likelihood"):
+        dataclasses.replace(cfg, likelihood="poisson")
