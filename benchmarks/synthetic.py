@@ -37,6 +37,16 @@ def train_if_missing(folder: Path, args) -> None:
                 raise SystemExit(f"train-{kind} failed ({code})")
 
 
+def to_jpeg(png: Path) -> Path:
+    """Noisy colour maps make megabyte PNGs: keep a JPEG (quality 85) instead."""
+    from PIL import Image
+
+    jpg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpg, quality=85)
+    png.unlink()
+    return jpg
+
+
 def mask_share(attributions: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """[N] share of each map's |attribution| (summed over channels) on its mask [N, H, W]."""
     mass = np.abs(attributions).sum(-1)
@@ -88,9 +98,10 @@ def main(argv=None) -> int:
     figures = Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
     labels = [source.info.class_names[c] for c in classes[:8]]
-    viz.saliency_grid(images[:8], {k: np.abs(v).sum(-1) for k, v in maps.items()},
-                      figures / "synthetic_explanations.png", labels=labels,
-                      title="synthetic 32x32x3: |attribution| for the true class")
+    png = viz.saliency_grid(images[:8], {k: np.abs(v).sum(-1) for k, v in maps.items()},
+                            figures / "synthetic_explanations.png", labels=labels,
+                            title="synthetic 32x32x3: |attribution| for the true class")
+    to_jpeg(png)
     viz.reconstruction_grid(x[:12], recon[:12], figures / "synthetic_reconstructions.png",
                             title=f"VAE on synthetic test: the teacher keeps the class of "
                             f"{recon_acc:.1%} of reconstructions")
