@@ -826,7 +826,8 @@ class ImageFolderSource(Source):
                         "pass skip_bad=True (--skip-bad-images) to skip such files.") from e
                 bad.append(f)
         if bad:
-            keep = [i for i, f in enumerate(files) if f not in set(bad)]
+            skipped = set(bad)
+            keep = [i for i, f in enumerate(files) if f not in skipped]
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         origin = f"folder:{folder}" + (f" ({len(bad)} unreadable files skipped)" if bad else "")
         if not files:
