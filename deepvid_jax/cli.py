@@ -425,6 +425,7 @@ def cmd_demo(args) -> int:
             params, config_k, metrics = trainer(args, tr, ev, plan)
         summary[kind] = metrics
         models.update({kind: params, f"{kind}_config": config_k, f"{kind}_metrics": metrics})
+    models["teacher_apply"] = functools.partial(teacher_logits, config=models["teacher_config"])
     summary["explain"] = explain_and_report(
         args, ev.images[:n], ev.labels[:n], tr.info.class_names, models, explain_dir, config
     )
