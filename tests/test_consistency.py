@@ -73,7 +73,7 @@ def test_attack_batch_equals_loop(trained):
         np.testing.assert_allclose(g[0], f[i], atol=1e-6)
 
 
-@pytest.mark.parametrize("batch_size", [4, 7])
+@pytest.mark.parametrize("batch_size", [7])  # 17 images: two full batches and a padded one
 def test_attack_dataset_does_not_depend_on_its_batches(trained, batch_size):
     """Image i's random start is fold_in(key, i) in any batch: the batched run equals one call
     of `attack` on all the images (it was fold_in(key, batch number) before the driver)."""
