@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import gzip
 import hashlib
+import itertools
 import os
 import re
 import zipfile
@@ -604,13 +605,13 @@ class Source:
         for start in range(0, len(self), chunk):
             images, y = self._stored(start, min(start + chunk, len(self)))
             images = np.ascontiguousarray(images)
-            if start == 0:
-                h.update(str((images.dtype, (len(self), *images.shape[1:]))).encode())
+            if start == 0:  # the whole split's header, then each chunk's bytes
+                h.update(_header(images, (len(self), *images.shape[1:])))
             h.update(images.tobytes())
             labels.append(y)
-        y = np.concatenate(labels)
-        h.update(str((y.dtype, y.shape)).encode())
-        h.update(np.ascontiguousarray(y).tobytes())
+        y = np.ascontiguousarray(np.concatenate(labels))
+        h.update(_header(y))
+        h.update(y.tobytes())
         return h.hexdigest()
 
 
@@ -630,7 +631,7 @@ class TfdsSource(Source):
         if not self._n:
             _info(np.zeros((0, 1, 1)), [], name, split, origin)  # the clear "selects no images"
         images, labels = self._decode([0])
-        self._shape, self._dtype = images.shape[1:], images.dtype
+        self._kind = (images.shape[1:], images.dtype)  # every record's image shape and dtype
         if class_names is None and name not in CLASS_NAMES:  # no names in the features: the
             labels = np.concatenate(  # labels seen say how many classes there are
                 [self._stored(i, i + 4096)[1] for i in range(0, self._n, 4096)])
@@ -640,28 +641,26 @@ class TfdsSource(Source):
         return self._n
 
     def _decode(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """images [n, ...] and labels [n] of these records; every image must have the shape and
+        dtype of the first record (of the split once it is known, else of these)."""
         getitems = getattr(self._records, "__getitems__", None)
         records = getitems(indices) if getitems else [self._records[i] for i in indices]
         image_key, label_key = self._keys
         images = [np.asarray(r[image_key]) for r in records]
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise CorruptDataError(
-                f"TFDS split has images of different sizes {sorted(shapes)[:4]} among records "
-                f"{indices[0]}..{indices[-1]}: resize them to one size first.")
+        want = getattr(self, "_kind", (images[0].shape, images[0].dtype))
+        for i, im in zip(indices, images, strict=True):
+            if (im.shape, im.dtype) != want:
+                raise CorruptDataError(
+                    f"TFDS split: record {i} holds a {im.dtype} image of shape {im.shape}, the "
+                    f"first record {want[1]} {want[0]}: the images have different sizes; "
+                    "resize them to one size first (image_size=, --image-size).")
         return np.stack(images), np.asarray([int(r[label_key]) for r in records], np.int32)
 
     def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         start, stop = max(0, start), min(stop, self._n)
         if stop <= start:
-            return np.zeros((0, *self._shape), self._dtype), np.zeros(0, np.int32)
-        images, labels = self._decode(list(range(start, stop)))
-        if images.shape[1:] != self._shape or images.dtype != self._dtype:
-            raise CorruptDataError(
-                f"TFDS split: records {start}..{stop - 1} hold {images.dtype} images of shape "
-                f"{images.shape[1:]}, the first record {self._dtype} {self._shape}: resize them "
-                "to one size first.")
-        return images, labels
+            return np.zeros((0, *self._kind[0]), self._kind[1]), np.zeros(0, np.int32)
+        return self._decode(list(range(start, stop)))
 
 
 class SyntheticSource(Source):
@@ -690,10 +689,13 @@ class SyntheticSource(Source):
         out = [[], [], []]
         sl = slice(start, stop)
         splits, indices = self._splits[sl], self._indices[sl]
-        for split in dict.fromkeys(splits):  # in order of appearance
-            for a, b in zip(out, synthetic.generate(indices[splits == split], str(split),
-                                                    self._size), strict=True):
-                a.append(b)
+        # Runs of one split, in order ("test[:2]+train[:2]+test[2:4]" keeps its order).
+        bounds = [0, *(np.nonzero(splits[1:] != splits[:-1])[0] + 1), len(splits)]
+        for lo, hi in itertools.pairwise(bounds):
+            if hi > lo:
+                for a, b in zip(out, synthetic.generate(indices[lo:hi], str(splits[lo]),
+                                                        self._size), strict=True):
+                    a.append(b)
         empty = (np.zeros((0, self._size, self._size, 3), np.uint8), np.zeros(0, np.int32),
                  np.zeros((0, self._size, self._size), bool))
         return tuple(np.concatenate(a) if a else e for a, e in zip(out, empty, strict=True))
@@ -874,7 +876,13 @@ def array_digest(arrays) -> str:
     result was made from."""
     h = hashlib.sha256()
     for a in arrays:
-        a = np.asarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        a = np.ascontiguousarray(a)
+        h.update(_header(a))
+        h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _header(a: np.ndarray, shape: tuple | None = None) -> bytes:
+    """What a digest hashes before an array's bytes: its dtype and shape (``shape`` for the
+    first chunk of a longer array, so streaming gives the whole array's digest)."""
+    return str((a.dtype, a.shape if shape is None else tuple(shape))).encode()

@@ -80,3 +80,11 @@ def test_bad_synthetic_splits_are_clear(split, message):
 def test_bad_sizes_are_clear():
     with pytest.raises(ValueError, match="size"):
         synthetic.generate([0], "train", size=4)
+
+
+def test_a_split_named_twice_keeps_the_order_of_the_syntax():
+    ds = data.load("synthetic", "test[:2]+train[:2]+test[2:4]")
+    x, y, _ = synthetic.generate(range(4), "test")
+    xt, yt, _ = synthetic.generate(range(2), "train")
+    np.testing.assert_array_equal(ds.labels, np.concatenate([y[:2], yt, y[2:]]))
+    np.testing.assert_array_equal(ds.images, np.concatenate([x[:2], xt, x[2:]]) / np.float32(255))
