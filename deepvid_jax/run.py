@@ -17,8 +17,10 @@ the device and a fingerprint of the input data and of the models.
 
 Work is cut into chunks of ``chunk_size`` images, each a Zarr chunk of every array. A chunk of a
 stage counts as done only once all its arrays are written: then its element of
-``done/<stage>`` (a Zarr chunk of its own) is set; Zarr writes every chunk file to a temporary
-name and renames it into place, so a kill never leaves half a marker. Re-running the same
+``done/<stage>`` (a Zarr chunk of its own) is set. One background thread writes a finished
+stage while the next one computes (`_Writer`: a stage's arrays, then its marker). Zarr writes
+every chunk file to a temporary name and renames it into place, so a kill never leaves half a
+marker. Re-running the same
 command continues where it stopped: chunks without a marker are computed again from scratch and
 overwrite whatever a killed writer left, so a run killed at any moment resumes to the same arrays
 as an uninterrupted one (bit for bit on CPU: the same compiled program sees the same inputs;
@@ -32,6 +34,8 @@ progress and the summary.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -288,6 +292,46 @@ def _write(root, path: Path, name: str, start: int, values: np.ndarray) -> None:
                        "continue.") from e
 
 
+class _Writer:
+    """Writes finished chunk stages on one background thread while the next chunk computes.
+
+    Each submitted stage is its arrays then its done marker, written in order by one thread, so
+    a marker never precedes its arrays; after the first failed write nothing more is written
+    (the error is raised by the next `submit` or by `close`). At most ``depth`` stages wait,
+    which bounds the memory they hold.
+    """
+
+    def __init__(self, root, path: Path, depth: int = 2):
+        self._root, self._path, self._depth = root, path, depth
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "deepvid-store-writer")
+        self._pending: collections.deque = collections.deque()
+        self._failed = False
+
+    def _stage(self, writes: list[tuple[str, int, np.ndarray]]) -> None:
+        if self._failed:
+            return
+        try:
+            for name, start, values in writes:
+                _write(self._root, self._path, name, start, values)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def submit(self, writes: list[tuple[str, int, np.ndarray]]) -> None:
+        """Queues one stage: ``(array name, first row, values)`` in the order to write them."""
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._stage, writes))
+
+    def close(self) -> None:
+        """Waits for every queued write; raises the first write error."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -388,32 +432,39 @@ def explain_dataset(
                desc=f"explain {source.info.name}", unit="img", disable=not progress or proc > 0,
                smoothing=0.1)
     start_time = time.perf_counter()
-    for j in todo:
-        lo, hi = j * chunk, j * chunk + size[j]
-        x, labels = source.read(lo, hi)
-        if not marks[INPUTS][j]:
-            classes, probs = stages.inputs(x, labels)
-            for name, v in (("indices", np.arange(lo, hi)), ("labels", labels),
-                            ("classes", classes), ("teacher_probs", probs)):
-                _write(root, path, name, lo, v)
-            _write(root, path, f"done/{INPUTS}", j, np.ones(1, np.uint8))
-        else:  # a resumed chunk: the classes its inputs stage chose
-            classes = np.asarray(root["classes"][lo:hi])
-        for name in config.explainers:
-            if marks[name][j]:
-                continue
-            a = stages.explain(name, x, classes, lo)
-            rows = validate.nonfinite_rows(a.attributions, start=lo)
-            if rows:
-                raise RunError(f"{name} attributions of images {rows[:10]} are not finite "
-                               "(the teacher gave NaN or inf on some input); nothing of this "
-                               f"chunk was recorded as done in {path}.")
-            _write(root, path, f"{name}/attributions", lo, a.attributions)
-            for extra, v in a.extras.items():
-                if extra in kept[name]:
-                    _write(root, path, f"{name}/{extra}", lo, v)
-            _write(root, path, f"done/{name}", j, np.ones(1, np.uint8))
-        bar.update(size[j])
+    writer = _Writer(root, path)
+    try:
+        for j in todo:
+            lo, hi = j * chunk, j * chunk + size[j]
+            x, labels = source.read(lo, hi)
+            if not marks[INPUTS][j]:
+                classes, probs = stages.inputs(x, labels)
+                writer.submit([("indices", lo, np.arange(lo, hi)), ("labels", lo, labels),
+                               ("classes", lo, classes), ("teacher_probs", lo, probs),
+                               (f"done/{INPUTS}", j, np.ones(1, np.uint8))])
+            else:  # a resumed chunk: the classes its inputs stage chose
+                classes = np.asarray(root["classes"][lo:hi])
+            for name in config.explainers:
+                if marks[name][j]:
+                    continue
+                a = stages.explain(name, x, classes, lo)
+                rows = validate.nonfinite_rows(a.attributions, start=lo)
+                if rows:
+                    raise RunError(f"{name} attributions of images {rows[:10]} are not finite "
+                                   "(the teacher gave NaN or inf on some input); nothing of "
+                                   f"this chunk was recorded as done in {path}.")
+                writer.submit([(f"{name}/attributions", lo, a.attributions),
+                               *((f"{name}/{extra}", lo, v) for extra, v in a.extras.items()
+                                 if extra in kept[name]),
+                               (f"done/{name}", j, np.ones(1, np.uint8))])
+            bar.update(size[j])
+    except BaseException:
+        try:  # keep what finished before the error; the error raised is the first one
+            writer.close()
+        except Exception:
+            pass
+        raise
+    writer.close()
     bar.close()
     seconds = time.perf_counter() - start_time
     computed = sum(size[j] for j in todo)

@@ -225,3 +225,32 @@ def test_cli_reports_a_config_mismatch_in_one_line(clean, checkpoints, tmp_path)
                  "--out", str(clean)], "0", "whole")
     assert proc.returncode == 2
     assert "another configuration" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _Rows:
+    """A stand-in for a Zarr array: records writes; fails with OSError when told."""
+
+    def __init__(self, log: list, name: str, fail: bool):
+        self.log, self.name, self.fail = log, name, fail
+
+    def __setitem__(self, rows, values):
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.log.append((self.name, rows.start))
+
+
+def test_writer_keeps_order_and_stops_at_the_first_failed_write(tmp_path):
+    log: list = []
+    root = {n: _Rows(log, n, fail=n == "bad") for n in ("a", "done/a", "bad", "done/b", "c")}
+    writer = run_lib._Writer(root, tmp_path, depth=1)
+    writer.submit([("a", 0, np.zeros(2)), ("done/a", 0, np.ones(1))])
+    writer.submit([("a", 2, np.zeros(2)), ("done/a", 1, np.ones(1))])
+    writer.close()
+    assert log == [("a", 0), ("done/a", 0), ("a", 2), ("done/a", 1)]  # arrays before markers
+    log.clear()
+    writer = run_lib._Writer(root, tmp_path, depth=4)
+    writer.submit([("bad", 0, np.zeros(2)), ("done/b", 0, np.ones(1))])
+    writer.submit([("c", 0, np.zeros(2))])
+    with pytest.raises(run_lib.RunError, match=f"cannot write bad to {tmp_path}.*No space"):
+        writer.close()
+    assert log == []  # neither the failed stage's marker nor any later stage was written
