@@ -30,14 +30,18 @@ from deepvid_jax.explainers import Models
 @dataclasses.dataclass(frozen=True)
 class DeletionConfig:
     """Deletion / insertion curves (`metrics.deletion_insertion`): ``steps`` points after the
-    first, pixels replaced by the ``baseline`` image ("zero", "blur", "mean")."""
+    first, pixels replaced by the ``baseline`` image ("zero", "blur", "mean"). Tied pixels go
+    in a random order per image (from the image's key), averaged over ``tie_orders`` orders:
+    in raster order 38 % of an MNIST Grad-CAM map ties at zero and its top rows would go
+    first, moving one image's deletion area by up to 0.11."""
 
     steps: int = 49
     baseline: str = "zero"
     blur_sigma: float = 2.0
+    tie_orders: int = 1
 
     def __post_init__(self):
-        validate.fields(self, positive_int=("steps",))
+        validate.fields(self, positive_int=("steps", "tie_orders"))
         validate.choice(self.baseline, metrics.BASELINES, "DeletionConfig.baseline")
         validate.number(self.blur_sigma, "DeletionConfig.blur_sigma", low=0.0, low_open=True)
 
@@ -93,7 +97,8 @@ def _deletion(params, images, attributions, classes, keys, *, models: Models,
     r = metrics._deletion_insertion(images, attributions, classes,
                                     teacher_apply=models.teacher_apply,
                                     teacher_params=params["teacher"], steps=config.steps,
-                                    baseline=config.baseline, blur_sigma=config.blur_sigma)
+                                    baseline=config.baseline, blur_sigma=config.blur_sigma,
+                                    keys=keys, tie_orders=config.tie_orders)
     return r._asdict()
 
 

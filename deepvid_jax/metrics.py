@@ -114,19 +114,28 @@ def baseline_images(images: jax.Array, kind: str, blur_sigma: float = 2.0) -> ja
 class DeletionInsertion(NamedTuple):
     """deletion, insertion: [B] areas under the class-probability curves (deletion: lower is
     better; insertion: higher is better). *_curve: [B, steps + 1] the curves themselves, at
-    fractions ``linspace(0, 1, steps + 1)`` of the pixels removed / inserted."""
+    fractions ``linspace(0, 1, steps + 1)`` of the pixels removed / inserted. *_spread: [B] the
+    standard deviation of the area over the random orders of tied pixels (0 with one order)."""
 
     deletion: jax.Array
     insertion: jax.Array
     deletion_curve: jax.Array
     insertion_curve: jax.Array
+    deletion_spread: jax.Array
+    insertion_spread: jax.Array
 
 
-def pixel_order_ranks(attributions: jax.Array) -> jax.Array:
+def pixel_order_ranks(attributions: jax.Array, keys: jax.Array | None = None) -> jax.Array:
     """[B, H, W, C] -> [B, H * W] rank of each pixel, 0 = most important (largest attribution
-    summed over channels; ties keep raster order)."""
+    summed over channels). Ties keep raster order without ``keys``; with keys [B] they are
+    broken by a random order per image (a map whose zeros tie, such as Grad-CAM's, would
+    otherwise delete its top rows first)."""
     score = jnp.sum(attributions, axis=-1).reshape(attributions.shape[0], -1)
-    order = jnp.argsort(-score, axis=1, stable=True)
+    if keys is None:
+        order = jnp.argsort(-score, axis=1, stable=True)
+    else:
+        tie = jax.vmap(lambda k: jax.random.permutation(k, score.shape[1]))(keys)
+        order = jnp.lexsort((tie, -score), axis=1)  # by score, then by the random priority
     return jnp.argsort(order, axis=1)
 
 
@@ -158,12 +167,17 @@ def deletion_insertion(
     steps: int = 49,
     baseline: str = "zero",
     blur_sigma: float = 2.0,
+    keys: jax.Array | None = None,
+    tie_orders: int = 1,
 ) -> DeletionInsertion:
     """Deletion and insertion AUC of attributions (Petsiuk et al. 2018).
 
     Pixels are removed from the image (deletion) or copied into the baseline (insertion) in
     decreasing order of attribution, ``H * W / steps`` at a time; the teacher's probability of
-    the class after each step traces a curve on [0, 1] whose area is the score.
+    the class after each step traces a curve on [0, 1] whose area is the score. Tied pixels go
+    in raster order without ``keys`` (as Quantus' pixel flipping, which we match); with keys
+    [B], in ``tie_orders`` random orders per image (order o from ``fold_in(keys[i], o)``) whose
+    curves are averaged, their areas' spread reported.
 
     Args:
       images: [B, H, W, C] in [0, 1]; attributions: [B, H, W, C] finite; class_idx: [B] int in
@@ -172,6 +186,8 @@ def deletion_insertion(
       steps: points of the curve after the first (all pixels are reached at the last).
       baseline: "zero", "blur" or "mean" (`baseline_images`).
       blur_sigma: std in pixels of the "blur" baseline.
+      keys: [B] PRNG keys that order tied pixels at random (None: raster order).
+      tie_orders: random tie orders averaged per image (with keys).
 
     Returns:
       `DeletionInsertion`.
@@ -184,12 +200,19 @@ def deletion_insertion(
     validate.integer(steps, "steps", minimum=1)
     validate.choice(baseline, BASELINES, "baseline")
     validate.number(blur_sigma, "blur_sigma", low=0.0, low_open=True)
+    validate.integer(tie_orders, "tie_orders", minimum=1)
+    if keys is not None and jnp.shape(keys)[:1] != (images.shape[0],):
+        raise ValueError(f"keys must be [B] = [{images.shape[0]}] PRNG keys (one per image), "
+                         f"got shape {list(jnp.shape(keys))}.")
+    if keys is None and tie_orders > 1:
+        raise ValueError("tie_orders > 1 needs keys (the random tie orders come from them).")
     return _deletion_insertion(images, attributions, class_idx, teacher_apply=teacher_apply,
                                teacher_params=teacher_params, steps=steps, baseline=baseline,
-                               blur_sigma=blur_sigma)
+                               blur_sigma=blur_sigma, keys=keys, tie_orders=tie_orders)
 
 
-@functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma"))
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma",
+                                             "tie_orders"))
 def _deletion_insertion(
     images: jax.Array,
     attributions: jax.Array,
@@ -200,10 +223,11 @@ def _deletion_insertion(
     steps: int = 49,
     baseline: str = "zero",
     blur_sigma: float = 2.0,
+    keys: jax.Array | None = None,
+    tie_orders: int = 1,
 ) -> DeletionInsertion:
     """`deletion_insertion` without the checks, jitted (for callers that validated)."""
     b, h, w, _ = images.shape
-    ranks = pixel_order_ranks(attributions).reshape(b, h, w, 1)
     base = baseline_images(images, baseline, blur_sigma)
     class_idx = jnp.asarray(class_idx, jnp.int32)
     counts = jnp.round(jnp.linspace(0.0, h * w, steps + 1)).astype(jnp.int32)
@@ -212,13 +236,26 @@ def _deletion_insertion(
         p = jax.nn.softmax(teacher_apply(teacher_params, x))
         return jnp.take_along_axis(p, class_idx[:, None], axis=1)[:, 0]
 
-    def at(k):  # one point of both curves: the top-k pixels removed / inserted
-        top = ranks < k
-        return probs(jnp.where(top, base, images)), probs(jnp.where(top, images, base))
+    def curves(order_keys):  # [2, B, steps + 1] for one order of the tied pixels
+        ranks = pixel_order_ranks(attributions, order_keys).reshape(b, h, w, 1)
 
-    dele, ins = jax.lax.map(at, counts)  # [steps + 1, B] each; a loop bounds memory
-    dele, ins = dele.T, ins.T
-    return DeletionInsertion(trapezoid_auc(dele), trapezoid_auc(ins), dele, ins)
+        def at(k):  # one point of both curves: the top-k pixels removed / inserted
+            top = ranks < k
+            return probs(jnp.where(top, base, images)), probs(jnp.where(top, images, base))
+
+        dele, ins = jax.lax.map(at, counts)  # [steps + 1, B] each; a loop bounds memory
+        return jnp.stack([dele.T, ins.T])
+
+    if keys is None:
+        runs = curves(None)[None]
+    else:  # [orders, 2, B, steps + 1]
+        runs = jax.lax.map(lambda o: curves(jax.vmap(lambda k: jax.random.fold_in(k, o))(keys)),
+                           jnp.arange(tie_orders))
+    areas = trapezoid_auc(runs)  # [orders, 2, B]
+    mean = runs.mean(0)
+    spread = areas.std(0)
+    return DeletionInsertion(trapezoid_auc(mean[0]), trapezoid_auc(mean[1]), mean[0], mean[1],
+                             spread[0], spread[1])
 
 
 # --------------------------------------------------------------------------------------------

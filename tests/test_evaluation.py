@@ -197,6 +197,44 @@ def test_deletion_by_true_weights_beats_random_order():
     np.testing.assert_allclose(good.deletion_curve[:, -1], 1 / 3, rtol=1e-5)
 
 
+def test_tied_pixels_go_in_random_orders_averaged():
+    w_true = jax.random.normal(jax.random.PRNGKey(4), (H * W, 3)) * 2
+    apply = linear_apply(w_true)
+    x = jax.random.uniform(jax.random.PRNGKey(5), (4, H, W, 1))
+    cls = jnp.argmax(apply(None, x), -1)
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    kw = dict(teacher_apply=apply, teacher_params=None, steps=8)
+    # Without ties the keys change nothing: the one order there is, spread 0.
+    distinct = jax.random.normal(jax.random.PRNGKey(6), x.shape)
+    plain = metrics.deletion_insertion(x, distinct, cls, **kw)
+    keyed = metrics.deletion_insertion(x, distinct, cls, keys=keys, tie_orders=3, **kw)
+    np.testing.assert_allclose(keyed.deletion, plain.deletion, rtol=1e-6)
+    np.testing.assert_allclose(keyed.deletion_spread, 0.0, atol=1e-7)
+    # An all-tied map: raster order without keys; with keys, order o of image i is the random
+    # permutation from fold_in(keys[i], o), and the curves are their mean.
+    flat = jnp.zeros_like(x)
+    raster = metrics.deletion_insertion(x, flat, cls, **kw)
+    ramp = -jnp.arange(H * W, dtype=jnp.float32).reshape(1, H, W, 1)  # raster order, no ties
+    np.testing.assert_allclose(raster.deletion,
+                               metrics.deletion_insertion(x, ramp + flat, cls, **kw).deletion,
+                               rtol=1e-6)
+    orders = 3
+    got = metrics.deletion_insertion(x, flat, cls, keys=keys, tie_orders=orders, **kw)
+    runs = []
+    for o in range(orders):  # the same orders, each as an explicit untied map
+        perm = jnp.stack([jax.random.permutation(jax.random.fold_in(k, o), H * W) for k in keys])
+        explicit = -perm.astype(jnp.float32).reshape(x.shape)  # pixel j goes perm[j]-th
+        runs.append(metrics.deletion_insertion(x, explicit, cls, **kw).deletion)
+    np.testing.assert_allclose(got.deletion, np.mean(runs, 0), rtol=1e-5)
+    np.testing.assert_allclose(got.deletion_spread, np.std(runs, 0), rtol=1e-4, atol=1e-7)
+    assert float(got.deletion_spread.min()) > 0
+    assert not np.allclose(got.deletion, raster.deletion)
+    with pytest.raises(ValueError, match="tie_orders > 1 needs keys"):
+        metrics.deletion_insertion(x, flat, cls, tie_orders=2, **kw)
+    with pytest.raises(ValueError, match=r"keys must be \[B\] = \[4\]"):
+        metrics.deletion_insertion(x, flat, cls, keys=keys[:2], **kw)
+
+
 def test_auc_and_baselines():
     np.testing.assert_allclose(metrics.trapezoid_auc(jnp.array([1.0, 0.0])), 0.5)
     np.testing.assert_allclose(metrics.trapezoid_auc(jnp.ones((2, 5))), [1.0, 1.0])
