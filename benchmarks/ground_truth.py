@@ -138,7 +138,7 @@ def class_mask_setting(args, methods) -> dict:
 
 def markdown(result: dict) -> str:
     lines = []
-    for name, s in result["settings"].items():
+    for s in result["settings"].values():
         if "hidden" in s:
             lines += [f"**{s['dataset']}**, teacher blind to the {s['hidden']} region "
                       f"({s['hidden_area']:.0%} of the pixels; {s['images']} held-out images): "
