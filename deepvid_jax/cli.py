@@ -54,8 +54,10 @@ DEFAULT_DATASET = data.EMBEDDED_DATASET
 # near 90 %).
 RECIPES = {
     "digits": {"teacher": {"epochs": 40}, "vae": {"epochs": 150}},
-    "synthetic": {"teacher": {"epochs": 12, "learning_rate": 2e-3}, "vae": {"epochs": 15}},
-    "synthetic_64": {"teacher": {"epochs": 12, "learning_rate": 2e-3}, "vae": {"epochs": 15}},
+    "synthetic": {"teacher": {"epochs": 12, "learning_rate": 2e-3, "blur_augment": 1.0},
+                  "vae": {"epochs": 15}},
+    "synthetic_64": {"teacher": {"epochs": 12, "learning_rate": 2e-3, "blur_augment": 2.0},
+                     "vae": {"epochs": 15}},
 }
 EXPLAIN_OUTPUTS = ("explanations.json", "traversal.png")  # plus explanation_NNN.png
 
@@ -310,7 +312,8 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
         num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(default_holdout, args.neighbors // 4)),
         neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
-                                 latent_scale=args.latent_scale, target_flip=args.target_flip),
+                                 latent_scale=args.latent_scale, target_flip=args.target_flip,
+                                 patch_mix=args.patch_mix),
         student=StudentConfig(method=args.student),
         return_neighbors=True,
     )
@@ -651,7 +654,11 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
     p.add_argument("--student", choices=student_lib.METHODS, default=d.student.method,
                    help="ridge: closed form on centred logits; adam: Adam on the KD loss; kd: "
-                   "ridge then Adam on the KD loss.")
+                   "ridge then Adam on the KD loss; lasso: L1 instead of ridge (sparse; with "
+                   "--patch-mix, the ground-truth remedy).")
+    p.add_argument("--patch-mix", type=NON_NEGATIVE, default=d.neighbors.patch_mix,
+                   help="Patch side: half the fitting neighbours take random patches of this "
+                   "size from the image, so correlated pixels come apart (0: off).")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
     p.add_argument("--figures", type=NON_NEGATIVE, default=4,
                    help="Explanation figures to write (0: none).")
@@ -704,7 +711,8 @@ def _common(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--out", default=out, help="Output folder.")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--latent-dim", type=POSITIVE, default=None,
-                   help="Default 16 for grayscale, 32 for colour.")
+                   help="Default 16 for grayscale (a dense code); colour: a grid of 8 "
+                   "channels per cell at the last stage (a multiple of the cell count).")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 

@@ -28,6 +28,8 @@ from deepvid_jax.neighbors import (
     bisect_scale,
     calibrate_scale,
     latent_codes,
+    mixed_rows,
+    patch_mix_masks,
     probe_noise,
     sample_neighbors,
 )
@@ -92,6 +94,14 @@ class ExplainConfig:
 Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 
+# DeepVID with the ground-truth remedy (README, "Ground truth"): half the fitting neighbours
+# take random 4x4 patches from the instance, and the student is the lasso. On a teacher blind to
+# half of each MNIST image, |relevance| on that half fell from 0.30 to about 0.10 (32 images);
+# held-out top-1 on the VAE neighbours moved by under 0.02.
+SPARSE = ExplainConfig(neighbors=NeighborConfig(patch_mix=4),
+                       student=StudentConfig(method="lasso"))
+
+
 class Explanation(NamedTuple):
     """One explanation per instance (a pytree; leading axis B when batched).
 
@@ -101,8 +111,8 @@ class Explanation(NamedTuple):
     fidelity: `Fidelity` of [B] arrays.
     neighbors: [B, N, H, W, C] or None (``return_neighbors``).
     neighbor_probs: [B, N, K] teacher probabilities on the neighbours, or None.
-    penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"), or
-      None ("adam").
+    penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"), the
+      L1 penalty ("lasso"), or None ("adam").
     flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
       instance: how far the neighbourhood reaches across decision boundaries.
     scale: [B] the latent scale calibrated per instance (``NeighborConfig.calibrated``), or
@@ -164,6 +174,8 @@ def explain_instance(
     nc = config.neighbors
     if not nc.calibrated:
         nb = sample_neighbors(image, key, vae_params, nc, config.vae)
+        if nc.patch_mix:
+            nb = jnp.where(_mix_masks(key, image.shape, config), image[None], nb)
         # One teacher call for the instance and its neighbours.
         both = teacher_apply(teacher_params, jnp.concatenate([image[None], nb]))
         return _distil(image, nb, both[0], both[1:], None, config)
@@ -172,8 +184,18 @@ def explain_instance(
     scale, k_nb = _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
                              config)
     nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale)
+    nb = jnp.where(_mix_masks(k_nb, image.shape, config), image[None], nb)
     t_logits = teacher_apply(teacher_params, nb)
     return _distil(image, nb, t_instance, t_logits, scale, config)
+
+
+def _mix_masks(key: jax.Array, image_shape, config: ExplainConfig) -> jax.Array:
+    """[N, H, W, 1] where a neighbour takes the instance's pixels (`NeighborConfig.patch_mix`;
+    all False without it); its key is ``fold_in(neighbour key, 1)``."""
+    nc = config.neighbors
+    rows = mixed_rows(nc, config.num_fit)
+    return patch_mix_masks(jax.random.fold_in(key, 1), nc.num, rows, image_shape[0],
+                           image_shape[1], max(nc.patch_mix, 1))
 
 
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
@@ -290,9 +312,21 @@ def explain_batch(
             vae_params, im, k, num=nc.num, scale=fixed if s is None else s,
             use_posterior_std=nc.use_posterior_std, band=nc.latent_band,
             vae_config=config.vae))(images, keys, scale)
+        z_dim = rows.shape[-1]
+        if nc.patch_mix:  # each row: its code, its instance's index, where it takes the image
+            masks = jax.vmap(lambda k: _mix_masks(k, images.shape[1:], config))(keys)
+            index = jnp.broadcast_to(jnp.arange(images.shape[0])[:, None, None],
+                                     (*rows.shape[:2], 1))
+            rows = jnp.concatenate([rows, index.astype(rows.dtype),
+                                    masks.reshape(*rows.shape[:2], -1).astype(rows.dtype)], -1)
 
-        def generate(z):
-            return vae.decode(vae_params, z, config=config.vae)
+        def generate(r):
+            decoded = vae.decode(vae_params, r[:, :z_dim], config=config.vae)
+            if not nc.patch_mix:
+                return decoded
+            inst = images[r[:, z_dim].astype(jnp.int32)]
+            take = r[:, z_dim + 1 :].reshape(*decoded.shape[:3], 1) > 0.5
+            return jnp.where(take, inst, decoded)
     else:
         rows = jax.vmap(lambda im, k: sample_neighbors(im, k, None, nc, config.vae))(images,
                                                                                    keys)

@@ -120,6 +120,11 @@ class VAEConfig:
         deviation ``sigma`` (colour images: the Bernoulli loss of a mid-grey pixel barely
         depends on the prediction, so every image decodes to the mean and the code collapses).
       sigma: the Gaussian's standard deviation, in [0, 1] pixel units.
+      spatial_latent: 0 for a dense code (one dense layer of ``hidden`` between the convs and
+        z); else z is a grid of this many channels at the convs' last resolution, flattened
+        (``latent_dim`` must be ``H / 2**S * W / 2**S * spatial_latent``, S the stages). Each
+        latent then describes a neighbourhood of the image: a code that keeps small shapes on
+        cluttered colour images, where a dense 32-d code decodes blobs (`vae_config_for`).
     """
 
     latent_dim: int = 16
@@ -128,10 +133,12 @@ class VAEConfig:
     image_shape: tuple[int, int, int] = (28, 28, 1)
     likelihood: str = "bernoulli"
     sigma: float = 0.1
+    spatial_latent: int = 0
 
     def __post_init__(self):
         validate.fields(self, positive_int=("latent_dim", "hidden"), positive_ints=("features",),
-                        image_shape=("image_shape",), positive=("sigma",))
+                        image_shape=("image_shape",), positive=("sigma",),
+                        nonneg_int=("spatial_latent",))
         validate.choice(self.likelihood, LIKELIHOODS, "VAEConfig.likelihood")
         h, w, _ = self.image_shape
         stride = 2 ** len(self.features)
@@ -140,6 +147,17 @@ class VAEConfig:
                 f"VAEConfig: image_shape {self.image_shape} needs H and W divisible by {stride} "
                 f"(2 ** len(features={self.features}))."
             )
+        if self.spatial_latent and self.latent_dim != self.grid_size * self.spatial_latent:
+            raise ValueError(
+                f"VAEConfig: a spatial latent of {self.spatial_latent} channels on the "
+                f"{h // stride}x{w // stride} grid has latent_dim "
+                f"{self.grid_size * self.spatial_latent}, not {self.latent_dim}.")
+
+    @property
+    def grid_size(self) -> int:
+        """Cells of the convs' last resolution (H / 2**S) * (W / 2**S)."""
+        h, w, _ = self.image_shape
+        return (h // 2 ** len(self.features)) * (w // 2 ** len(self.features))
 
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -170,10 +188,17 @@ def _twos(n: int) -> int:
 
 
 def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
-    """Our VAE for images of this size: as many stride-2 stages as `_stages_for` and as divide
-    H and W (sizes are never padded: 28x28 -> 2, 32x32 -> 3, 64x64 -> 4, 20x20 -> 2, 30x30 ->
-    1); ``latent_dim`` defaults to 16 for grayscale and 32 for colour; the pixel likelihood is
-    Bernoulli for grayscale, Gaussian for colour (see `VAEConfig.likelihood`).
+    """Our VAE for images of this size.
+
+    Grayscale: as many stride-2 stages as `_stages_for` and as divide H and W (sizes are never
+    padded: 28x28 -> 2, 20x20 -> 2, 30x30 -> 1), a dense latent of ``latent_dim`` (default 16),
+    the Bernoulli likelihood: the MNIST models of every table in the README.
+
+    Colour: one stage fewer (32x32 -> an 8x8 grid; at least one), channels from 64, a spatial
+    latent (`VAEConfig.spatial_latent`) of ``SPATIAL_CHANNELS`` per cell (``latent_dim``, when
+    given, must be a multiple of the cell count) and the Gaussian likelihood. Measured on
+    `synthetic` (README): a dense 32-d code decodes blobs whose class a blur-trained teacher
+    keeps for 21 % of images, the 8x8x8 grid for 76 % (8 epochs).
 
     Raises:
       ValueError: odd H or W (no stride-2 stage fits): resize the images (``--image-size``).
@@ -183,9 +208,20 @@ def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
     if stages < 1:
         raise ValueError(f"the VAE halves images with stride-2 convolutions, so it needs even H "
                          f"and W; got {h}x{w}. Resize them (image_size=, --image-size H,W).")
-    latent = latent_dim if latent_dim is not None else (16 if c == 1 else 32)
-    return VAEConfig(latent_dim=latent, features=_STAGE_FEATURES[:stages],
-                     image_shape=(h, w, c), likelihood="bernoulli" if c == 1 else "gaussian")
+    if c == 1:
+        return VAEConfig(latent_dim=16 if latent_dim is None else latent_dim,
+                         features=_STAGE_FEATURES[:stages], image_shape=(h, w, c))
+    stages = max(1, stages - 1)
+    cells = (h >> stages) * (w >> stages)
+    channels = SPATIAL_CHANNELS if latent_dim is None else latent_dim // cells
+    if latent_dim is not None and (latent_dim % cells or not channels):
+        raise ValueError(f"a colour VAE's latent is a grid of {cells} cells at {h}x{w}: "
+                         f"latent_dim must be a multiple of {cells}, got {latent_dim}.")
+    return VAEConfig(latent_dim=cells * channels, features=_STAGE_FEATURES[1 : stages + 1],
+                     image_shape=(h, w, c), likelihood="gaussian", spatial_latent=channels)
+
+
+SPATIAL_CHANNELS = 8  # latent channels per grid cell of the colour VAE (`vae_config_for`)
 
 
 class Encoder(nn.Module):
@@ -197,6 +233,12 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         for f in self.config.features:
             x = nn.relu(nn.Conv(f, (3, 3), strides=(2, 2))(x))
+        if self.config.spatial_latent:  # a code per cell of the grid
+            x = nn.relu(nn.Conv(self.config.features[-1], (3, 3))(x))
+            c = self.config.spatial_latent
+            mean = nn.Conv(c, (1, 1), name="mean")(x).reshape((x.shape[0], -1))
+            logvar = nn.Conv(c, (1, 1), name="logvar")(x).reshape((x.shape[0], -1))
+            return mean, logvar
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.config.hidden)(x))
         mean = nn.Dense(self.config.latent_dim, name="mean")(x)
@@ -227,9 +269,13 @@ class Decoder(nn.Module):
         features = self.config.features
         stride = 2 ** len(features)
         base = (h // stride, w // stride, features[-1])
-        x = nn.relu(nn.Dense(self.config.hidden)(z))
-        x = nn.relu(nn.Dense(math.prod(base))(x))
-        x = x.reshape((z.shape[0], *base))
+        if self.config.spatial_latent:
+            grid = z.reshape((z.shape[0], *base[:2], self.config.spatial_latent))
+            x = nn.relu(nn.Conv(features[-1], (3, 3))(grid))
+        else:
+            x = nn.relu(nn.Dense(self.config.hidden)(z))
+            x = nn.relu(nn.Dense(math.prod(base))(x))
+            x = x.reshape((z.shape[0], *base))
         outs = (*reversed(features[:-1]), c)
         for i, f in enumerate(outs):
             x = pixel_shuffle(nn.Conv(4 * f, (3, 3))(x))

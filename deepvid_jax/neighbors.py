@@ -54,6 +54,15 @@ class NeighborConfig:
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
       mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
       mask_value: what a masked pixel becomes.
+      patch_mix: "vae" sampler only: 0 (off) or a patch side in pixels. Then a share
+        ``patch_mix_share`` of the neighbours the student is fitted on (the last ones before
+        the held-out ones; `mixed_rows`) take each patch of that size from the instance itself
+        with probability 1/2, else from their own decoding (`patch_mix_masks`). VAE neighbours
+        move correlated pixels together, so a student cannot tell the pixels the teacher reads
+        from those that merely move with them; patches that change independently can (with
+        the "lasso" student; README, "Ground truth"). The held-out neighbours stay VAE
+        decodings, so fidelity is measured on the manifold as before.
+      patch_mix_share: that share, in (0, 1].
     """
 
     sampler: str = "vae"
@@ -70,6 +79,8 @@ class NeighborConfig:
     # 16 x 6 (README, "How local?"), and 1.22-1.25x decode+classify instead of 1.24-1.31x.
     calibration_probes: int = 8
     calibration_steps: int = 4
+    patch_mix: int = 0
+    patch_mix_share: float = 0.5
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
@@ -77,6 +88,12 @@ class NeighborConfig:
                         probability=("mask_keep", "mask_value"))
         if validate.integer(self.num, "NeighborConfig.num") < 2:
             raise ValueError(f"NeighborConfig.num must be >= 2, got {self.num}.")
+        validate.integer(self.patch_mix, "NeighborConfig.patch_mix", minimum=0)
+        validate.number(self.patch_mix_share, "NeighborConfig.patch_mix_share", low=0.0,
+                        high=1.0, low_open=True)
+        if self.patch_mix and self.sampler != "vae":
+            raise ValueError(f"NeighborConfig.patch_mix mixes VAE neighbours with the instance; "
+                             f"the {self.sampler!r} sampler has none (use sampler='vae').")
         if not isinstance(self.use_posterior_std, bool):
             raise ValueError("NeighborConfig.use_posterior_std must be a bool.")
         validate.fields(self, open_probability=("target_flip",), positive=("max_latent_scale",),
@@ -203,6 +220,28 @@ def bisect_scale(
                                (jnp.zeros(shape), jnp.full(shape, config.max_latent_scale,
                                                            jnp.float32)))
     return 0.5 * (lo + hi)
+
+
+def mixed_rows(config: NeighborConfig, num_fit: int) -> tuple[int, int]:
+    """[start, stop) of the neighbours that `NeighborConfig.patch_mix` mixes: the last
+    ``round(patch_mix_share * num_fit)`` of the ``num_fit`` the student is fitted on."""
+    if not config.patch_mix:
+        return num_fit, num_fit
+    count = max(1, min(num_fit, round(config.patch_mix_share * num_fit)))
+    return num_fit - count, num_fit
+
+
+def patch_mix_masks(key: jax.Array, num: int, rows: tuple[int, int], height: int, width: int,
+                    patch: int) -> jax.Array:
+    """[num, H, W, 1] bool, True where a neighbour takes the instance's pixel: rows
+    ``rows[0]..rows[1]-1`` each patch (``patch`` pixels a side, the grid from the top-left) with
+    probability 1/2, other rows nowhere."""
+    gh, gw = -(-height // patch), -(-width // patch)
+    cells = jax.random.bernoulli(key, 0.5, (num, gh, gw))
+    row = jnp.arange(num)[:, None, None]
+    cells = cells & (row >= rows[0]) & (row < rows[1])
+    pixels = jnp.repeat(jnp.repeat(cells, patch, axis=1), patch, axis=2)[:, :height, :width]
+    return pixels[..., None]
 
 
 def pixel_neighbors(image: jax.Array, key: jax.Array, *, num: int, noise: float) -> jax.Array:

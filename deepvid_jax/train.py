@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,11 @@ class TrainConfig:
       learning_rate: Adam step size.
       seed: seeds parameter init, shuffling and the VAE's noise.
       eval_batch_size: examples per evaluation call.
+      blur_augment: teachers only: the largest Gaussian blur (std in pixels) of the training
+        augmentation; each training image is blurred with its own std drawn uniformly from
+        [0, blur_augment] (`random_blur`). 0 turns it off. A teacher that never saw a smooth
+        image may read pixel noise instead of shapes and then fails on every VAE decoding
+        (which carries no pixel noise): on `synthetic` it did (reconstructions: 19 %).
     """
 
     epochs: int = 5
@@ -42,10 +48,12 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     eval_batch_size: int = 1000
+    blur_augment: float = 0.0
 
     def __post_init__(self):
         validate.fields(self, positive_int=("epochs", "batch_size", "eval_batch_size"),
-                        positive=("learning_rate",), nonneg_int=("seed",))
+                        positive=("learning_rate",), nonneg_int=("seed",),
+                        nonneg=("blur_augment",))
 
 
 # Defaults measured on MNIST test[:8000] (README): ~97.9 % teacher accuracy, faithful VAE.
@@ -80,20 +88,37 @@ def teacher_loss(params: dict, images: jax.Array, labels: jax.Array, config: Tea
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-@jax.jit
-def teacher_train_step(state: TrainState, batch: tuple, key: jax.Array):
+def random_blur(images: jax.Array, key: jax.Array, max_sigma: float) -> jax.Array:
+    """Each image of [B, H, W, C] blurred by a separable Gaussian (edge-padded) of its own
+    standard deviation, uniform in [0, max_sigma] pixels (0: the image unchanged)."""
+    radius = max(1, math.ceil(3 * max_sigma))
+    sigma = jax.random.uniform(key, (images.shape[0], 1), maxval=max_sigma)
+    t = jnp.arange(-radius, radius + 1, dtype=images.dtype)
+    k = jnp.exp(-0.5 * t**2 / jnp.maximum(sigma, 1e-3) ** 2)  # [B, 2R + 1]; sigma 0: a delta
+    k = k / k.sum(-1, keepdims=True)
+    h, w = images.shape[1:3]
+    x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    x = sum(k[:, i, None, None, None] * x[:, i : i + h] for i in range(2 * radius + 1))
+    return sum(k[:, i, None, None, None] * x[:, :, i : i + w] for i in range(2 * radius + 1))
+
+
+@functools.partial(jax.jit, static_argnames="blur_augment")
+def teacher_train_step(state: TrainState, batch: tuple, key: jax.Array,
+                       blur_augment: float = 0.0):
     """One Adam step on cross-entropy.
 
     Args:
       state: `TrainState` whose config is a `TeacherConfig`.
       batch: (images [B, H, W, C] float32 in [0, 1], labels [B] int32).
-      key: unused (the teacher has no dropout); kept so both models share one signature.
+      key: the augmentation's randomness (unused without it: the teacher has no dropout).
+      blur_augment: `TrainConfig.blur_augment`.
 
     Returns:
       (new state, {"loss", "accuracy"}).
     """
-    del key
     images, labels = batch
+    if blur_augment > 0:
+        images = random_blur(images, key, blur_augment)
     (loss, logits), grads = jax.value_and_grad(teacher_loss, has_aux=True)(
         state.params, images, labels, state.config
     )
@@ -349,8 +374,11 @@ def train_teacher(
                              f"one of the teacher's layers {names}.")
     params = init_teacher(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config)
-    step = teacher_train_step
+    step = functools.partial(teacher_train_step, blur_augment=config.blur_augment)
     if adversarial_training is not None:
+        if config.blur_augment:
+            raise ValueError("TrainConfig.blur_augment is not supported with adversarial "
+                             "training (its attack would see unblurred images).")
         step = functools.partial(adversarial_teacher_train_step, adv=adversarial_training)
     state, history = fit(
         state, step, train,

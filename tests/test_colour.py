@@ -73,14 +73,25 @@ def test_metrics_score_colour_attributions(metric, models):
         assert values.shape[0] == 3 and np.isfinite(values).all(), name
 
 
-@pytest.mark.parametrize("shape, stages", [((28, 28, 1), 2), ((8, 8, 1), 2), ((32, 32, 3), 3),
-                                           ((64, 64, 3), 4), ((32, 48, 3), 3), ((30, 30, 3), 1)])
+@pytest.mark.parametrize("shape, stages", [((28, 28, 1), 2), ((8, 8, 1), 2), ((32, 32, 3), 2),
+                                           ((64, 64, 3), 3), ((32, 48, 3), 2), ((30, 30, 3), 1)])
 def test_models_follow_the_image_size(shape, stages):
     from deepvid_jax import vae
-    from deepvid_jax.models import init_teacher, teacher_config_for, vae_config_for
+    from deepvid_jax.models import (
+        SPATIAL_CHANNELS,
+        init_teacher,
+        teacher_config_for,
+        vae_config_for,
+    )
 
     vcfg = vae_config_for(shape)
-    assert len(vcfg.features) == stages and vcfg.latent_dim == (16 if shape[2] == 1 else 32)
+    assert len(vcfg.features) == stages
+    if shape[2] == 1:  # a dense code
+        assert vcfg.latent_dim == 16 and not vcfg.spatial_latent
+    else:  # a grid of codes at the last stage's resolution
+        cells = (shape[0] >> stages) * (shape[1] >> stages)
+        assert vcfg.spatial_latent == SPATIAL_CHANNELS
+        assert vcfg.latent_dim == cells * SPATIAL_CHANNELS
     x = jax.ShapeDtypeStruct((2, *shape), np.float32)
     params = jax.eval_shape(lambda: init_vae(jax.random.PRNGKey(0), vcfg))
     recon = jax.eval_shape(lambda p, x: vae.reconstruct(p, x, config=vcfg), params, x)
@@ -97,3 +108,31 @@ def test_odd_sizes_are_a_clear_error_for_the_vae():
 
     with pytest.raises(ValueError, match="even H and W.*--image-size"):
         vae_config_for((31, 32, 3))
+    assert vae_config_for((32, 32, 3), latent_dim=128).spatial_latent == 2  # 64 cells x 2
+    with pytest.raises(ValueError, match="grid of 64 cells at 32x32: latent_dim must be a "
+                                         "multiple of 64, got 100"):
+        vae_config_for((32, 32, 3), latent_dim=100)
+
+
+def test_a_spatial_latent_is_a_grid_of_local_codes():
+    from deepvid_jax import vae
+
+    cfg = VAEConfig(latent_dim=4 * 4 * 2, features=(8, 16), image_shape=(16, 16, 3),
+                    likelihood="gaussian", spatial_latent=2)
+    assert cfg.grid_size == 16
+    params = init_vae(jax.random.PRNGKey(0), cfg)
+    assert not any("Dense" in k for k in params["encoder"]) | any("Dense" in k for k in
+                                                                  params["decoder"])
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    mean, logvar = vae.encode(params, x, config=cfg)
+    assert mean.shape == logvar.shape == (2, 32)
+    # A code describes its neighbourhood: changing the top-left cell's code leaves the far
+    # corner of the decoding untouched (receptive field: three 3x3 convs and two upsamplings).
+    z = jax.random.normal(jax.random.PRNGKey(2), (1, 32))
+    moved = z.at[0, :2].add(3.0)  # cell (0, 0): its two channels
+    a, b = vae.decode(params, z, config=cfg), vae.decode(params, moved, config=cfg)
+    changed = np.abs(np.asarray(a - b)).max(-1)[0]
+    assert changed[:4, :4].max() > 0 and changed[14:, 14:].max() == 0
+    with pytest.raises(ValueError, match=r"spatial latent of 2 channels on the 4x4 grid has "
+                                         r"latent_dim 32, not 16"):
+        VAEConfig(latent_dim=16, features=(8, 16), image_shape=(16, 16, 3), spatial_latent=2)

@@ -296,13 +296,14 @@ def test_student_fidelity_reproduces_the_held_out_fidelity(setup):
     assert g.top1.shape == (7,) and np.all((g.top1 >= 0) & (g.top1 <= 1))
 
 
-@pytest.mark.parametrize("sampler", ["vae", "pixel"])
-def test_blocked_decoding_and_labelling_equals_unblocked(setup, sampler):
+@pytest.mark.parametrize("sampler, mix", [("vae", 0), ("pixel", 0), ("vae", 3)])
+def test_blocked_decoding_and_labelling_equals_unblocked(setup, sampler, mix):
     """Neighbours (and the calibrated radius's probes) decoded and labelled 50 rows at a time
     across instances (chunks of 3 x 64 rows, so blocks straddle instances and the last one is
-    padded) equal the plain vmap of `explain_instance`."""
+    padded) equal the plain vmap of `explain_instance`; with patch mixing too."""
     images, tp, vp = setup
-    cfg = dataclasses.replace(SMALL, neighbors=NeighborConfig(sampler=sampler, num=64),
+    cfg = dataclasses.replace(SMALL, neighbors=NeighborConfig(sampler=sampler, num=64,
+                                                              patch_mix=mix),
                               return_neighbors=True, student=StudentConfig(method="ridge"))
     whole = _run(images, tp, vp, dataclasses.replace(cfg, block_size=None))
     if sampler == "vae":  # the default, calibrated radius
@@ -313,6 +314,10 @@ def test_blocked_decoding_and_labelling_equals_unblocked(setup, sampler):
     _assert_trees_close((blocked.neighbors, blocked.neighbor_probs),
                         (whole.neighbors, whole.neighbor_probs), rel=1e-5)
     _assert_trees_close(blocked, whole)
+    if mix:  # the mixed rows hold patches of the instance itself, the held-out ones none
+        start, stop = neighbors.mixed_rows(cfg.neighbors, cfg.num_fit)
+        same = np.all(whole.neighbors == images[:, None], axis=-1)  # [B, N, H, W]
+        assert same[:, start:stop].mean() > 0.3 and same[:, cfg.num_fit:].mean() < 0.05
 
 
 def test_blocking_bounds_the_memory_that_grows_with_the_batch(tiny_teacher):

@@ -7,6 +7,7 @@ import pytest
 
 from deepvid_jax import data, student
 from deepvid_jax import deepvid as ex
+from deepvid_jax import neighbors as neighbors_lib
 from deepvid_jax.models import VAEConfig
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
@@ -117,3 +118,64 @@ def test_warm_started_kd_reaches_the_optimum_of_a_long_cold_run():
 def test_bad_student_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         StudentConfig(**kwargs)
+
+
+def test_lasso_equals_sklearn_on_each_class():
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 30)).astype(np.float32)
+    w_true = np.where(rng.random((30, 4)) < 0.2, rng.normal(size=(30, 4)), 0.0)
+    t = (x @ w_true + 0.05 * rng.normal(size=(120, 4))).astype(np.float32)
+    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.05, 3000)
+    y = t - t.mean(1, keepdims=True)
+    ref = Lasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y)
+    want = ref.coef_.T - ref.coef_.T.mean(1, keepdims=True)
+    np.testing.assert_allclose(w, want, atol=2e-4)
+    np.testing.assert_allclose(b, ref.intercept_ + x.mean(0) @ (ref.coef_.T - want), atol=2e-3)
+    zero, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500)
+    assert np.abs(np.asarray(zero)).max() < 0.01 * np.abs(np.asarray(w)).max()  # at lambda_max
+    with pytest.raises(ValueError, match="StudentConfig.lasso"):
+        StudentConfig(method="lasso", lasso=1.0)
+
+
+def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
+    """Neighbours whose left half moves with the right half (a VAE's correlated pixels) and a
+    linear teacher that reads only the right half: ridge on them gives the left half much of the
+    weight; patches swapped in from the instance (patch_mix) plus the lasso student give it
+    (nearly) none, and still fit held-out correlated neighbours."""
+    rng = np.random.default_rng(1)
+    h = w = 8
+    n_fit, n_hold = 384, 128
+    n = n_fit + n_hold
+    image = rng.random((h, w, 1)).astype(np.float32)
+    right = rng.normal(size=(n, h, w // 2, 1)) * 0.2
+    left = right[:, :, ::-1] + 0.02 * rng.normal(size=right.shape)  # the mirror, moving along
+    nb = np.clip(image[None] + np.concatenate([left, right], 2), 0, 1).astype(np.float32)
+    hidden = np.zeros((h, w), bool)
+    hidden[:, : w // 2] = True
+    w_true = np.where(hidden.reshape(-1, 1), 0.0, rng.normal(size=(h * w, 3))).astype(np.float32)
+
+    def teacher(x):
+        return x.reshape(len(x), -1) @ w_true
+
+    def blind_share(weights):
+        mass = np.abs(np.asarray(weights)).sum(1).reshape(h, w)
+        return mass[hidden].sum() / mass.sum()
+
+    plain = student.fit_ridge(jnp.asarray(nb[:n_fit].reshape(n_fit, -1)),
+                              jnp.asarray(teacher(nb[:n_fit])), (0.3,))
+    config = NeighborConfig(num=n, patch_mix=2)
+    rows = neighbors_lib.mixed_rows(config, n_fit)
+    take = np.asarray(neighbors_lib.patch_mix_masks(jax.random.PRNGKey(0), n, rows, h, w, 2))
+    mixed = np.where(take, image[None], nb)
+    assert not take[rows[1]:].any() and take[rows[0]:rows[1]].mean() > 0.4
+    fit = mixed[:n_fit].reshape(n_fit, -1)
+    w_l, b_l, _ = student.fit_lasso(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
+                                    0.02, 500)
+    assert blind_share(plain.w) > 0.3
+    assert blind_share(w_l) < 0.05
+    held = nb[n_fit:].reshape(n_hold, -1)
+    top1 = np.mean(np.argmax(held @ np.asarray(w_l) + np.asarray(b_l), 1)
+                   == np.argmax(teacher(nb[n_fit:]), 1))
+    assert top1 > 0.9

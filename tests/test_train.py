@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,38 @@ def test_teacher_steps_reduce_loss(digits):
     state = train.create_state(init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
     losses = _repeat_steps(train.teacher_train_step, state, (tr.images[:128], tr.labels[:128]))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_random_blur_is_a_gaussian_of_each_images_own_width():
+    images = jax.random.uniform(jax.random.PRNGKey(0), (5, 9, 7, 2))
+    key, top = jax.random.PRNGKey(3), 1.3
+    got = np.asarray(train.random_blur(images, key, top))
+    sigma = np.asarray(jax.random.uniform(key, (5, 1), maxval=top))[:, 0]
+    radius = 4  # ceil(3 * 1.3)
+    t = np.arange(-radius, radius + 1)
+    for b in range(5):  # numpy reference: separable, edge-padded, its own sigma
+        k = np.exp(-0.5 * t**2 / sigma[b] ** 2)
+        k /= k.sum()
+        x = np.pad(np.asarray(images[b], np.float64), ((radius,) * 2, (radius,) * 2, (0, 0)),
+                   mode="edge")
+        x = sum(k[i] * x[i : i + 9] for i in range(2 * radius + 1))
+        x = sum(k[i] * x[:, i : i + 7] for i in range(2 * radius + 1))
+        np.testing.assert_allclose(got[b], x, atol=1e-5)
+    assert len(set(np.round(sigma, 6))) == 5  # each image its own width
+    unchanged = train.random_blur(images, key, 1e-4)  # widths near 0: the images themselves
+    np.testing.assert_allclose(unchanged, images, atol=1e-6)
+
+
+def test_blur_augmented_teacher_steps_differ_and_reduce_loss(digits):
+    tr, _ = digits
+    state = train.create_state(init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
+    batch = (tr.images[:128], tr.labels[:128])
+    plain = _repeat_steps(train.teacher_train_step, state, batch, n=40)
+    blurred = _repeat_steps(functools.partial(train.teacher_train_step, blur_augment=1.0),
+                            state, batch, n=40)
+    assert blurred[-1] < 0.5 * blurred[0] and blurred != plain
+    with pytest.raises(ValueError, match="blur_augment"):
+        train.TrainConfig(blur_augment=-1.0)
 
 
 def test_vae_steps_reduce_loss(digits):
