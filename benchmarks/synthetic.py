@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from common import machine_info
 
 import deepvid_jax as dv
-from deepvid_jax import checkpoint, cli, driver, files, vae, viz
+from deepvid_jax import checkpoint, cli, driver, files, localisation, vae, viz
 from deepvid_jax.data import open_source
 
 DATASET = "synthetic"
@@ -45,12 +46,6 @@ def to_jpeg(png: Path) -> Path:
     Image.open(png).convert("RGB").save(jpg, quality=85)
     png.unlink()
     return jpg
-
-
-def mask_share(attributions: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """[N] share of each map's |attribution| (summed over channels) on its mask [N, H, W]."""
-    mass = np.abs(attributions).sum(-1)
-    return (mass * masks).sum((1, 2)) / np.maximum(mass.sum((1, 2)), 1e-12)
 
 
 def main(argv=None) -> int:
@@ -88,7 +83,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         out = dv.explain(name, images, classes, jax.random.PRNGKey(0), models=models)
         seconds = time.perf_counter() - start
-        share = mask_share(out.attributions, masks[:n])
+        share = np.asarray(localisation.relevance_mass(jnp.asarray(out.attributions),
+                                                       jnp.asarray(masks[:n])))
         rows[name] = {"seconds_per_image": seconds / n, "mask_share": float(share.mean()),
                       "mask_share_ci95": float(1.96 * share.std() / np.sqrt(n))}
         maps[name] = out.attributions[:8]

@@ -296,7 +296,8 @@ def test_student_fidelity_reproduces_the_held_out_fidelity(setup):
     assert g.top1.shape == (7,) and np.all((g.top1 >= 0) & (g.top1 <= 1))
 
 
-@pytest.mark.parametrize("sampler, mix", [("vae", 0), ("pixel", 0), ("vae", 3)])
+# The VAE case mixes patches (patch_mix): every part of the VAE path is blocked there too.
+@pytest.mark.parametrize("sampler, mix", [("pixel", 0), ("vae", 3)])
 def test_blocked_decoding_and_labelling_equals_unblocked(setup, sampler, mix):
     """Neighbours (and the calibrated radius's probes) decoded and labelled 50 rows at a time
     across instances (chunks of 3 x 64 rows, so blocks straddle instances and the last one is
