@@ -95,9 +95,9 @@ Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 
 # DeepVID with the ground-truth remedy (README, "Ground truth"): half the fitting neighbours
-# take random 4x4 patches from the instance, and the student is the lasso. On a teacher blind to
-# half of each MNIST image, |relevance| on that half fell from 0.30 to about 0.10 (32 images);
-# held-out top-1 on the VAE neighbours moved by under 0.02.
+# take random 4x4 patches from the instance, and the student is the lasso. On teachers blind to
+# the left half (500 images) |relevance| there fell 0.300 -> 0.108 on MNIST, 0.344 -> 0.115 on
+# KMNIST; held-out top-1 on the VAE neighbours 0.931 -> 0.912 and 0.911 -> 0.885.
 SPARSE = ExplainConfig(neighbors=NeighborConfig(patch_mix=4),
                        student=StudentConfig(method="lasso"))
 
