@@ -31,6 +31,16 @@ def machine_info() -> dict:
     }
 
 
+def to_jpeg(png: Path) -> Path:
+    """Noisy colour maps make megabyte PNGs: keep a JPEG (quality 85) instead."""
+    from PIL import Image
+
+    jpg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpg, quality=85)
+    png.unlink()
+    return jpg
+
+
 def interval(x) -> dict:
     """Mean and normal-approximation 95 % interval half-width of per-image values; NaNs
     (undefined values) are left out and counted."""

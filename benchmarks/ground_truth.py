@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import machine_info
+from common import fmt_interval, interval, machine_info, to_jpeg
 
 import deepvid_jax as dv
 from deepvid_jax import deepvid, files, groundtruth, localisation, viz
@@ -44,21 +44,6 @@ SETTINGS = {  # name -> (dataset, split, checkpoints)
 CLASS_MASK_METRICS = {"mass": localisation.relevance_mass,
                       "rank": localisation.relevance_rank_accuracy,
                       "pointing": localisation.pointing_game}
-
-
-def mean_ci(values: np.ndarray) -> dict:
-    values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()),
-            "ci95": float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))}
-
-
-def to_jpeg(png: Path) -> Path:
-    from PIL import Image
-
-    jpg = png.with_suffix(".jpg")
-    Image.open(png).convert("RGB").save(jpg, quality=85)
-    png.unlink()
-    return jpg
 
 
 # Rows beside the registered methods: (method, its config) (the DeepVID remedy).
@@ -103,9 +88,9 @@ def hidden_setting(name: str, args, methods) -> dict:
     rows = {}
     for method, (attr, seconds) in results.items():
         leak = np.asarray(localisation.relevance_mass(jnp.asarray(attr.attributions), region))
-        rows[method] = {"hidden_mass": mean_ci(leak), "seconds_per_image": seconds / len(x)}
+        rows[method] = {"hidden_mass": interval(leak), "seconds_per_image": seconds / len(x)}
         if "fidelity_top1" in attr.extras:  # the students' and LIME's held-out fit
-            rows[method]["heldout_top1"] = mean_ci(attr.extras["fidelity_top1"])
+            rows[method]["heldout_top1"] = interval(attr.extras["fidelity_top1"])
         print(f"{method:22s} mass on the hidden {args.mask}: {leak.mean():.3f}", flush=True)
     maps = {k: np.abs(a.attributions[:6]).sum(-1) for k, (a, _) in results.items()}
     maps = {f"hidden ({args.mask})": np.broadcast_to(hidden, (6, h, w)).astype(np.float32),
@@ -130,7 +115,7 @@ def class_mask_setting(args, methods) -> dict:
     rows = {}
     for method, (attr, seconds) in results.items():
         a = jnp.asarray(attr.attributions)
-        rows[method] = {k: mean_ci(fn(a, jnp.asarray(masks)))
+        rows[method] = {k: interval(fn(a, jnp.asarray(masks)))
                         for k, fn in CLASS_MASK_METRICS.items()}
         rows[method]["seconds_per_image"] = seconds / n
         print(f"{method:22s} " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in rows[method].items()
@@ -156,8 +141,7 @@ def markdown(result: dict) -> str:
                       "|---|---|---|"]
             for m, r in s["methods"].items():
                 top1 = (f"{r['heldout_top1']['mean']:.3f}" if "heldout_top1" in r else "–")
-                lines.append(f"| {m} | {r['hidden_mass']['mean']:.3f} ± "
-                             f"{r['hidden_mass']['ci95']:.3f} | {top1} |")
+                lines.append(f"| {m} | {fmt_interval(r['hidden_mass'])} | {top1} |")
             lines += [f"| (no information) | {s['hidden_area']:.3f} | |", ""]
         else:
             lines += [f"**{s['dataset']}**, the shape's mask ({s['mask_area']:.1%} of the pixels; "
@@ -166,8 +150,7 @@ def markdown(result: dict) -> str:
                       "pointing game |", "|---|---|---|---|"]
             for m, r in s["methods"].items():
                 lines.append(f"| {m} | " + " | ".join(
-                    f"{r[k]['mean']:.3f} ± {r[k]['ci95']:.3f}" for k in CLASS_MASK_METRICS)
-                    + " |")
+                    fmt_interval(r[k]) for k in CLASS_MASK_METRICS) + " |")
             a = s["mask_area"]
             lines += [f"| (uniform map) | {a:.3f} | {a:.3f} | {a:.3f} |", ""]
     return "\n".join(lines)

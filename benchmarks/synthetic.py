@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import machine_info
+from common import machine_info, to_jpeg
 
 import deepvid_jax as dv
 from deepvid_jax import checkpoint, cli, driver, files, localisation, vae, viz
@@ -36,16 +36,6 @@ def train_if_missing(folder: Path, args) -> None:
             code = cli.main([f"train-{kind}", *common, "--epochs", str(epochs)])
             if code:
                 raise SystemExit(f"train-{kind} failed ({code})")
-
-
-def to_jpeg(png: Path) -> Path:
-    """Noisy colour maps make megabyte PNGs: keep a JPEG (quality 85) instead."""
-    from PIL import Image
-
-    jpg = png.with_suffix(".jpg")
-    Image.open(png).convert("RGB").save(jpg, quality=85)
-    png.unlink()
-    return jpg
 
 
 def main(argv=None) -> int:

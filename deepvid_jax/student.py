@@ -99,6 +99,15 @@ class RidgeFit(NamedTuple):
     gcv: jax.Array
 
 
+def _centred(x: jax.Array, teacher_logits: jax.Array):
+    """What the regression students fit: (mean pixel [D], mean centred logit [K], pixels minus
+    their mean [N, D], class-centred logits minus their mean [N, K]); the intercept is then
+    ``mean logit - mean pixel @ W``."""
+    y = teacher_logits - jnp.mean(teacher_logits, axis=1, keepdims=True)
+    mu_x, mu_y = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
+    return mu_x, mu_y, x - mu_x, y - mu_y
+
+
 def fit_ridge(
     x: jax.Array, teacher_logits: jax.Array, penalties: tuple[float, ...], *,
     relative: bool = True,
@@ -119,9 +128,7 @@ def fit_ridge(
       `RidgeFit`.
     """
     n, d = x.shape
-    y = teacher_logits - jnp.mean(teacher_logits, axis=1, keepdims=True)
-    mu_x, mu_y = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
-    xc, yc = x - mu_x, y - mu_y
+    mu_x, mu_y, xc, yc = _centred(x, teacher_logits)
     primal = d <= n
     gram = xc.T @ xc if primal else xc @ xc.T
     e, vecs = jnp.linalg.eigh(gram)
@@ -176,9 +183,7 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
       (W [D, K] centred over classes, b [K], lambda []).
     """
     n = x.shape[0]
-    y = teacher_logits - jnp.mean(teacher_logits, axis=1, keepdims=True)
-    mu_x, mu_y = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
-    xc, yc = x - mu_x, y - mu_y
+    mu_x, mu_y, xc, yc = _centred(x, teacher_logits)
     lam = relative_penalty * jnp.max(jnp.abs(xc.T @ yc)) / n
 
     def power(v, _):
@@ -196,7 +201,7 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
         t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
         return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
 
-    zero = jnp.zeros((x.shape[1], y.shape[1]), x.dtype)
+    zero = jnp.zeros((x.shape[1], yc.shape[1]), x.dtype)
     (w, _, _), _ = jax.lax.scan(step, (zero, zero, jnp.ones((), x.dtype)), None, steps)
     w = w - jnp.mean(w, axis=1, keepdims=True)
     return w, mu_y - mu_x @ w, lam

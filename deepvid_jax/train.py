@@ -21,7 +21,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from deepvid_jax import adversarial, consistency, driver, vae, validate
+from deepvid_jax import adversarial, consistency, driver, metrics, vae, validate
 from deepvid_jax.models import TeacherConfig, VAEConfig, init_teacher, teacher_logits
 
 
@@ -95,11 +95,7 @@ def random_blur(images: jax.Array, key: jax.Array, max_sigma: float) -> jax.Arra
     sigma = jax.random.uniform(key, (images.shape[0], 1), maxval=max_sigma)
     t = jnp.arange(-radius, radius + 1, dtype=images.dtype)
     k = jnp.exp(-0.5 * t**2 / jnp.maximum(sigma, 1e-3) ** 2)  # [B, 2R + 1]; sigma 0: a delta
-    k = k / k.sum(-1, keepdims=True)
-    h, w = images.shape[1:3]
-    x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
-    x = sum(k[:, i, None, None, None] * x[:, i : i + h] for i in range(2 * radius + 1))
-    return sum(k[:, i, None, None, None] * x[:, :, i : i + w] for i in range(2 * radius + 1))
+    return metrics.separable_blur(images, k / k.sum(-1, keepdims=True))
 
 
 @functools.partial(jax.jit, static_argnames="blur_augment")
