@@ -2,12 +2,13 @@
 
 1. Overhead: the same images, chunk size and explainer, once with ``dv.explain`` (arrays in
    memory) and once with ``explain_dataset`` into a fresh Zarr store (reading the split by
-   chunks, writing every array, markers), compiled first; per explainer, in one run.
+   chunks, writing every array, markers), compiled first; per explainer, in one run, timed in
+   turn several times (medians: this CPU's speed varies with load).
 2. Memory: peak resident memory (``ru_maxrss``) of a whole ``deepvid run`` in a fresh process,
    over 1,000 and over 10,000 images (the whole MNIST test split).
 
     python benchmarks/runner.py --checkpoints runs/mnist --count 2000 \\
-        --explainers deepvid gradient --memory-explainer gradient
+        --explainers deepvid gradient --chunk 64 256 --memory-explainer gradient
 
 Writes ``benchmarks/results/runner.{json,md}``.
 """
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from common import machine_info
 
 from deepvid_jax import data, explainers, files, run
@@ -37,32 +39,52 @@ sys.exit(code)
 """
 
 
-def overhead(models, source, name: str, chunk: int, seed: int) -> dict:
-    """Seconds of in-memory explain and of the runner on the same images (both compiled)."""
+def overhead(models, source, name: str, chunk: int, seed: int, repeats: int,
+             max_seconds: float) -> dict:
+    """Seconds of in-memory explain and of the runner on the same images (all compiled first),
+    timed in turn ``repeats`` times (fewer once ``max_seconds`` are spent); medians and minima.
+
+    Three ways: ``explain`` handed the classes; ``explain`` finding them (the teacher's argmax,
+    what it does without ``classes``: the in-memory equivalent of a run, which finds them and
+    stores the teacher's probabilities too); the runner into a fresh Zarr store."""
     x, _ = source.read(0, len(source))
     classes = explainers.predicted_classes(x, models)
     key = jax.random.PRNGKey(seed)
-    explainers.explain(name, x[:chunk], classes[:chunk], key, models=models, chunk_size=chunk)
-    start = time.perf_counter()
-    explainers.explain(name, x, classes, key, models=models, chunk_size=chunk)
-    memory = time.perf_counter() - start
-    # The runner also finds the classes (and the probabilities) with the teacher: what a user
-    # of in-memory explain does first, timed too for the like-for-like comparison.
-    explainers.predicted_classes(x[:chunk], models, chunk_size=chunk)
-    start = time.perf_counter()
-    explainers.predicted_classes(x, models, chunk_size=chunk)
-    predict = time.perf_counter() - start
+    config = run.RunConfig(explainers=(name,), chunk_size=chunk, seed=seed)
+
+    def given():
+        explainers.explain(name, x, classes, key, models=models, chunk_size=chunk)
+
+    def found():
+        explainers.explain(name, x, None, key, models=models, chunk_size=chunk)
+
+    def runner(folder=[0]):  # noqa: B006 - a fresh store each call
+        folder[0] += 1
+        run.explain_dataset(source, models, Path(tmp) / f"store{folder[0]}.zarr", config,
+                            progress=False)
+
+    times = {"in_memory_s": [], "in_memory_with_classes_s": [], "runner_s": []}
     with tempfile.TemporaryDirectory() as tmp:
-        config = run.RunConfig(explainers=(name,), chunk_size=chunk, seed=seed)
+        explainers.explain(name, x[:chunk], classes[:chunk], key, models=models,
+                           chunk_size=chunk)
+        explainers.predicted_classes(x[:256], models)
         warm = data.Source(*source.read(0, chunk), source.info)  # compile on one chunk
         run.explain_dataset(warm, models, Path(tmp) / "warm.zarr", config, progress=False)
-        start = time.perf_counter()
-        run.explain_dataset(source, models, Path(tmp) / "store.zarr", config, progress=False)
-        runner = time.perf_counter() - start
+        spent = time.perf_counter()
+        for _ in range(repeats):
+            for field, fn in zip(times, (given, found, runner), strict=True):
+                start = time.perf_counter()
+                fn()
+                times[field].append(time.perf_counter() - start)
+            if time.perf_counter() - spent > max_seconds:
+                break
+    med = {k: float(np.median(v)) for k, v in times.items()}
     return {"explainer": name, "images": len(source), "chunk": chunk,
-            "in_memory_s": memory, "predict_s": predict, "runner_s": runner,
-            "overhead": runner / memory - 1,
-            "overhead_vs_predict_and_explain": runner / (memory + predict) - 1}
+            "repeats": len(times["runner_s"]), "times": times, **med,
+            "overhead": med["runner_s"] / med["in_memory_with_classes_s"] - 1,
+            "overhead_vs_explain_given_classes": med["runner_s"] / med["in_memory_s"] - 1,
+            "overhead_of_minima": min(times["runner_s"])
+            / min(times["in_memory_with_classes_s"]) - 1}
 
 
 def peak_memory(args, count: int) -> dict:
@@ -72,7 +94,7 @@ def peak_memory(args, count: int) -> dict:
         cmd = [sys.executable, "-c", MEMORY_SCRIPT, "run", "--dataset", args.dataset,
                "--split", f"test[:{count}]", "--explainers", args.memory_explainer,
                "--checkpoints", args.checkpoints, "--out", str(out), "--chunk-size",
-               str(args.chunk), "--quiet"]
+               str(args.chunk[0]), "--quiet"]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         start = time.perf_counter()
@@ -91,38 +113,59 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--count", type=int, default=2000)
-    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--chunk", type=int, nargs="+", default=[64, 256],
+                   help="chunk sizes of the overhead (the memory runs use the first)")
     p.add_argument("--explainers", nargs="+", default=["deepvid", "gradient"])
     p.add_argument("--memory-explainer", default="gradient")
     p.add_argument("--memory-counts", type=int, nargs="*", default=[1000, 10000])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timings of each way, in turn (medians reported)")
+    p.add_argument("--max-seconds", type=float, default=300,
+                   help="stop repeating an explainer once this is spent (DeepVID: once)")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--append", action="store_true",
+                   help="merge into the existing runner.json (rows of the same explainer and "
+                        "chunk, and the memory rows when measured, are replaced)")
     args = p.parse_args(argv)
 
     models = explainers.Models.load(args.checkpoints)
     source = data.open_source(args.dataset, f"test[:{args.count}]", data_dir=args.data_dir)
     result = {"machine": machine_info(), "args": vars(args), "overhead": [], "memory": []}
-    for name in args.explainers:
-        r = overhead(models, source, name, args.chunk, args.seed)
+    for name, chunk in [(n, c) for n in args.explainers for c in args.chunk]:
+        r = overhead(models, source, name, chunk, args.seed, args.repeats, args.max_seconds)
         result["overhead"].append(r)
-        print(f"{name}: in memory {r['in_memory_s']:.2f} s (+ classes {r['predict_s']:.2f} s), "
-              f"runner {r['runner_s']:.2f} s ({100 * r['overhead']:+.1f} %; "
-              f"{100 * r['overhead_vs_predict_and_explain']:+.1f} % over classes + explain)",
-              flush=True)
+        print(f"{name}, chunk {chunk}: explain {r['in_memory_s']:.2f} s given the classes, "
+              f"{r['in_memory_with_classes_s']:.2f} s finding them; runner "
+              f"{r['runner_s']:.2f} s ({100 * r['overhead']:+.1f} %; over explain given the "
+              f"classes {100 * r['overhead_vs_explain_given_classes']:+.1f} %); medians of "
+              f"{r['repeats']}", flush=True)
     for count in args.memory_counts:
         r = peak_memory(args, count)
         result["memory"].append(r)
         print(f"deepvid run {r['explainer']} over {count} images: peak RSS "
               f"{r['peak_rss_mib']:.0f} MiB ({r['seconds']:.0f} s)", flush=True)
 
-    lines = [f"Runner vs in-memory `dv.explain`, {args.count} {args.dataset} test images, chunk "
-             f"{args.chunk}, compiled first:", "",
-             "| explainer | in memory (s) | + the teacher's classes (s) | runner into Zarr (s) "
-             "| overhead over explain | over classes + explain |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['explainer']} | {r['in_memory_s']:.2f} | {r['predict_s']:.2f} | "
-              f"{r['runner_s']:.2f} | {100 * r['overhead']:+.1f} % | "
-              f"{100 * r['overhead_vs_predict_and_explain']:+.1f} % |"
-              for r in result["overhead"]]
+    out = Path(args.out)
+    if args.append and (out / "runner.json").exists():
+        old = json.loads((out / "runner.json").read_text())
+        new = {(r["explainer"], r["chunk"]) for r in result["overhead"]}
+        result["overhead"] = [r for r in old["overhead"] if (r["explainer"], r["chunk"])
+                              not in new] + result["overhead"]
+        result["memory"] = result["memory"] or old["memory"]
+        result["earlier_runs"] = [*old.get("earlier_runs", []),
+                                  {"machine": old["machine"], "args": old["args"]}]
+    lines = [f"Runner vs in-memory `dv.explain` at the same chunk size, {args.count} "
+             f"{args.dataset} test images, compiled first; medians of the repeats, timed in "
+             "turn:", "",
+             "| explainer | chunk | repeats | explain, classes given (s) | explain, finding the "
+             "classes (s) | runner into Zarr (s) | overhead | over explain given the classes | "
+             "of the minima |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['explainer']} | {r['chunk']} | {r['repeats']} | {r['in_memory_s']:.2f} | "
+              f"{r['in_memory_with_classes_s']:.2f} | {r['runner_s']:.2f} | "
+              f"**{100 * r['overhead']:+.1f} %** | "
+              f"{100 * r['overhead_vs_explain_given_classes']:+.1f} % | "
+              f"{100 * r['overhead_of_minima']:+.1f} % |" for r in result["overhead"]]
     if result["memory"]:
         base = result["memory"][0]["peak_rss_mib"]
         lines += ["", f"Peak resident memory of `deepvid run --explainers "
@@ -132,7 +175,6 @@ def main(argv=None) -> int:
                   f"{r['peak_rss_mib'] / base:.2f}x |" for r in result["memory"]]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    out = Path(args.out)
     files.write_json(out / "runner.json", result)
     files.write_text(out / "runner.md", text)
     return 0

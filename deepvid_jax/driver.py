@@ -9,6 +9,7 @@ count or the other instances in its batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -22,9 +23,14 @@ from deepvid_jax import validate
 
 def instance_keys(key: jax.Array, start: int, count: int) -> jax.Array:
     """Keys [count] of instances start..start+count-1: ``fold_in(key, i)``."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + count))
+    return _instance_keys(key, jnp.int32(start), count)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _instance_keys(key: jax.Array, start: jax.Array, count: int) -> jax.Array:
+    # One compiled program per count (the start is traced): dispatched op by op, the fold_ins
+    # cost ~3 ms a chunk, a tenth of the gradient's whole time on MNIST.
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
 
 
 def map_instances(

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -228,29 +230,73 @@ def test_cli_reports_a_config_mismatch_in_one_line(clean, checkpoints, tmp_path)
 
 
 class _Rows:
-    """A stand-in for a Zarr array: records writes; fails with OSError when told."""
+    """A stand-in for a Zarr array: records writes (name, first row, rows); fails with OSError
+    when told; the first write waits for ``gate`` when given (after setting ``entered``)."""
 
-    def __init__(self, log: list, name: str, fail: bool):
-        self.log, self.name, self.fail = log, name, fail
+    def __init__(self, log: list, name: str, fail: bool = False, gate=None, entered=None):
+        self.log, self.name, self.fail, self.gate, self.entered = log, name, fail, gate, entered
 
     def __setitem__(self, rows, values):
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30)
+            self.gate = None
         if self.fail:
             raise OSError(28, "No space left on device")
-        self.log.append((self.name, rows.start))
+        self.log.append((self.name, rows.start, len(values)))
 
 
-def test_writer_keeps_order_and_stops_at_the_first_failed_write(tmp_path):
+def _stage(name, chunk, rows=2):
+    return [(name, chunk * rows, np.zeros(rows)), (f"done/{name}", chunk, np.ones(1, np.uint8))]
+
+
+def test_writer_batches_queued_stages_and_writes_markers_last(tmp_path):
     log: list = []
-    root = {n: _Rows(log, n, fail=n == "bad") for n in ("a", "done/a", "bad", "done/b", "c")}
-    writer = run_lib._Writer(root, tmp_path, depth=1)
-    writer.submit([("a", 0, np.zeros(2)), ("done/a", 0, np.ones(1))])
-    writer.submit([("a", 2, np.zeros(2)), ("done/a", 1, np.ones(1))])
+    gate, entered = threading.Event(), threading.Event()
+    root = {"a": _Rows(log, "a", gate=gate, entered=entered), "done/a": _Rows(log, "done/a")}
+    writer = run_lib._Writer(root, tmp_path, linger=0)
+    writer.submit(_stage("a", 0))
+    assert entered.wait(30)  # the thread is inside the first write: the next stages queue
+    writer.submit(_stage("a", 1))
+    writer.submit(_stage("a", 2))
+    gate.set()
     writer.close()
-    assert log == [("a", 0), ("done/a", 0), ("a", 2), ("done/a", 1)]  # arrays before markers
-    log.clear()
-    writer = run_lib._Writer(root, tmp_path, depth=4)
-    writer.submit([("bad", 0, np.zeros(2)), ("done/b", 0, np.ones(1))])
-    writer.submit([("c", 0, np.zeros(2))])
+    # the two queued stages went out together, each array in one call, markers after arrays
+    assert log == [("a", 0, 2), ("done/a", 0, 1), ("a", 2, 4), ("done/a", 1, 2)]
+
+
+def test_writer_bounds_the_memory_of_queued_stages(tmp_path):
+    log: list = []
+    gate, entered = threading.Event(), threading.Event()
+    root = {"a": _Rows(log, "a", gate=gate, entered=entered), "done/a": _Rows(log, "done/a")}
+    writer = run_lib._Writer(root, tmp_path, max_bytes=1, linger=0)
+    writer.submit(_stage("a", 0))
+    assert entered.wait(30)
+    waiting = threading.Thread(target=writer.submit, args=(_stage("a", 1),))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # over max_bytes while the first stage is being written
+    gate.set()
+    waiting.join(30)
+    writer.close()
+    assert [r[:2] for r in log] == [("a", 0), ("done/a", 0), ("a", 2), ("done/a", 1)]
+
+
+def test_writer_stops_at_the_first_failed_write(tmp_path):
+    log: list = []
+    root = {n: _Rows(log, n, fail=n == "bad") for n in ("bad", "done/bad", "c", "done/c")}
+    writer = run_lib._Writer(root, tmp_path, linger=0)
+    writer.submit(_stage("bad", 0))
+    writer.submit(_stage("c", 0))
     with pytest.raises(run_lib.RunError, match=f"cannot write bad to {tmp_path}.*No space"):
         writer.close()
-    assert log == []  # neither the failed stage's marker nor any later stage was written
+    assert not [r for r in log if r[0].startswith("done/")]  # no marker after the failure
+    writer = run_lib._Writer(root, tmp_path, linger=0)
+    writer.submit(_stage("bad", 0))
+    deadline = time.monotonic() + 30
+    while writer._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(run_lib.RunError, match="cannot write bad"):
+        writer.submit(_stage("c", 1))  # the next submit reports it
+    with pytest.raises(run_lib.RunError):
+        writer.close()
