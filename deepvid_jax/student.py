@@ -63,6 +63,8 @@ class StudentConfig:
         score is used per instance (e.g. `GCV_PENALTIES`).
       lasso: the L1 penalty of "lasso", relative to the smallest one that makes every weight
         zero (in (0, 1)); its iterations are ``steps``.
+      lasso_refit: "lasso" only: iterations of the unpenalised fit on the lasso's non-zero
+        weights that follow (the relaxed lasso, `fit_lasso`); 0 for none.
     """
 
     method: str = "ridge"
@@ -74,11 +76,12 @@ class StudentConfig:
     l2: float = 1.0
     penalties: tuple[float, ...] = (0.3,)
     lasso: float = 0.02
+    lasso_refit: int = 0
 
     def __post_init__(self):
         validate.choice(self.method, METHODS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
-                        nonneg=("hard_label_weight", "l1", "l2"))
+                        nonneg=("hard_label_weight", "l1", "l2"), nonneg_int=("lasso_refit",))
         if not isinstance(self.penalties, tuple) or not self.penalties:
             raise ValueError(f"StudentConfig.penalties must be a non-empty tuple, got "
                              f"{self.penalties!r}.")
@@ -167,14 +170,19 @@ def fit_ridge(
     return RidgeFit(w, b, grid[best], grid, gcv)
 
 
-def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, steps: int
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, steps: int,
+              refit_steps: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """L1-penalised regression of class-centred logits on pixels, with an unpenalised intercept:
 
     min_W,b 1/(2N) ||x W + b - (t - mean_k t)||^2 + lambda |W|_1,  lambda = relative_penalty *
     lambda_max (lambda_max = max |x_c^T y_c| / N: the smallest penalty with W = 0), by ``steps``
     iterations of FISTA (Beck & Teboulle 2009) from zero; the step is 1 / L with L from 30
     power iterations (times 1.05, as they approach the largest eigenvalue from below).
+
+    With ``refit_steps``, the relaxed lasso (Meinshausen 2007): that many more FISTA steps of
+    the unpenalised problem restricted to the weights the lasso left non-zero, from the lasso's
+    solution. The L1 penalty picks which pixels matter and also shrinks their weights, which
+    costs fidelity; the refit keeps the choice and undoes the shrinkage.
 
     Args:
       x: [N, D] neighbours; teacher_logits: [N, K].
@@ -194,15 +202,23 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
                         30)
     lipschitz = 1.05 * jnp.maximum(jnp.sum((xc @ v) ** 2) / n, 1e-12)
 
-    def step(carry, _):
-        w, z, t = carry
-        u = z - (xc.T @ (xc @ z - yc)) / (n * lipschitz)
-        w_next = jnp.sign(u) * jnp.maximum(jnp.abs(u) - lam / lipschitz, 0.0)
-        t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-        return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
+    def fista(prox):
+        def step(carry, _):
+            w, z, t = carry
+            w_next = prox(z - (xc.T @ (xc @ z - yc)) / (n * lipschitz))
+            t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
+            return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
+        return step
 
-    zero = jnp.zeros((x.shape[1], yc.shape[1]), x.dtype)
-    (w, _, _), _ = jax.lax.scan(step, (zero, zero, jnp.ones((), x.dtype)), None, steps)
+    def run(prox, w, count):
+        (w, _, _), _ = jax.lax.scan(fista(prox), (w, w, jnp.ones((), x.dtype)), None, count)
+        return w
+
+    w = run(lambda u: jnp.sign(u) * jnp.maximum(jnp.abs(u) - lam / lipschitz, 0.0),
+            jnp.zeros((x.shape[1], yc.shape[1]), x.dtype), steps)
+    if refit_steps:
+        support = (w != 0).astype(x.dtype)
+        w = run(lambda u: u * support, w, refit_steps)
     w = w - jnp.mean(w, axis=1, keepdims=True)
     return w, mu_y - mu_x @ w, lam
 
@@ -266,7 +282,7 @@ def fit_student(
         fit = fit_ridge(x, teacher_logits, config.penalties)
         return fit.w, fit.b, fit.penalty
     if config.method == "lasso":
-        return fit_lasso(x, teacher_logits, config.lasso, config.steps)
+        return fit_lasso(x, teacher_logits, config.lasso, config.steps, config.lasso_refit)
     mu = jnp.mean(x, axis=0)
     xc = x - mu
     d, k = x.shape[1], teacher_logits.shape[1]

@@ -139,6 +139,29 @@ def test_lasso_equals_sklearn_on_each_class():
         StudentConfig(method="lasso", lasso=1.0)
 
 
+def test_relaxed_lasso_equals_least_squares_on_the_lasso_support():
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 30)).astype(np.float32)
+    w_true = np.where(rng.random((30, 4)) < 0.2, rng.normal(size=(30, 4)), 0.0)
+    t = (x @ w_true + 0.05 * rng.normal(size=(120, 4))).astype(np.float32)
+    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, refit_steps=3000)
+    y = t - t.mean(1, keepdims=True)
+    support = Lasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y).coef_.T != 0
+    want = np.zeros((30, 4))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    for k in range(4):  # ordinary least squares on the columns the lasso kept
+        want[support[:, k], k] = np.linalg.lstsq(xc[:, support[:, k]], yc[:, k], rcond=None)[0]
+    want -= want.mean(1, keepdims=True)
+    np.testing.assert_allclose(w, want, atol=2e-4)
+    np.testing.assert_allclose(b, y.mean(0) - x.mean(0) @ want, atol=2e-3)
+    shrunk, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000)
+    assert np.abs(np.asarray(shrunk) - want).max() > 0.05  # the refit changed the weights
+    with pytest.raises(ValueError, match="lasso_refit"):
+        StudentConfig(method="lasso", lasso_refit=-1)
+
+
 def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     """Neighbours whose left half moves with the right half (a VAE's correlated pixels) and a
     linear teacher that reads only the right half: ridge on them gives the left half much of the
