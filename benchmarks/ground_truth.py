@@ -17,13 +17,15 @@ Mean and 95 % interval (1.96 standard errors) over the images; DeepVID's held-ou
 own VAE neighbours beside it. Grad-CAM reads the teacher's conv maps, so for a masked teacher it
 runs on the masked images (exactly what the masked teacher computes). The attentive surrogate is
 left out: it is distilled from one teacher and would need a surrogate per masked teacher.
-Writes ``benchmarks/results/ground_truth.{json,md}`` and ``docs/ground_truth_*.jpg``.
+Writes ``benchmarks/results/ground_truth.{json,md}`` (``--name``) and ``docs/ground_truth_*.jpg``;
+``--methods M ... --merge`` recomputes some rows into the existing results.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -92,14 +94,14 @@ def hidden_setting(name: str, args, methods) -> dict:
         if "fidelity_top1" in attr.extras:  # the students' and LIME's held-out fit
             rows[method]["heldout_top1"] = interval(attr.extras["fidelity_top1"])
         print(f"{method:22s} mass on the hidden {args.mask}: {leak.mean():.3f}", flush=True)
-    maps = {k: np.abs(a.attributions[:6]).sum(-1) for k, (a, _) in results.items()}
-    maps = {f"hidden ({args.mask})": np.broadcast_to(hidden, (6, h, w)).astype(np.float32),
-            **maps}
-    png = viz.saliency_grid(x[:6], maps, Path(args.figures) / f"ground_truth_{name}.png",
-                            title=f"{dataset}, teacher blind to the {args.mask} "
-                            f"{'half' if args.mask in ('left', 'right', 'top', 'bottom') else ''}"
-                            ": |attribution|")
-    to_jpeg(png)
+    if not args.merge:
+        maps = {k: np.abs(a.attributions[:6]).sum(-1) for k, (a, _) in results.items()}
+        maps = {f"hidden ({args.mask})": np.broadcast_to(hidden, (6, h, w)).astype(np.float32),
+                **maps}
+        half = "half" if args.mask in ("left", "right", "top", "bottom") else ""
+        to_jpeg(viz.saliency_grid(x[:6], maps, Path(args.figures) / f"ground_truth_{name}.png",
+                                  title=f"{dataset}, teacher blind to the {args.mask} {half}: "
+                                  "|attribution|"))
     return {"dataset": dataset, "split": split, "images": len(x), "hidden": args.mask,
             "hidden_area": float(hidden.mean()), "methods": rows}
 
@@ -120,12 +122,12 @@ def class_mask_setting(args, methods) -> dict:
         rows[method]["seconds_per_image"] = seconds / n
         print(f"{method:22s} " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in rows[method].items()
                                           if isinstance(v, dict)), flush=True)
-    maps = {"class mask": masks[:6].astype(np.float32),
-            **{k: np.abs(a.attributions[:6]).sum(-1) for k, (a, _) in results.items()}}
-    png = viz.saliency_grid(x[:6], maps, Path(args.figures) / "ground_truth_synthetic.png",
-                            labels=[source.info.class_names[c] for c in y[:6]],
-                            title="synthetic: the shape carries the class; |attribution|")
-    to_jpeg(png)
+    if not args.merge:
+        maps = {"class mask": masks[:6].astype(np.float32),
+                **{k: np.abs(a.attributions[:6]).sum(-1) for k, (a, _) in results.items()}}
+        to_jpeg(viz.saliency_grid(x[:6], maps, Path(args.figures) / "ground_truth_synthetic.png",
+                                  labels=[source.info.class_names[c] for c in y[:6]],
+                                  title="synthetic: the shape carries the class; |attribution|"))
     return {"dataset": dataset, "split": split, "images": n,
             "mask_area": float(masks.mean()), "methods": rows}
 
@@ -166,6 +168,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--figures", default="docs")
+    p.add_argument("--name", default="ground_truth",
+                   help="results file stem (the synthetic run: ground_truth_synthetic)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge these methods' rows into the existing results (other methods and "
+                        "settings kept; figures, which need every method, are not redrawn)")
     args = p.parse_args(argv)
     methods = args.methods or [*(m for m in dv.METHODS if m != "surrogate"), *VARIANTS]
     Path(args.figures).mkdir(parents=True, exist_ok=True)
@@ -174,11 +181,21 @@ def main(argv=None) -> int:
         print(f"== {name}", flush=True)
         result["settings"][name] = (class_mask_setting(args, methods) if name == "synthetic"
                                     else hidden_setting(name, args, methods))
+    out = Path(args.out)
+    if args.merge and (out / f"{args.name}.json").exists():
+        old = json.loads((out / f"{args.name}.json").read_text())
+        for name, setting in result["settings"].items():
+            if name in old["settings"]:
+                rows = {**old["settings"][name]["methods"], **setting["methods"]}
+                old["settings"][name] = {**setting, "methods": rows}
+            else:
+                old["settings"][name] = setting
+        old.setdefault("merged", []).append({"args": vars(args), "machine": machine_info()})
+        result = old
     text = markdown(result)
     print("\n" + text)
-    out = Path(args.out)
-    files.write_json(out / "ground_truth.json", result)
-    files.write_text(out / "ground_truth.md", text + "\n")
+    files.write_json(out / f"{args.name}.json", result)
+    files.write_text(out / f"{args.name}.md", text + "\n")
     return 0
 
 

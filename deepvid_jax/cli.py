@@ -314,7 +314,7 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
         neighbors=NeighborConfig(sampler=args.sampler, num=args.neighbors,
                                  latent_scale=args.latent_scale, target_flip=args.target_flip,
                                  patch_mix=args.patch_mix),
-        student=StudentConfig(method=args.student),
+        student=StudentConfig(method=args.student, lasso=args.lasso),
         return_neighbors=True,
     )
 
@@ -654,8 +654,13 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
     p.add_argument("--student", choices=student_lib.METHODS, default=d.student.method,
                    help="ridge: closed form on centred logits; adam: Adam on the KD loss; kd: "
-                   "ridge then Adam on the KD loss; lasso: L1 instead of ridge (sparse; with "
-                   "--patch-mix, the ground-truth remedy).")
+                   "ridge then Adam on the KD loss; lasso: L1 instead of ridge (sparse; the "
+                   "ground-truth remedy: --student lasso --lasso 0.015 --patch-mix 4 "
+                   "--neighbors 1024).")
+    p.add_argument("--lasso", type=_finite(low=0.0, high=1.0, low_open=True, high_open=True),
+                   default=d.student.lasso,
+                   help="The lasso's L1 penalty, relative to the smallest that zeroes every "
+                   "weight (--student lasso).")
     p.add_argument("--patch-mix", type=NON_NEGATIVE, default=d.neighbors.patch_mix,
                    help="Patch side: half the fitting neighbours take random patches of this "
                    "size from the image, so correlated pixels come apart (0: off).")

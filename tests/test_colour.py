@@ -136,3 +136,19 @@ def test_a_spatial_latent_is_a_grid_of_local_codes():
     with pytest.raises(ValueError, match=r"spatial latent of 2 channels on the 4x4 grid has "
                                          r"latent_dim 32, not 16"):
         VAEConfig(latent_dim=16, features=(8, 16), image_shape=(16, 16, 3), spatial_latent=2)
+
+
+def test_decoder_blocks_add_residual_blocks_at_each_resolution():
+    from deepvid_jax import vae
+
+    base = dict(latent_dim=4 * 4 * 2, features=(8, 16), image_shape=(16, 16, 3),
+                likelihood="gaussian", spatial_latent=2)
+    z = jax.random.normal(jax.random.PRNGKey(2), (3, 32))
+    for blocks in (0, 2):
+        cfg = VAEConfig(**base, decoder_blocks=blocks)
+        params = init_vae(jax.random.PRNGKey(0), cfg)
+        names = [k for k in params["decoder"] if k.startswith("ResidualBlock")]
+        assert len(names) == blocks * len(cfg.features)  # before each of the two upsamplings
+        assert vae.decode(params, z, config=cfg).shape == (3, 16, 16, 3)
+    with pytest.raises(ValueError, match="decoder_blocks"):
+        VAEConfig(**base, decoder_blocks=-1)

@@ -150,6 +150,8 @@ CLI_CASES = {
                               "--latent-scale: must be >= 0"),
     "demo: unknown sampler": (["demo", "--sampler", "gan", *TRAIN], "invalid choice: 'gan'"),
     "demo: unknown student": (["demo", "--student", "sgd", *TRAIN], "invalid choice: 'sgd'"),
+    "demo: lasso 1": (["demo", "--student", "lasso", "--lasso", "1", *TRAIN],
+                      "--lasso: must be < 1, got 1"),
     "demo: reuse other images": (["demo", "--reuse", "--quiet", "--out", "{ckpt:16x16}"],
                                  r"takes images \(16, 16, 1\)"),
     "demo: old results in out": (["demo", "--quiet", "--out", "{tmp:legacy demo}"],
