@@ -656,7 +656,7 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    help="ridge: closed form on centred logits; adam: Adam on the KD loss; kd: "
                    "ridge then Adam on the KD loss; lasso: L1 instead of ridge (sparse; the "
                    "ground-truth remedy: --student lasso --lasso 0.015 --patch-mix 4 "
-                   "--neighbors 1024).")
+                   "--neighbors 1536).")
     p.add_argument("--lasso", type=_finite(low=0.0, high=1.0, low_open=True, high_open=True),
                    default=d.student.lasso,
                    help="The lasso's L1 penalty, relative to the smallest that zeroes every "
