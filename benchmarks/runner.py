@@ -16,6 +16,7 @@ Writes ``benchmarks/results/runner.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -58,9 +59,10 @@ def overhead(models, source, name: str, chunk: int, seed: int, repeats: int,
     def found():
         explainers.explain(name, x, None, key, models=models, chunk_size=chunk)
 
-    def runner(folder=[0]):  # noqa: B006 - a fresh store each call
-        folder[0] += 1
-        run.explain_dataset(source, models, Path(tmp) / f"store{folder[0]}.zarr", config,
+    stores = itertools.count()  # a fresh store each call
+
+    def runner():
+        run.explain_dataset(source, models, Path(tmp) / f"store{next(stores)}.zarr", config,
                             progress=False)
 
     times = {"in_memory_s": [], "in_memory_with_classes_s": [], "runner_s": []}

@@ -318,7 +318,7 @@ class _Writer:
         self._root, self._path, self._max_bytes, self._linger = root, path, max_bytes, linger
         self._arrays: dict[str, Any] = {}  # opened once: opening reads the array's metadata
         self._cond = threading.Condition()
-        self._queue: list[list[tuple[str, int, np.ndarray]]] = []
+        self._queue: list[tuple[int, list[tuple[str, int, np.ndarray]]]] = []  # (bytes, stage)
         self._bytes = 0  # of the stages queued or being written
         self._error: BaseException | None = None
         self._closed = False
@@ -335,7 +335,7 @@ class _Writer:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-            self._queue.append(writes)
+            self._queue.append((size, writes))
             self._bytes += size
             self._cond.notify_all()
 
@@ -359,16 +359,16 @@ class _Writer:
                 while (not self._closed and self._bytes < self._max_bytes
                        and time.monotonic() < until):
                     self._cond.wait(until - time.monotonic())
-                stages, self._queue = self._queue, []
+                queued, self._queue = self._queue, []
             try:
-                self._write(stages)
+                self._write([writes for _, writes in queued])
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 with self._cond:
                     self._error, self._queue = e, []
                     self._cond.notify_all()
                 return
             with self._cond:
-                self._bytes -= sum(np.asarray(v).nbytes for s in stages for _, _, v in s)
+                self._bytes -= sum(size for size, _ in queued)
                 self._cond.notify_all()
 
     def _write(self, stages: list[list[tuple[str, int, np.ndarray]]]) -> None:
@@ -388,11 +388,13 @@ class _Writer:
 def _runs(pieces: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
     """``(first row, rows)`` pieces of one array -> the fewest contiguous ones, in row order."""
     out: list[tuple[int, list[np.ndarray]]] = []
+    end = None  # the row after the last run
     for start, values in sorted(pieces, key=lambda p: p[0]):
-        if out and out[-1][0] + sum(len(v) for v in out[-1][1]) == start:
+        if start == end:
             out[-1][1].append(values)
         else:
             out.append((start, [values]))
+        end = start + len(values)
     return [(s, v[0] if len(v) == 1 else np.concatenate(v)) for s, v in out]
 
 
