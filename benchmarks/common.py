@@ -17,18 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import checkpoint, data, files, metrics
+from deepvid_jax import bench, checkpoint, data, files, metrics
 from deepvid_jax import deepvid as ex
 from deepvid_jax.models import teacher_logits
 
 
 def machine_info() -> dict:
-    """Platform, processor, core count, JAX version, backend and devices."""
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-    }
+    """`deepvid_jax.bench.device_info` (the device's name, kind, count, JAX version) plus the
+    operating system, the processor's name, core count, backend and devices."""
+    device = bench.device_info()
+    cpu = device["kind"] if device["platform"] == "cpu" else platform.machine()
+    return {**device, "os": platform.platform(), "processor": cpu, "cpu_count": os.cpu_count(),
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
 
 
 def to_jpeg(png: Path) -> Path:

@@ -36,6 +36,7 @@ from deepvid_jax import student as student_lib
 from deepvid_jax import vae as vae_lib
 from deepvid_jax.consistency import layer_names
 from deepvid_jax.models import (
+    DECODER_BLOCKS,
     SurrogateConfig,
     TeacherConfig,
     VAEConfig,
@@ -206,7 +207,8 @@ def _train_config(args, kind: str, base: train.TrainConfig) -> train.TrainConfig
     config = _recipe(args.dataset, kind, base)
     return dataclasses.replace(
         config, seed=args.seed, epochs=args.epochs or config.epochs,
-        learning_rate=getattr(args, "learning_rate", None) or config.learning_rate)
+        learning_rate=getattr(args, "learning_rate", None) or config.learning_rate,
+        lr_schedule=getattr(args, "lr_schedule", None) or config.lr_schedule)
 
 
 def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset,
@@ -274,7 +276,8 @@ def _plan_training(args, kinds: tuple[str, ...], tr: data.Dataset) -> dict:
                 raise ValueError(f"--layer {args.layer!r} is not one of the teacher's layers "
                                  f"{names}.")
     if "vae" in kinds:
-        plan["vae_config"] = vae_config_for(info.image_shape, args.latent_dim)
+        plan["vae_config"] = vae_config_for(info.image_shape, args.latent_dim,
+                                            getattr(args, "decoder_blocks", None))
         plan["vae_train"] = _train_config(args, "vae", train.VAE_TRAIN)
     for kind in kinds:
         _batch_fits(plan[f"{kind}_train"], len(tr.images), kind)
@@ -713,11 +716,18 @@ def _common(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--epochs", type=POSITIVE, default=None, help="Default depends on the dataset.")
     p.add_argument("--learning-rate", type=_finite(0.0, low_open=True), default=None,
                    help="Adam step size (default depends on the dataset).")
+    p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=None,
+                   help="constant, or cosine: a one-epoch warm-up, then a cosine decay to 0 "
+                   "(default depends on the dataset).")
     p.add_argument("--out", default=out, help="Output folder.")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--latent-dim", type=POSITIVE, default=None,
                    help="Default 16 for grayscale (a dense code); colour: a grid of 8 "
                    "channels per cell at the last stage (a multiple of the cell count).")
+    p.add_argument("--decoder-blocks", type=NON_NEGATIVE, default=None,
+                   help="Residual blocks the VAE's decoder applies before each upsampling "
+                   f"(default {DECODER_BLOCKS['grayscale']} for grayscale, "
+                   f"{DECODER_BLOCKS['colour']} for colour).")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 

@@ -191,7 +191,8 @@ def _twos(n: int) -> int:
     return (n & -n).bit_length() - 1
 
 
-def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
+def vae_config_for(image_shape, latent_dim: int | None = None,
+                   decoder_blocks: int | None = None) -> VAEConfig:
     """Our VAE for images of this size.
 
     Grayscale: as many stride-2 stages as `_stages_for` and as divide H and W (sizes are never
@@ -204,6 +205,8 @@ def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
     `synthetic` (README): a dense 32-d code decodes blobs whose class a blur-trained teacher
     keeps for 21 % of images, the 8x8x8 grid for 76 % (8 epochs).
 
+    ``decoder_blocks`` (`VAEConfig.decoder_blocks`): default ``DECODER_BLOCKS`` of the kind.
+
     Raises:
       ValueError: odd H or W (no stride-2 stage fits): resize the images (``--image-size``).
     """
@@ -212,9 +215,12 @@ def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
     if stages < 1:
         raise ValueError(f"the VAE halves images with stride-2 convolutions, so it needs even H "
                          f"and W; got {h}x{w}. Resize them (image_size=, --image-size H,W).")
+    kind = "grayscale" if c == 1 else "colour"
+    blocks = DECODER_BLOCKS[kind] if decoder_blocks is None else decoder_blocks
     if c == 1:
         return VAEConfig(latent_dim=16 if latent_dim is None else latent_dim,
-                         features=_STAGE_FEATURES[:stages], image_shape=(h, w, c))
+                         features=_STAGE_FEATURES[:stages], image_shape=(h, w, c),
+                         decoder_blocks=blocks)
     stages = max(1, stages - 1)
     cells = (h >> stages) * (w >> stages)
     channels = SPATIAL_CHANNELS if latent_dim is None else latent_dim // cells
@@ -222,10 +228,14 @@ def vae_config_for(image_shape, latent_dim: int | None = None) -> VAEConfig:
         raise ValueError(f"a colour VAE's latent is a grid of {cells} cells at {h}x{w}: "
                          f"latent_dim must be a multiple of {cells}, got {latent_dim}.")
     return VAEConfig(latent_dim=cells * channels, features=_STAGE_FEATURES[1 : stages + 1],
-                     image_shape=(h, w, c), likelihood="gaussian", spatial_latent=channels)
+                     image_shape=(h, w, c), likelihood="gaussian", spatial_latent=channels,
+                     decoder_blocks=blocks)
 
 
 SPATIAL_CHANNELS = 8  # latent channels per grid cell of the colour VAE (`vae_config_for`)
+# `VAEConfig.decoder_blocks` of `vae_config_for`'s VAEs, by kind of image (README, "The colour
+# test bed": blocks sharpen the colour decodings; MNIST's are sharp without).
+DECODER_BLOCKS = {"grayscale": 0, "colour": 0}
 
 
 class Encoder(nn.Module):

@@ -143,7 +143,7 @@ def train_surrogate(
                             expected_by="the surrogate config")
         validate.array(t, f"{split}_teacher_logits", shape=(len(x), config.num_classes))
     params = init_surrogate(jax.random.PRNGKey(train_config.seed), config)
-    state = train.create_state(params, config, train_config)
+    state = train.create_state(params, config, train_config, len(train_images))
     step = functools.partial(surrogate_train_step, loss=loss)
     state, history = train.fit(
         state, step, (train_images, train_teacher_logits),
@@ -237,7 +237,7 @@ def train_explainer(
                              num_stages=len(surrogate_config.features),
                              image_shape=surrogate_config.image_shape)
     params = init_explainer(jax.random.PRNGKey(train_config.seed), config)
-    state = train.create_state(params, config, train_config)
+    state = train.create_state(params, config, train_config, len(train_images))
     step = functools.partial(explainer_train_step, surrogate_params=surrogate_params,
                              surrogate_config=surrogate_config, loss=loss, scorer=scorer)
     eval_fn = jax.jit(functools.partial(

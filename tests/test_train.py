@@ -73,6 +73,35 @@ def test_vae_steps_reduce_loss(digits):
     assert losses[-1] < 0.8 * losses[0]
 
 
+def test_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero():
+    config = train.TrainConfig(epochs=4, batch_size=10, learning_rate=2e-3, lr_schedule="cosine")
+    lr = train.learning_rate(config, examples=105)  # 10 steps an epoch, 40 in all
+    steps = np.arange(41)
+    got = np.array([float(lr(s)) for s in steps])
+    want = np.where(steps < 10, 2e-3 * steps / 10,
+                    1e-3 * (1 + np.cos(np.pi * np.minimum(steps - 10, 30) / 30)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    assert train.learning_rate(dataclasses.replace(config, lr_schedule="constant"), 105) == 2e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train.TrainConfig(lr_schedule="linear")
+
+
+def test_a_cosine_state_takes_scheduled_steps(digits):
+    # The first step of a warm-up is of size zero: the parameters do not move.
+    tr, _ = digits
+    config = dataclasses.replace(FAST, lr_schedule="cosine")
+    params = init_teacher(jax.random.PRNGKey(0), TEACHER)
+    state = train.create_state(params, TEACHER, config, examples=len(tr.images))
+    state, _ = train.teacher_train_step(state, (tr.images[:64], tr.labels[:64]),
+                                        jax.random.PRNGKey(1))
+    same = jax.tree_util.tree_map(np.array_equal, params, state.params)
+    assert all(jax.tree_util.tree_leaves(same))
+    state, _ = train.teacher_train_step(state, (tr.images[:64], tr.labels[:64]),
+                                        jax.random.PRNGKey(2))
+    moved = jax.tree_util.tree_map(np.array_equal, params, state.params)
+    assert not all(jax.tree_util.tree_leaves(moved))
+
+
 def test_same_seed_same_params_bitwise(digits):
     tr, te = digits
     runs = [
