@@ -198,7 +198,8 @@ def _mix_masks(key: jax.Array, image_shape, config: ExplainConfig) -> jax.Array:
     nc = config.neighbors
     rows = mixed_rows(nc, config.num_fit)
     return patch_mix_masks(jax.random.fold_in(key, 1), nc.num, rows, image_shape[0],
-                           image_shape[1], max(nc.patch_mix, 1))
+                           image_shape[1], max(nc.patch_mix, 1), nc.patch_mix_keep,
+                           nc.patch_mix_shift)
 
 
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,

@@ -63,6 +63,9 @@ class NeighborConfig:
         the "lasso" student; README, "Ground truth"). The held-out neighbours stay VAE
         decodings, so fidelity is measured on the manifold as before.
       patch_mix_share: that share, in (0, 1].
+      patch_mix_keep: the probability, in (0, 1), that a mixed neighbour's patch is the
+        instance's (1/2 above). Two patches' changes then correlate ``1 - patch_mix_keep`` times
+        as much as in the decodings, at the price of fewer changed patches per neighbour.
     """
 
     sampler: str = "vae"
@@ -81,6 +84,8 @@ class NeighborConfig:
     calibration_steps: int = 4
     patch_mix: int = 0
     patch_mix_share: float = 0.5
+    patch_mix_keep: float = 0.5
+    patch_mix_shift: bool = False
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
@@ -91,6 +96,7 @@ class NeighborConfig:
         validate.integer(self.patch_mix, "NeighborConfig.patch_mix", minimum=0)
         validate.number(self.patch_mix_share, "NeighborConfig.patch_mix_share", low=0.0,
                         high=1.0, low_open=True)
+        validate.fields(self, open_probability=("patch_mix_keep",))
         if self.patch_mix and self.sampler != "vae":
             raise ValueError(f"NeighborConfig.patch_mix mixes VAE neighbours with the instance; "
                              f"the {self.sampler!r} sampler has none (use sampler='vae').")
@@ -232,15 +238,23 @@ def mixed_rows(config: NeighborConfig, num_fit: int) -> tuple[int, int]:
 
 
 def patch_mix_masks(key: jax.Array, num: int, rows: tuple[int, int], height: int, width: int,
-                    patch: int) -> jax.Array:
+                    patch: int, keep: float = 0.5, shift: bool = False) -> jax.Array:
     """[num, H, W, 1] bool, True where a neighbour takes the instance's pixel: rows
     ``rows[0]..rows[1]-1`` each patch (``patch`` pixels a side, the grid from the top-left) with
-    probability 1/2, other rows nowhere."""
-    gh, gw = -(-height // patch), -(-width // patch)
-    cells = jax.random.bernoulli(key, 0.5, (num, gh, gw))
+    probability ``keep``, other rows nowhere; with ``shift``, each row's grid is moved by a
+    random offset of 0 to ``patch - 1`` pixels down and right."""
+    gh, gw = -(-height // patch) + shift, -(-width // patch) + shift
+    cells = jax.random.bernoulli(key, keep, (num, gh, gw))
     row = jnp.arange(num)[:, None, None]
     cells = cells & (row >= rows[0]) & (row < rows[1])
-    pixels = jnp.repeat(jnp.repeat(cells, patch, axis=1), patch, axis=2)[:, :height, :width]
+    if not shift:
+        pixels = jnp.repeat(jnp.repeat(cells, patch, axis=1), patch, axis=2)[:, :height, :width]
+        return pixels[..., None]
+    # Each neighbour's grid moved by its own offset in [0, patch): no fixed cell boundaries.
+    oy, ox = jax.random.randint(jax.random.fold_in(key, 1), (2, num), 0, patch)
+    cy = (jnp.arange(height)[None, :] + oy[:, None]) // patch  # [num, H]
+    cx = (jnp.arange(width)[None, :] + ox[:, None]) // patch  # [num, W]
+    pixels = jax.vmap(lambda c, y, x: c[y[:, None], x[None, :]])(cells, cy, cx)
     return pixels[..., None]
 
 

@@ -202,3 +202,30 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     top1 = np.mean(np.argmax(held @ np.asarray(w_l) + np.asarray(b_l), 1)
                    == np.argmax(teacher(nb[n_fit:]), 1))
     assert top1 > 0.9
+
+
+def test_patch_mix_keep_and_shift():
+    h, w, p, n = 13, 11, 4, 400
+    rows = (100, 300)
+    plain = np.asarray(neighbors_lib.patch_mix_masks(jax.random.PRNGKey(3), n, rows, h, w, p))
+    kept = np.asarray(neighbors_lib.patch_mix_masks(jax.random.PRNGKey(3), n, rows, h, w, p,
+                                                    keep=0.8))
+    shifted = np.asarray(neighbors_lib.patch_mix_masks(jax.random.PRNGKey(3), n, rows, h, w, p,
+                                                       shift=True))[..., 0]
+    assert plain.shape == kept.shape == (n, h, w, 1)
+    assert abs(kept[100:300].mean() - 0.8) < 0.03 and abs(plain[100:300].mean() - 0.5) < 0.03
+    assert not shifted[:100].any() and not shifted[300:].any()
+    offsets = set()
+    for m in shifted[100:300]:  # constant on the cells of one grid moved by (oy, ox)
+        fits = [(oy, ox) for oy in range(p) for ox in range(p)
+                if all(len(np.unique(m[(np.arange(h) + oy) // p == i][:, (np.arange(w) + ox)
+                                                                   // p == j])) <= 1
+                       for i in range(-(-h // p) + 1) for j in range(-(-w // p) + 1)
+                       if ((np.arange(h) + oy) // p == i).any()
+                       and ((np.arange(w) + ox) // p == j).any())]
+        assert fits
+        offsets.add(fits[0] if len(fits) == 1 else None)
+    assert len(offsets - {None}) > 4  # the grids differ between neighbours
+    with pytest.raises(ValueError, match="patch_mix_keep"):
+        NeighborConfig(patch_mix=4, patch_mix_keep=1.0)
+
