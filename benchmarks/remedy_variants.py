@@ -1,0 +1,67 @@
+"""Quick comparisons of DeepVID remedy variants on a teacher blind to a known region (issue 15).
+
+    python benchmarks/remedy_variants.py --dataset mnist --mask quadrant --count 32 \\
+        --variants '{"ridge": {"student": "ridge"}, "shifted": {"num": 1536, "patch_mix": 4,
+                     "patch_mix_shift": true, "lasso": 0.025}}'
+
+Each variant is a dict of `NeighborConfig` fields plus ``student`` ("lasso" by default) and
+``lasso`` (its penalty, default `StudentConfig.lasso`); printed per variant: the mean share of
+|relevance| on the hidden region and the student's held-out top-1 on its own VAE neighbours.
+The full protocol, with intervals and every explainer, is `ground_truth.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import deepvid_jax as dv
+from deepvid_jax import deepvid, groundtruth, localisation
+from deepvid_jax.data import open_source
+from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.student import StudentConfig
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "kmnist"])
+    p.add_argument("--mask", default="quadrant", choices=groundtruth.MASKS)
+    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--variants", required=True, help="JSON: name -> fields (see above).")
+    args = p.parse_args(argv)
+    variants = json.loads(args.variants)
+    base = dv.Models.load(f"runs/{args.dataset}")
+    x, _ = open_source(args.dataset, "test[8000:]").read(0, args.count)
+    h, w, _ = x.shape[1:]
+    hidden = groundtruth.region_mask(args.mask, h, w)
+    teacher = groundtruth.masked_teacher(
+        dv.Teacher(base.teacher_apply, base.teacher_params, base.num_classes), hidden)
+    models = dataclasses.replace(base, teacher_apply=teacher.apply, teacher_config=None)
+    classes = np.asarray(jax.jit(teacher.apply)(teacher.params, x).argmax(-1))
+    region = jnp.broadcast_to(jnp.asarray(hidden), (len(x), h, w))
+    for name, fields in variants.items():
+        fields = dict(fields)
+        method = fields.pop("student", "lasso")
+        lasso = fields.pop("lasso", StudentConfig.lasso)
+        student = StudentConfig(method=method, lasso=lasso) if method == "lasso" else \
+            StudentConfig(method=method)
+        config = deepvid.ExplainConfig(neighbors=NeighborConfig(**fields), student=student,
+                                       vae=base.vae_config, num_classes=base.num_classes)
+        start = time.perf_counter()
+        out = dv.explain("deepvid", x, classes, jax.random.PRNGKey(0), models=models,
+                         config=config)
+        leak = np.asarray(localisation.relevance_mass(jnp.asarray(out.attributions), region))
+        print(f"{args.dataset} {args.mask} {name:24s} hidden share {leak.mean():.3f}  "
+              f"top-1 {np.mean(out.extras['fidelity_top1']):.3f}  "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
