@@ -44,6 +44,10 @@ class TrainConfig:
         [0, blur_augment] (`random_blur`). 0 turns it off. A teacher that never saw a smooth
         image may read pixel noise instead of shapes and then fails on every VAE decoding
         (which carries no pixel noise): on `synthetic` it did (reconstructions: 19 %).
+      teacher_weight: VAEs only: the weight of a perceptual term, the KL between a teacher's
+        class probabilities on each training image and on its decoding
+        (`guided_vae_train_step`; `train_vae(..., teacher=...)`). 0 turns it off. The VAE then
+        serves that teacher: judge its reconstructions with another classifier.
     """
 
     epochs: int = 5
@@ -53,11 +57,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     blur_augment: float = 0.0
     lr_schedule: str = "constant"
+    teacher_weight: float = 0.0
 
     def __post_init__(self):
         validate.fields(self, positive_int=("epochs", "batch_size", "eval_batch_size"),
                         positive=("learning_rate",), nonneg_int=("seed",),
-                        nonneg=("blur_augment",))
+                        nonneg=("blur_augment", "teacher_weight"))
         validate.choice(self.lr_schedule, LR_SCHEDULES, "TrainConfig.lr_schedule")
 
 
@@ -268,6 +273,30 @@ def vae_train_step(state: TrainState, batch: tuple, key: jax.Array):
     return state.apply_gradients(grads=grads), {"loss": loss, **aux}
 
 
+@functools.partial(jax.jit, static_argnames=("teacher_apply", "weight"))
+def guided_vae_train_step(state: TrainState, batch: tuple, key: jax.Array, teacher_params,
+                          *, teacher_apply: Callable, weight: float):
+    """`vae_train_step` with a perceptual term from a classifier: ``weight`` times the mean
+    KL(teacher(images) || teacher(decoded sample)) in nats (`TrainConfig.teacher_weight`), so
+    that decodings keep what the teacher reads in each image.
+
+    Returns:
+      (new state, {"loss" (the whole objective), "recon", "kl", "teacher_kl"}).
+    """
+    images = batch[0]
+    target = jax.nn.log_softmax(teacher_apply(teacher_params, images))
+
+    def objective(params):
+        loss, aux = vae.negative_elbo(params, images, key, config=state.config,
+                                      return_decoded=True)
+        got = jax.nn.log_softmax(teacher_apply(teacher_params, aux.pop("decoded")))
+        kd = jnp.mean(jnp.sum(jnp.exp(target) * (target - got), axis=-1))
+        return loss + weight * kd, {**aux, "teacher_kl": kd}
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss, **aux}
+
+
 @functools.partial(jax.jit, static_argnums=3)
 def _vae_eval_rows(params, images, keys, config):
     """Per image, its own sample (keys [B]): negative ELBO [B], its KL [B], reconstruction MSE
@@ -411,9 +440,14 @@ def train_vae(
     model_config: VAEConfig,
     config: TrainConfig = VAE_TRAIN,
     *,
+    teacher: tuple[Callable, Any] | None = None,
     progress: bool = True,
 ) -> tuple[dict, list[dict[str, float]]]:
-    """Trains a VAE from scratch on [N, H, W, C] images in [0, 1]; returns (params, history)."""
+    """Trains a VAE from scratch on [N, H, W, C] images in [0, 1]; returns (params, history).
+
+    ``teacher`` (``(apply, params)``): the classifier of ``config.teacher_weight``'s
+    perceptual term (`guided_vae_train_step`); required when that weight is not 0.
+    """
     validate.config(model_config, VAEConfig, "model_config")
     validate.config(config, TrainConfig, "config")
     train_images = validate.images(train_images, name="train images",
@@ -422,11 +456,19 @@ def train_vae(
     eval_images = validate.images(eval_images, name="eval images",
                                   image_shape=model_config.image_shape,
                                   expected_by="the VAE config")
+    step = vae_train_step
+    if config.teacher_weight:
+        if teacher is None:
+            raise ValueError(f"TrainConfig.teacher_weight={config.teacher_weight} needs the "
+                             "teacher: train_vae(..., teacher=(apply, params)).")
+        apply, teacher_params = teacher
+        step = functools.partial(guided_vae_train_step, teacher_params=teacher_params,
+                                 teacher_apply=apply, weight=float(config.teacher_weight))
     params = vae.init_vae(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config, len(train_images))
     eval_key = jax.random.PRNGKey(config.seed + 1)
     state, history = fit(
-        state, vae_train_step, (train_images,),
+        state, step, (train_images,),
         lambda p: evaluate_vae(p, eval_images, eval_key, model_config, config.eval_batch_size),
         config, desc="vae", progress=progress,
     )

@@ -71,7 +71,8 @@ def kl_to_prior(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def negative_elbo(
-    params: dict, images: jax.Array, key: jax.Array, *, config: VAEConfig = VAEConfig()
+    params: dict, images: jax.Array, key: jax.Array, *, config: VAEConfig = VAEConfig(),
+    return_decoded: bool = False,
 ) -> tuple[jax.Array, dict]:
     """Single-sample negative ELBO, in nats per image (up to a constant for the Gaussian
     likelihood: its normalisation, which does not depend on the parameters, is left out).
@@ -82,7 +83,8 @@ def negative_elbo(
       key: PRNG key for the reparameterised sample.
 
     Returns:
-      (mean negative ELBO, {"recon": mean reconstruction NLL, "kl": mean KL}).
+      (mean negative ELBO, {"recon": mean reconstruction NLL, "kl": mean KL}), and with
+      ``return_decoded`` also "decoded": the sample's decoded means [B, H, W, C] in [0, 1].
     """
     eps = jax.random.normal(key, (images.shape[0], config.latent_dim))
     logits, mean, logvar = VAE(config).apply({"params": params}, images, eps)
@@ -92,4 +94,7 @@ def negative_elbo(
     else:
         recon = optax.sigmoid_binary_cross_entropy(logits, images).sum(axis=(1, 2, 3))
     kl = kl_to_prior(mean, logvar)
-    return jnp.mean(recon + kl), {"recon": jnp.mean(recon), "kl": jnp.mean(kl)}
+    aux = {"recon": jnp.mean(recon), "kl": jnp.mean(kl)}
+    if return_decoded:
+        aux["decoded"] = jax.nn.sigmoid(logits)
+    return jnp.mean(recon + kl), aux

@@ -102,6 +102,47 @@ def test_a_cosine_state_takes_scheduled_steps(digits):
     assert not all(jax.tree_util.tree_leaves(moved))
 
 
+def test_a_teacher_guided_vae_keeps_the_teachers_view_of_its_decodings(digits):
+    tr, _ = digits
+    x, y = tr.images[:128], tr.labels[:128]
+    t_params = init_teacher(jax.random.PRNGKey(0), TEACHER)
+    t_state = train.create_state(t_params, TEACHER, FAST)
+    for i in range(40):
+        t_state, _ = train.teacher_train_step(t_state, (x, y), jax.random.PRNGKey(i))
+    apply = functools.partial(teacher_logits, config=TEACHER)
+
+    def teacher_kl(params):
+        _, aux = vae.negative_elbo(params, x, jax.random.PRNGKey(99), config=VAE_CFG,
+                                   return_decoded=True)
+        p = jax.nn.log_softmax(apply(t_state.params, x))
+        q = jax.nn.log_softmax(apply(t_state.params, aux["decoded"]))
+        return float(jnp.mean(jnp.sum(jnp.exp(p) * (p - q), -1)))
+
+    finals = {}
+    for weight in (0.0, 100.0):
+        state = train.create_state(vae.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
+        step = functools.partial(train.guided_vae_train_step, teacher_params=t_state.params,
+                                 teacher_apply=apply, weight=weight)
+        for i in range(40):
+            state, metrics = step(state, (x,), jax.random.PRNGKey(i))
+        finals[weight] = teacher_kl(state.params)
+        if weight == 0.0:  # weight 0 is the plain ELBO step, bit for bit
+            plain = train.create_state(vae.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG,
+                                       FAST)
+            for i in range(40):
+                plain, _ = train.vae_train_step(plain, (x,), jax.random.PRNGKey(i))
+            for a, b in zip(jax.tree_util.tree_leaves(plain.params),
+                            jax.tree_util.tree_leaves(state.params), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert finals[100.0] < 0.5 * finals[0.0], finals
+    assert "teacher_kl" in metrics
+    guided = dataclasses.replace(FAST, teacher_weight=1.0)
+    with pytest.raises(ValueError, match="teacher_weight=1.0 needs the teacher"):
+        train.train_vae(tr.images, tr.images, VAE_CFG, guided, progress=False)
+    with pytest.raises(ValueError, match="teacher_weight"):
+        train.TrainConfig(teacher_weight=-1.0)
+
+
 def test_same_seed_same_params_bitwise(digits):
     tr, te = digits
     runs = [
