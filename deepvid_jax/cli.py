@@ -208,7 +208,9 @@ def _train_config(args, kind: str, base: train.TrainConfig) -> train.TrainConfig
     return dataclasses.replace(
         config, seed=args.seed, epochs=args.epochs or config.epochs,
         learning_rate=getattr(args, "learning_rate", None) or config.learning_rate,
-        lr_schedule=getattr(args, "lr_schedule", None) or config.lr_schedule)
+        lr_schedule=getattr(args, "lr_schedule", None) or config.lr_schedule,
+        **({} if kind != "vae" or getattr(args, "teacher_weight", None) is None
+           else {"teacher_weight": args.teacher_weight}))
 
 
 def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset,
@@ -238,9 +240,11 @@ def train_vae_to(args, tr: data.Dataset, ev: data.Dataset,
     config, tcfg = plan["vae_config"], plan["vae_train"]
     start = time.perf_counter()
     params, history = train.train_vae(
-        tr.images, ev.images, config, tcfg, progress=not args.quiet
+        tr.images, ev.images, config, tcfg, teacher=plan.get("vae_teacher"),
+        progress=not args.quiet
     )
-    metrics = {**history[-1], "train_seconds": time.perf_counter() - start}
+    metrics = {**history[-1], "train_seconds": time.perf_counter() - start,
+               "lr_schedule": tcfg.lr_schedule, "teacher_weight": tcfg.teacher_weight}
     path = checkpoint.save(
         Path(args.out) / "vae", params, kind="vae", config=config,
         metrics=metrics, dataset=_dataset_meta(args, tr),
@@ -303,8 +307,29 @@ def cmd_train_vae(args) -> int:
     files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
     plan = _plan_training(args, ("vae",), tr)
+    if plan["vae_train"].teacher_weight:
+        plan["vae_teacher"] = _guide_teacher(args, tr.info)
+    elif args.teacher or args.checkpoints:
+        raise ValueError("train-vae reads a teacher (--teacher, --checkpoints) only for "
+                         "--teacher-weight, which is 0.")
     train_vae_to(args, tr, ev, plan)
     return 0
+
+
+def _guide_teacher(args, info: data.DatasetInfo) -> tuple:
+    """(apply, params) of ``--teacher-weight``'s teacher: ``--teacher``, else the teacher/ of
+    ``--checkpoints``, else of ``--out``."""
+    teacher = _user_teacher(args, info)
+    if teacher is not None:
+        return teacher.apply, teacher.params
+    folder = Path(args.checkpoints or args.out)
+    if not (folder / "teacher").exists():
+        raise ValueError(f"--teacher-weight needs a teacher: {folder / 'teacher'} does not "
+                         "exist; give --checkpoints (a folder with teacher/) or --teacher "
+                         "module:function.")
+    _checkpoint_config(folder, "teacher", info)
+    params, config, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+    return functools.partial(teacher_logits, config=config), params
 
 
 def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_lib.ExplainConfig:
@@ -753,6 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_teacher)
     p = sub.add_parser("train-vae", help="Train the VAE whose latent space gives neighbours.")
     _common(p, out="runs/default")
+    p.add_argument("--teacher-weight", type=_finite(low=0.0), default=None,
+                   help="Weight of a perceptual term: the KL between the teacher's class "
+                   "probabilities on each image and on its decoding (default 0: none). The "
+                   "teacher: --teacher, else teacher/ of --checkpoints, else of --out.")
+    p.add_argument("--checkpoints", default=None,
+                   help="Folder with the teacher/ of --teacher-weight (default: --out).")
+    p.add_argument("--teacher", default=None, metavar="MODULE:FUNCTION", help=TEACHER_HELP)
     p.set_defaults(func=cmd_train_vae)
     p = sub.add_parser("train-surrogate",
                        help="Distil the attentive surrogate and its saliency network.")

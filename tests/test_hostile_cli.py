@@ -110,6 +110,12 @@ CLI_CASES = {
                           "--decoder-blocks: must be >= 0"),
     "lr-schedule linear": (["train-vae", "--lr-schedule", "linear", *TRAIN],
                            "--lr-schedule: invalid choice: 'linear'"),
+    "teacher-weight -1": (["train-vae", "--teacher-weight", "-1", *TRAIN],
+                          "--teacher-weight: must be >= 0"),
+    "teacher-weight, no teacher": (["train-vae", "--teacher-weight", "10", *TRAIN],
+                                   "--teacher-weight needs a teacher: .*teacher does not exist"),
+    "a teacher without teacher-weight": (["train-vae", "--checkpoints", "{ckpt:digits}", *TRAIN],
+                                         "only for --teacher-weight, which is 0"),
     "misspelt dataset": (["train-teacher", "--dataset", "mnsit", *TRAIN],
                          "Unknown dataset 'mnsit'. Did you mean 'mnist'"),
     "unknown dataset": (["train-vae", "--dataset", "qwertyuiop", *TRAIN],
@@ -230,6 +236,15 @@ def test_bad_invocations_fail_fast_and_clearly(case, tmp_path, models, tripwires
         assert thesis.read_text() == "precious"
     for legacy in (tmp_path / "ex" / "explanation_000.png", tmp_path / "demo" / "summary.json"):
         assert not legacy.parent.exists() or legacy.exists()
+
+
+def test_train_vae_with_a_teacher_weight_records_it(tmp_path, models, capsys):
+    out = tmp_path / "guided"
+    code, err = run(["train-vae", "--quiet", "--epochs", "1", "--teacher-weight", "10",
+                     "--checkpoints", str(models["digits"]), "--out", str(out)], capsys)
+    assert code == 0, err
+    metrics = checkpoint.read_meta(out / "vae")["metrics"]
+    assert metrics["teacher_weight"] == 10.0 and metrics["train_teacher_kl"] >= 0.0
 
 
 def test_interrupt_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
