@@ -84,6 +84,8 @@ def test_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero():
     assert train.learning_rate(dataclasses.replace(config, lr_schedule="constant"), 105) == 2e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         train.TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="'cosine' schedule needs the training set's size"):
+        train.learning_rate(config, examples=0)
 
 
 def test_a_cosine_state_takes_scheduled_steps(digits):
