@@ -72,17 +72,27 @@ def explain_all(methods, models, images, classes, key, masked_images=None):
     return out
 
 
-def hidden_setting(name: str, args, methods) -> dict:
+def blind_setting(name: str, mask: str, count: int, data_dir=None):
+    """The first ``count`` images of setting ``name`` and its teacher blind to ``mask``:
+    (base models, models with the masked teacher, images [N, H, W, C], the classes the masked
+    teacher predicts [N], hidden [H, W] bool)."""
     dataset, split, folder = SETTINGS[name]
     base = dv.Models.load(folder)
-    source = open_source(dataset, split, data_dir=args.data_dir)
-    x, _ = source.read(0, min(args.count, len(source)))
+    source = open_source(dataset, split, data_dir=data_dir)
+    x, _ = source.read(0, min(count, len(source)))
     h, w, _ = source.info.image_shape
-    hidden = groundtruth.region_mask(args.mask, h, w)
+    hidden = groundtruth.region_mask(mask, h, w)
     teacher = groundtruth.masked_teacher(dv.Teacher(base.teacher_apply, base.teacher_params,
                                                     base.num_classes), hidden)
     models = dataclasses.replace(base, teacher_apply=teacher.apply, teacher_config=None)
     classes = np.asarray(jax.jit(teacher.apply)(teacher.params, x).argmax(-1))
+    return base, models, x, classes, hidden
+
+
+def hidden_setting(name: str, args, methods) -> dict:
+    dataset, split, _ = SETTINGS[name]
+    base, models, x, classes, hidden = blind_setting(name, args.mask, args.count, args.data_dir)
+    h, w = hidden.shape
     filled = np.where(hidden[None, :, :, None], 0.0, x).astype(np.float32)
     results = explain_all(methods, models, x, classes, jax.random.PRNGKey(args.seed),
                           masked_images=(base, filled))

@@ -13,17 +13,16 @@ The full protocol, with intervals and every explainer, is `ground_truth.py`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ground_truth import blind_setting
 
 import deepvid_jax as dv
 from deepvid_jax import deepvid, groundtruth, localisation
-from deepvid_jax.data import open_source
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -36,14 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", required=True, help="JSON: name -> fields (see above).")
     args = p.parse_args(argv)
     variants = json.loads(args.variants)
-    base = dv.Models.load(f"runs/{args.dataset}")
-    x, _ = open_source(args.dataset, "test[8000:]").read(0, args.count)
-    h, w, _ = x.shape[1:]
-    hidden = groundtruth.region_mask(args.mask, h, w)
-    teacher = groundtruth.masked_teacher(
-        dv.Teacher(base.teacher_apply, base.teacher_params, base.num_classes), hidden)
-    models = dataclasses.replace(base, teacher_apply=teacher.apply, teacher_config=None)
-    classes = np.asarray(jax.jit(teacher.apply)(teacher.params, x).argmax(-1))
+    base, models, x, classes, hidden = blind_setting(args.dataset, args.mask, args.count)
+    h, w = hidden.shape
     region = jnp.broadcast_to(jnp.asarray(hidden), (len(x), h, w))
     for name, fields in variants.items():
         fields = dict(fields)

@@ -203,14 +203,18 @@ def _adversarial_training(args) -> train.AdversarialTraining | None:
                                      layer=args.layer)
 
 
+def _given(value, default):
+    """``value`` unless the flag was not given (None): an explicit 0 stays 0."""
+    return default if value is None else value
+
+
 def _train_config(args, kind: str, base: train.TrainConfig) -> train.TrainConfig:
     config = _recipe(args.dataset, kind, base)
     return dataclasses.replace(
         config, seed=args.seed, epochs=args.epochs or config.epochs,
         learning_rate=getattr(args, "learning_rate", None) or config.learning_rate,
         lr_schedule=getattr(args, "lr_schedule", None) or config.lr_schedule,
-        **({} if kind != "vae" or getattr(args, "teacher_weight", None) is None
-           else {"teacher_weight": args.teacher_weight}))
+        teacher_weight=_given(getattr(args, "teacher_weight", None), config.teacher_weight))
 
 
 def train_teacher_to(args, tr: data.Dataset, ev: data.Dataset,
