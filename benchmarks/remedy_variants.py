@@ -4,15 +4,16 @@
         --variants '{"ridge": {"student": "ridge"}, "shifted": {"num": 1536, "patch_mix": 4,
                      "patch_mix_shift": true, "lasso": 0.025}}'
 
-Each variant is a dict of `NeighborConfig` fields plus ``student`` ("lasso" by default) and
-``lasso`` (its penalty, default `StudentConfig.lasso`); printed per variant: the mean share of
-|relevance| on the hidden region and the student's held-out top-1 on its own VAE neighbours.
-The full protocol, with intervals and every explainer, is `ground_truth.py`.
+Each variant is a dict of `NeighborConfig` fields plus ``student`` (its method, "lasso" by
+default) and any other `StudentConfig` field (``lasso``, ``lasso_group``, ...); printed per
+variant: the mean share of |relevance| on the hidden region and the student's held-out top-1 on
+its own VAE neighbours. The full protocol, with intervals and every explainer, is `ground_truth.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -25,6 +26,8 @@ import deepvid_jax as dv
 from deepvid_jax import deepvid, groundtruth, localisation
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
+
+STUDENT_FIELDS = tuple(f.name for f in dataclasses.fields(StudentConfig) if f.name != "method")
 
 
 def main(argv=None) -> int:
@@ -40,10 +43,8 @@ def main(argv=None) -> int:
     region = jnp.broadcast_to(jnp.asarray(hidden), (len(x), h, w))
     for name, fields in variants.items():
         fields = dict(fields)
-        method = fields.pop("student", "lasso")
-        lasso = fields.pop("lasso", StudentConfig.lasso)
-        student = StudentConfig(method=method, lasso=lasso) if method == "lasso" else \
-            StudentConfig(method=method)
+        student = StudentConfig(method=fields.pop("student", "lasso"),
+                                **{f: fields.pop(f) for f in STUDENT_FIELDS if f in fields})
         config = deepvid.ExplainConfig(neighbors=NeighborConfig(**fields), student=student,
                                        vae=base.vae_config, num_classes=base.num_classes)
         start = time.perf_counter()

@@ -162,6 +162,63 @@ def test_relaxed_lasso_equals_least_squares_on_the_lasso_support():
         StudentConfig(method="lasso", lasso_refit=-1)
 
 
+def _sparse_problem(seed: int, rows_shared: bool = False):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, 30)).astype(np.float32)
+    keep = rng.random((30, 1) if rows_shared else (30, 4)) < 0.2
+    w_true = np.where(keep, rng.normal(size=(30, 4)), 0.0)
+    t = (x @ w_true + 0.05 * rng.normal(size=(120, 4))).astype(np.float32)
+    return x, t, t - t.mean(1, keepdims=True)
+
+
+def test_group_lasso_equals_sklearn_multitask_lasso():
+    """The group penalty over classes is sklearn's MultiTaskLasso (sum of row norms)."""
+    from sklearn.linear_model import MultiTaskLasso
+
+    x, t, y = _sparse_problem(2, rows_shared=True)
+    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True)
+    c = (x - x.mean(0)).T @ (y - y.mean(0)) / len(x)
+    np.testing.assert_allclose(lam, 0.1 * np.linalg.norm(c, axis=1).max(), rtol=1e-5)
+    ref = MultiTaskLasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y)
+    want = ref.coef_.T - ref.coef_.T.mean(1, keepdims=True)
+    np.testing.assert_allclose(w, want, atol=2e-4)
+    rows = np.abs(np.asarray(w)).sum(1) > 1e-6
+    assert 0 < rows.sum() < 30  # whole rows are dropped, the others kept for every class
+    np.testing.assert_array_equal(rows, np.abs(ref.coef_).sum(0) > 0)
+    zero, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500, group=True)
+    assert np.abs(np.asarray(zero)).max() < 0.01 * np.abs(np.asarray(w)).max()
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_reweighted_lasso_equals_the_weighted_lasso_of_the_first_fit(group):
+    """One round of reweighting solves the lasso whose penalty on each weight (or row) is
+    lam * s / (|w1| + 0.1 s), w1 the plain fit and s its mean non-zero magnitude: a plain lasso
+    on columns divided by those factors (sklearn), its weights divided by them again."""
+    from sklearn.linear_model import Lasso, MultiTaskLasso
+
+    x, t, y = _sparse_problem(3, rows_shared=group)
+    w2, _, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group,
+                                   reweight=1)
+    solver = MultiTaskLasso if group else Lasso
+    w1 = solver(alpha=float(lam), tol=1e-12, max_iter=200_000).fit(x, y).coef_.T  # the first fit
+    m = np.linalg.norm(w1, axis=1) if group else np.abs(w1)
+    s = m.sum() / (m > 0).sum()
+    factor = s / (m + 0.1 * s)  # [D] or [D, K]
+    if group:
+        want = solver(alpha=float(lam), tol=1e-12, max_iter=200_000).fit(
+            x / factor, y).coef_.T / factor[:, None]
+    else:
+        want = np.stack([solver(alpha=float(lam), tol=1e-12, max_iter=200_000)
+                         .fit(x / factor[:, k], y[:, k]).coef_ / factor[:, k]
+                         for k in range(4)], 1)
+    want -= want.mean(1, keepdims=True)
+    np.testing.assert_allclose(w2, want, atol=5e-4)
+    used = lambda w: (np.abs(np.asarray(w)).sum(1) > 1e-6).sum()  # noqa: E731  pixels kept
+    assert used(w2) < used(w1)  # sparser
+    with pytest.raises(ValueError, match="lasso_reweight"):
+        StudentConfig(method="lasso", lasso_reweight=-1)
+
+
 def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     """Neighbours whose left half moves with the right half (a VAE's correlated pixels) and a
     linear teacher that reads only the right half: ridge on them gives the left half much of the
@@ -196,12 +253,17 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     fit = mixed[:n_fit].reshape(n_fit, -1)
     w_l, b_l, _ = student.fit_lasso(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
                                     0.02, 500)
+    remedy = ex.SPARSE.student  # the shipped remedy's student: reweighted group lasso
+    w_r, b_r, _ = student.fit_lasso(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
+                                    remedy.lasso, 500, group=remedy.lasso_group,
+                                    reweight=remedy.lasso_reweight)
     assert blind_share(plain.w) > 0.3
-    assert blind_share(w_l) < 0.05
     held = nb[n_fit:].reshape(n_hold, -1)
-    top1 = np.mean(np.argmax(held @ np.asarray(w_l) + np.asarray(b_l), 1)
-                   == np.argmax(teacher(nb[n_fit:]), 1))
-    assert top1 > 0.9
+    for w_s, b_s in ((w_l, b_l), (w_r, b_r)):
+        assert blind_share(w_s) < 0.05
+        top1 = np.mean(np.argmax(held @ np.asarray(w_s) + np.asarray(b_s), 1)
+                       == np.argmax(teacher(nb[n_fit:]), 1))
+        assert top1 > 0.9
 
 
 def test_patch_mix_keep_and_shift():
