@@ -4,6 +4,8 @@ line and judges their reconstructions with one or more teachers (issue 14).
     deepvid train-teacher --dataset synthetic --seed 1 --out runs/synthetic_seed1   # a 2nd judge
     python benchmarks/colour_vae.py --name guided300 -- --teacher-weight 300 \\
         --checkpoints runs/synthetic --lr-schedule cosine --learning-rate 2e-3
+    python benchmarks/colour_vae.py --name guided_by_others -- --teacher-weight 300 \\
+        --teacher colour_vae:guides --decoder-blocks 1 --lr-schedule cosine --learning-rate 2e-3
 
 Each variant is ``deepvid train-vae --dataset synthetic`` (train / test splits, seed 0, the
 recipe's 15 epochs) with the flags after ``--``, trained into ``runs/colour_vae/<name>`` unless
@@ -26,6 +28,17 @@ from common import machine_info
 
 import deepvid_jax as dv
 from deepvid_jax import checkpoint, cli, data, driver, files, vae
+
+# Teachers trained with other seeds (`deepvid train-teacher --dataset synthetic --seed 2|3 --out
+# runs/synthetic_seed2|3`), none of them a judge: the guide of ``--teacher colour_vae:guides``.
+GUIDES = ("runs/synthetic_seed2", "runs/synthetic_seed3")
+
+
+def guides() -> dv.Teacher:
+    """The ensemble of the `GUIDES` teachers (their mean probabilities): a perceptual term from
+    networks other than the one explained or the judges."""
+    return dv.ensemble([(m.teacher_apply, m.teacher_params, m.num_classes)
+                        for m in map(dv.Models.load, GUIDES)])
 
 
 def flag(flags: list[str], name: str, default):

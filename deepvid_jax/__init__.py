@@ -16,6 +16,7 @@ Every explainer is in `METHODS` and every metric in `METRICS`, by name; `registe
 
 from deepvid_jax.adapters import (
     Teacher,
+    ensemble,
     from_callback,
     from_equinox,
     from_flax,
@@ -58,6 +59,7 @@ __all__ = [
     "Teacher",
     "__version__",
     "callback_teacher",
+    "ensemble",
     "explain",
     "from_callback",
     "from_equinox",

@@ -12,6 +12,7 @@ Flax NNX              ``from_nnx(model)``                    yes
 Keras 3, JAX backend  ``from_keras(model)``                  yes (``stateless_call``)
 Equinox               ``from_equinox(model)``                yes
 anything else         ``from_callback(fn, num_classes)``     no: sampling methods only
+several of the above  ``ensemble(teachers)``                 yes, unless one is a black box
 ====================  =====================================  ===============================
 
 A `Teacher` unpacks into `explainers.Models`' first three fields: ``dv.Models(*teacher, ...)``.
@@ -208,6 +209,37 @@ def from_callback(fn: Callable[[np.ndarray], np.ndarray], num_classes: int, *,
     if image_shape is not None:
         _probe(apply, None, image_shape, num_classes, "from_callback")
     return Teacher(apply, None, num_classes)
+
+
+def ensemble(teachers) -> Teacher:
+    """Several classifiers of the same classes as one: logits ``log(mean_i softmax(apply_i(
+    params_i, images)))`` (the log of the averaged probabilities, so softmax of them is that
+    average), with ``params`` the tuple of theirs. Pure and differentiable when every member
+    is; a black box member (`from_callback`) makes the ensemble one.
+
+    Args:
+      teachers: a sequence of `Teacher` (or ``(apply, params, num_classes)``), at least one.
+    """
+    members = [Teacher(*t) for t in teachers]
+    if not members:
+        raise ValueError("ensemble needs at least one teacher.")
+    counts = sorted({t.num_classes for t in members})
+    if len(counts) > 1:
+        raise ValueError(f"ensemble members must predict the same classes; their class counts "
+                         f"are {counts}.")
+    applies = tuple(t.apply for t in members)
+
+    def apply(params, images):
+        logp = jnp.stack([jax.nn.log_softmax(a(p, images), axis=-1)
+                          for a, p in zip(applies, params, strict=True)])
+        return jax.nn.logsumexp(logp, axis=0) - jnp.log(len(applies))
+
+    params = tuple(t.params for t in members)
+    if not all(t.differentiable for t in members):
+        # A black box member makes the ensemble one: gradient methods refuse it, and the
+        # teacher probe calls this on the host, like a member's own (`deepvid.callback_teacher`).
+        apply.host_call = lambda images: np.asarray(apply(params, jnp.asarray(images)))
+    return Teacher(apply, params, counts[0])
 
 
 ADAPTERS: dict[str, Callable[..., Teacher]] = {

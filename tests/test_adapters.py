@@ -132,6 +132,53 @@ def test_a_black_box_runs_sampling_methods_and_refuses_gradients():
         dv.explain("gradient", X[:2], CLASSES[:2], models=models)
 
 
+def _linen_teacher(seed: int) -> adapters.Teacher:
+    net = LinenNet()
+    return adapters.from_flax(net, net.init(jax.random.PRNGKey(seed), X[:1]), image_shape=SHAPE)
+
+
+def test_an_ensemble_averages_probabilities_and_keeps_gradients():
+    members = [_linen_teacher(0), _linen_teacher(1)]
+    teacher = dv.ensemble(members)
+    assert teacher.num_classes == K and teacher.differentiable
+
+    def own(x):  # the log of the members' mean probabilities, written out
+        probs = [jax.nn.softmax(t.apply(t.params, x), axis=-1) for t in members]
+        return jnp.log((probs[0] + probs[1]) / 2)
+
+    np.testing.assert_allclose(teacher.apply(teacher.params, X), own(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.nn.softmax(teacher.apply(teacher.params, X)).sum(-1), 1.0,
+                               rtol=1e-6)
+    _gradients_equal(teacher, own)
+    one = dv.ensemble(members[:1])  # one member: its own log-probabilities
+    np.testing.assert_allclose(one.apply(one.params, X),
+                               jax.nn.log_softmax(members[0].apply(members[0].params, X)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensemble_with_a_black_box_is_one():
+    w = np.random.default_rng(2).normal(size=(int(np.prod(SHAPE)), K)).astype(np.float32)
+    box = adapters.from_callback(lambda x: x.reshape(len(x), -1) @ w, K, image_shape=SHAPE)
+    teacher = dv.ensemble([_linen_teacher(0), box])
+    assert not teacher.differentiable
+    models = dv.Models(*teacher)
+    out = dv.explain("rise", X[:2], CLASSES[:2], models=models,
+                     config=dv.RiseConfig(num_masks=64, grid=2, batch=32))
+    assert np.isfinite(out.attributions).all()
+    with pytest.raises(ValueError, match="gradients"):
+        dv.explain("gradient", X[:2], CLASSES[:2], models=models)
+
+
+@pytest.mark.parametrize("members, message", [
+    ([], "at least one"),
+    ([adapters.Teacher(lambda p, x: jnp.zeros((len(x), K)), None, K),
+      adapters.Teacher(lambda p, x: jnp.zeros((len(x), K + 1)), None, K + 1)], "same classes"),
+])
+def test_an_ensemble_of_nothing_or_of_other_classes_is_a_clear_error(members, message):
+    with pytest.raises(ValueError, match=message):
+        dv.ensemble(members)
+
+
 class _Vector(nn.Module):
     @nn.compact
     def __call__(self, x):
