@@ -5,6 +5,7 @@ nothing the user had may be lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -162,6 +163,9 @@ CLI_CASES = {
     "demo: unknown student": (["demo", "--student", "sgd", *TRAIN], "invalid choice: 'sgd'"),
     "demo: lasso 1": (["demo", "--student", "lasso", "--lasso", "1", *TRAIN],
                       "--lasso: must be < 1, got 1"),
+    "demo: sparse with its own settings": (
+        ["demo", "--sparse", "--neighbors", "256", "--student", "lasso", *TRAIN],
+        "--sparse sets --neighbors, --student itself: leave them out"),
     "demo: reuse other images": (["demo", "--reuse", "--quiet", "--out", "{ckpt:16x16}"],
                                  r"takes images \(16, 16, 1\)"),
     "demo: old results in out": (["demo", "--quiet", "--out", "{tmp:legacy demo}"],
@@ -294,6 +298,18 @@ def test_explain_runs_and_a_second_run_never_mixes_with_the_first(tmp_path, mode
     assert all(r["penalty"] > 0 and 0 <= r["flip_fraction"] <= 1
                for r in summary["per_instance"])
     assert files.read_manifest(out)["status"] == "complete"
+
+
+def test_explain_sparse_uses_the_remedy(tmp_path, models, capsys):
+    out = tmp_path / "sparse"
+    code, err = run(["explain", "--checkpoints", str(models["digits"]), "--quiet", "--sparse",
+                     "--indices", "0", "--figures", "0", "--out", str(out)], capsys)
+    assert code == 0, err
+    config = json.loads((out / "explanations.json").read_text())["config"]
+    remedy = json.loads(json.dumps(dataclasses.asdict(explain_lib.SPARSE)))  # tuples: lists
+    assert config["student"] == remedy["student"]
+    assert {k: config["neighbors"][k] for k in ("num", "patch_mix", "patch_mix_shift")} == \
+        {k: remedy["neighbors"][k] for k in ("num", "patch_mix", "patch_mix_shift")}
 
 
 # ------------------------------------------------------------------------------------------
