@@ -23,7 +23,7 @@ import numpy as np
 from ground_truth import blind_setting
 
 import deepvid_jax as dv
-from deepvid_jax import deepvid, groundtruth, localisation
+from deepvid_jax import deepvid, groundtruth, localisation, metrics
 from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--mask", default="quadrant", choices=groundtruth.MASKS)
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--variants", required=True, help="JSON: name -> fields (see above).")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="With 2 or more: also the seed agreement of the maps (mean pairwise "
+                   "Pearson correlation over keys 0, 100, 101, ...; `metrics.seed_agreement`).")
     args = p.parse_args(argv)
     variants = json.loads(args.variants)
     base, models, x, classes, hidden = blind_setting(args.dataset, args.mask, args.count)
@@ -47,13 +50,23 @@ def main(argv=None) -> int:
                                 **{f: fields.pop(f) for f in STUDENT_FIELDS if f in fields})
         config = deepvid.ExplainConfig(neighbors=NeighborConfig(**fields), student=student,
                                        vae=base.vae_config, num_classes=base.num_classes)
+        def run(seed, config=config):
+            return dv.explain("deepvid", x, classes, jax.random.PRNGKey(seed), models=models,
+                              config=config)
+
         start = time.perf_counter()
-        out = dv.explain("deepvid", x, classes, jax.random.PRNGKey(0), models=models,
-                         config=config)
+        out = run(0)
+        seconds = time.perf_counter() - start
         leak = np.asarray(localisation.relevance_mass(jnp.asarray(out.attributions), region))
+        agreement = ""
+        if args.seeds > 1:
+            maps = [out.attributions] + [run(s).attributions
+                                         for s in range(100, 100 + args.seeds - 1)]
+            agreement = (f"  seed agreement "
+                         f"{float(jnp.mean(metrics.seed_agreement(jnp.asarray(maps)))):.2f}")
         print(f"{args.dataset} {args.mask} {name:24s} hidden share {leak.mean():.3f}  "
-              f"top-1 {np.mean(out.extras['fidelity_top1']):.3f}  "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+              f"top-1 {np.mean(out.extras['fidelity_top1']):.3f}{agreement}  "
+              f"({seconds:.0f} s)", flush=True)
     return 0
 
 

@@ -52,6 +52,8 @@ STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`
     "deepvid_16x6_probes": (NeighborConfig(calibration_probes=16, calibration_steps=6),
                             StudentConfig()),
     "deepvid_adam": (NeighborConfig(latent_scale=1.0), StudentConfig(method="adam")),
+    # the ground-truth remedy's patches and student, at the run's neighbour count
+    "deepvid_sparse": (ex.SPARSE.neighbors, ex.SPARSE.student),
     "noise": (NeighborConfig(sampler="pixel"), StudentConfig()),
     "mask": (NeighborConfig(sampler="mask"), StudentConfig()),
 }
