@@ -256,8 +256,9 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     w = run(shrink(1.0), jnp.zeros((d, yc.shape[1]), x.dtype), steps)
     for _ in range(reweight):
         m = size(w)
-        s = jnp.sum(m) / jnp.maximum(jnp.sum(m > 0), 1)
-        w = run(shrink(s / (m + 0.1 * s)), w, steps)
+        # (tiny: a first fit of all zeros, e.g. a constant teacher, stays zero, not NaN)
+        s = jnp.maximum(jnp.sum(m) / jnp.maximum(jnp.sum(m > 0), 1), jnp.finfo(x.dtype).tiny)
+        w = run(shrink(1.0 / (m / s + 0.1)), w, steps)  # = s / (m + 0.1 s)
     if refit_steps:
         support = (w != 0).astype(x.dtype)
         w = run(lambda u: u * support, w, refit_steps)

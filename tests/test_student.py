@@ -215,6 +215,9 @@ def test_reweighted_lasso_equals_the_weighted_lasso_of_the_first_fit(group):
     np.testing.assert_allclose(w2, want, atol=5e-4)
     used = lambda w: (np.abs(np.asarray(w)).sum(1) > 1e-6).sum()  # noqa: E731  pixels kept
     assert used(w2) < used(w1)  # sparser
+    flat, _, _ = student.fit_lasso(jnp.asarray(x), jnp.zeros_like(jnp.asarray(t)), 0.1, 50,
+                                   group=group, reweight=1)  # nothing to fit: zeros, not NaN
+    np.testing.assert_array_equal(flat, 0.0)
     with pytest.raises(ValueError, match="lasso_reweight"):
         StudentConfig(method="lasso", lasso_reweight=-1)
 
