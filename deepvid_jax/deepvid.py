@@ -100,7 +100,7 @@ Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 # every class), penalty 0.02, with one round of reweighting (small weights, which on unread
 # pixels are sampling noise, penalised more; large ones less). Measured in the README: relevance
 # on a region the teacher never sees <= 0.10 for halves and quadrants on MNIST and KMNIST, with
-# held-out top-1 on the VAE neighbours within 0.02 of the default's; at about twice its time and
+# held-out top-1 on the VAE neighbours within 0.02 of the default's; at about 3x its time and
 # with lower seed agreement (a sparse map keeps a different few of the pixels that move
 # together), so not the default. The first remedy (1,536 neighbours, plain lasso 0.015, aligned
 # patches) left 0.160 / 0.131 on the quadrant-blind teachers.
