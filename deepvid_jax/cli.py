@@ -358,8 +358,7 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
                                latent_scale=args.latent_scale, target_flip=args.target_flip,
                                patch_mix=args.patch_mix)
     student = StudentConfig(method=args.student, lasso=args.lasso)
-    if args.sparse:  # the remedy's own neighbours and student; radius and sampler as given
-        _check_sparse(args)
+    if args.sparse:  # the remedy's own neighbours and student (main checked the flags beside it)
         neighbors = dataclasses.replace(explain_lib.SPARSE.neighbors, sampler=args.sampler,
                                         latent_scale=args.latent_scale,
                                         target_flip=args.target_flip)
