@@ -716,8 +716,8 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     p.add_argument("--sparse", action="store_true",
                    help="DeepVID with the ground-truth remedy (deepvid.SPARSE: 1,024 "
                    "neighbours, half with shifted 4x4 patches of the image, a reweighted group "
-                   "lasso student): relevance stays off pixels the teacher does not read, at "
-                   "about 3x the time and lower seed agreement (README, 'Ground truth'). Sets "
+                   "lasso student stopped early): relevance stays off pixels the teacher does "
+                   "not read, at about twice the time (README, 'Ground truth'). Sets "
                    "--neighbors, --patch-mix, --student and --lasso itself.")
     p.add_argument("--patch-mix", type=NON_NEGATIVE, default=d.neighbors.patch_mix,
                    help="Patch side: half the fitting neighbours take random patches of this "

@@ -97,16 +97,18 @@ Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 # DeepVID with the ground-truth remedy (README, "Ground truth"): 1,024 neighbours (896 to fit),
 # half of those fitted on take random 4x4 patches from the instance on a grid shifted per
 # neighbour, and the student is the group lasso over classes (a pixel is kept or dropped for
-# every class), penalty 0.02, with one round of reweighting (small weights, which on unread
-# pixels are sampling noise, penalised more; large ones less). Measured in the README: relevance
-# on a region the teacher never sees <= 0.10 for halves and quadrants on MNIST and KMNIST, with
-# held-out top-1 on the VAE neighbours within 0.02 of the default's; at about 3x its time and
-# with lower seed agreement (a sparse map keeps a different few of the pixels that move
-# together), so not the default. The first remedy (1,536 neighbours, plain lasso 0.015, aligned
-# patches) left 0.160 / 0.131 on the quadrant-blind teachers.
+# every class), penalty 0.025, with one round of reweighting (small weights, which on unread
+# pixels are sampling noise, penalised more; large ones less), each round stopped after 30 FISTA
+# iterations. The early stop is part of the remedy: run to convergence (200 iterations) the
+# lasso keeps a different one of two pixels that move together for each seed (seed agreement
+# 0.57 on MNIST), stopped early it keeps both, shrunk (0.77) with the leak nearly unchanged.
+# Measured in the README: relevance on a region the teacher never sees <= 0.10 for halves and
+# quadrants on MNIST and KMNIST, with held-out top-1 on the VAE neighbours within 0.02 of the
+# default's and seed agreement >= 0.7; at about twice the default's time (twice the
+# neighbours), so not the default yet.
 SPARSE = ExplainConfig(neighbors=NeighborConfig(num=1024, patch_mix=4, patch_mix_shift=True),
-                       student=StudentConfig(method="lasso", lasso=0.02, lasso_group=True,
-                                             lasso_reweight=1))
+                       student=StudentConfig(method="lasso", lasso=0.025, lasso_group=True,
+                                             lasso_reweight=1, steps=30))
 
 
 class Explanation(NamedTuple):
