@@ -8,7 +8,8 @@ Each variant is a dict of `NeighborConfig` fields plus ``student`` (its method, 
 default) and any other `StudentConfig` field (``lasso``, ``lasso_group``, ...); printed per
 variant: the mean share of |relevance| on the hidden region and the student's held-out top-1 on
 its own VAE neighbours, and the time an image (with ``--seeds`` 2 or more, of the last seed's
-run, which reuses the compiled program). The full protocol, with intervals and every explainer, is `ground_truth.py`.
+run, which reuses the compiled program). The full protocol, with intervals and every explainer,
+is `ground_truth.py`.
 """
 
 from __future__ import annotations
