@@ -295,7 +295,6 @@ def test_patch_mix_keep_and_shift():
         NeighborConfig(patch_mix=4, patch_mix_keep=1.0)
 
 
-
 def test_the_remedys_early_stop_keeps_both_of_two_correlated_pixels():
     """Two pixels that move together (the second the first plus a little noise) and a teacher
     that reads the first: run to convergence the reweighted group lasso keeps only one of them
