@@ -1,5 +1,7 @@
 """The closed-form (ridge) student and the KD student warm-started from it (issue 12, part 1)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -256,10 +258,9 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     fit = mixed[:n_fit].reshape(n_fit, -1)
     w_l, b_l, _ = student.fit_lasso(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
                                     0.02, 500)
-    remedy = ex.SPARSE.student  # the shipped remedy's student, its own iterations
-    w_r, b_r, _ = student.fit_lasso(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
-                                    remedy.lasso, remedy.steps, group=remedy.lasso_group,
-                                    reweight=remedy.lasso_reweight)
+    # the shipped remedy's student, as DeepVID fits it
+    w_r, b_r, _ = student.fit_student(jnp.asarray(fit), jnp.asarray(teacher(mixed[:n_fit])),
+                                      ex.SPARSE.student)
     assert blind_share(plain.w) > 0.3
     held = nb[n_fit:].reshape(n_hold, -1)
     for w_s, b_s in ((w_l, b_l), (w_r, b_r)):
@@ -307,12 +308,12 @@ def test_the_remedys_early_stop_keeps_both_of_two_correlated_pixels():
     y = x[:, :1] * np.array([[2.0, -1.0, -1.0]]) + 0.01 * rng.normal(size=(n, 3))
     remedy = ex.SPARSE.student
 
-    def rows(steps):
-        w, _, _ = student.fit_lasso(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
-                                    remedy.lasso, steps, group=remedy.lasso_group,
-                                    reweight=remedy.lasso_reweight)
+    def rows(config):
+        w, _, _ = student.fit_student(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+                                      config)
         return np.linalg.norm(np.asarray(w), axis=1)
 
-    early, converged = rows(remedy.steps), rows(200)  # 200: the remedy's former, converged fit
+    # 200 iterations: the remedy's former, converged fit
+    early, converged = rows(remedy), rows(dataclasses.replace(remedy, steps=200))
     assert early[1] > 0.3 * early[0] > 0 and not early[2:].any()
     assert converged[0] > 0 and converged[1] == 0 and not converged[2:].any()
