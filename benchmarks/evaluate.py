@@ -57,11 +57,8 @@ from deepvid_jax import deepvid as ex  # noqa: E402
 from deepvid_jax.models import init_teacher  # noqa: E402
 from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
 
-SAMPLERS = {  # the pixel students and the neighbours each is fitted on
-    "deepvid": NeighborConfig(sampler="vae"),
-    "noise": NeighborConfig(sampler="pixel"),
-    "mask": NeighborConfig(sampler="mask"),
-}
+# The pixel students, each with the registered config (neighbours and student) it is fitted with.
+SAMPLERS = {name: explainers.get(name).config for name in ("deepvid", "noise", "mask")}
 
 
 def fmt(s: dict | None, digits: int = 3) -> str:
@@ -87,9 +84,9 @@ class Models:
         self.vmeta = checkpoint.read_meta(root / "vae")
         self.chunk = chunk
 
-    def explain_config(self, neighbors: NeighborConfig, holdout: int = 128) -> ex.ExplainConfig:
-        return ex.ExplainConfig(num_classes=self.tcfg.num_classes, vae=self.vcfg,
-                                neighbors=neighbors, chunk_size=self.chunk, holdout=holdout)
+    def explain_config(self, config: ex.ExplainConfig, holdout: int = 128) -> ex.ExplainConfig:
+        return dataclasses.replace(config, num_classes=self.tcfg.num_classes, vae=self.vcfg,
+                                   chunk_size=self.chunk, holdout=holdout)
 
     def methods(self, tp=None) -> dict[str, Callable]:
         """name -> fn(images, class_idx, key) -> `explainers.Attribution`: every registered
@@ -97,7 +94,7 @@ class Models:
         a random map as the control."""
         models = self.models if tp is None else dataclasses.replace(self.models,
                                                                     teacher_params=tp)
-        configs = {s: self.explain_config(nb) for s, nb in SAMPLERS.items()}
+        configs = {s: self.explain_config(c) for s, c in SAMPLERS.items()}
         out = {}
         for name, method in explainers.METHODS.items():
             try:
@@ -140,8 +137,9 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
     if scales is None and "deepvid" in students:
         scales = students["deepvid"]["scale"]
     result = {s: {} for s in students}
-    for j, (kind, nb_cfg) in enumerate(SAMPLERS.items()):
-        cfg = dataclasses.replace(nb_cfg, num=count)
+    for j, (kind, explain_cfg) in enumerate(SAMPLERS.items()):
+        # fresh plain draws of each kind: patches are mixed into the fitted rows only
+        cfg = dataclasses.replace(explain_cfg.neighbors, num=count, patch_mix=0)
         per = {s: [] for s in students}
         for i in range(0, len(images), m.chunk):
             x = jnp.asarray(images[i : i + m.chunk])
@@ -336,13 +334,14 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
 
 
 def sweep(m: Models, images, cls, args) -> list[dict]:
-    """DeepVID's fidelity and deletion AUC as the neighbour count and latent scale vary."""
+    """DeepVID's fidelity and deletion AUC as the neighbour count and latent scale vary, with
+    the ridge student over plain VAE neighbours (`ex.FAST`, the default until 2026-11-25)."""
     rows = []
     # neighbour counts at the default (calibrated) radius; fixed latent scales at 512
     grid = [(n, None) for n in args.sweep_neighbors] + [(512, s) for s in args.sweep_scales]
     for n, s in tqdm(grid, desc="sweep", disable=args.quiet):
-        nb = NeighborConfig(num=n, latent_scale=s)
-        cfg = m.explain_config(nb, holdout=max(1, n // 4))
+        cfg = m.explain_config(dataclasses.replace(ex.FAST, neighbors=NeighborConfig(
+            num=n, latent_scale=s)), holdout=max(1, n // 4))
         start = time.perf_counter()
         e = explainers.explain("deepvid", images, cls, jax.random.PRNGKey(args.seed),
                                models=m.models, config=cfg, chunk_size=m.chunk)

@@ -46,14 +46,14 @@ from deepvid_jax.models import (
 from deepvid_jax.neighbors import NeighborConfig, latent_codes
 from deepvid_jax.student import StudentConfig
 
-STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`
-    "deepvid": (NeighborConfig(), StudentConfig()),
+STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`, at the run's count
+    "deepvid": (ex.DEFAULT_NEIGHBORS, ex.DEFAULT_STUDENT),  # patches mixed in, the group lasso
+    # the former default (`ex.FAST`: ridge over plain VAE neighbours) and variants of it
+    "deepvid_fast": (ex.FAST.neighbors, ex.FAST.student),
     "deepvid_fixed_radius": (NeighborConfig(latent_scale=1.0), StudentConfig()),
     "deepvid_16x6_probes": (NeighborConfig(calibration_probes=16, calibration_steps=6),
                             StudentConfig()),
     "deepvid_adam": (NeighborConfig(latent_scale=1.0), StudentConfig(method="adam")),
-    # the ground-truth remedy's patches and student, at the run's neighbour count
-    "deepvid_sparse": (ex.SPARSE.neighbors, ex.SPARSE.student),
     "noise": (NeighborConfig(sampler="pixel"), StudentConfig()),
     "mask": (NeighborConfig(sampler="mask"), StudentConfig()),
 }

@@ -45,7 +45,6 @@ from deepvid_jax.models import (
     teacher_logits,
     vae_config_for,
 )
-from deepvid_jax.neighbors import NeighborConfig
 from deepvid_jax.student import StudentConfig
 
 DEFAULT_DATASET = data.EMBEDDED_DATASET
@@ -336,33 +335,36 @@ def _guide_teacher(args, info: data.DatasetInfo) -> tuple:
     return functools.partial(teacher_logits, config=config), params
 
 
-def _check_sparse(args) -> None:
-    """--sparse sets the neighbour count, patches and student itself: those flags may not be
-    given beside it."""
-    d = explain_lib.ExplainConfig()
-    given = [flag for flag, value, default in (
-        ("--neighbors", args.neighbors, d.neighbors.num),
-        ("--patch-mix", args.patch_mix, d.neighbors.patch_mix),
-        ("--student", args.student, d.student.method),
-        ("--lasso", args.lasso, d.student.lasso)) if value != default]
+def _check_presets(args) -> None:
+    """--sparse (the default's former name) sets the neighbour count, patches and student
+    itself: those flags may not be given beside it; nor may --fast."""
+    if args.sparse and args.fast:
+        raise ValueError("--sparse and --fast are two presets: give one.")
+    if not args.sparse:
+        return
+    given = [flag for flag, value in (
+        ("--neighbors", args.neighbors), ("--patch-mix", args.patch_mix),
+        ("--student", args.student), ("--lasso", args.lasso)) if value is not None]
     if given:
         raise ValueError(f"--sparse sets {', '.join(given)} itself: leave "
                          f"{'it' if len(given) == 1 else 'them'} out.")
 
 
 def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_lib.ExplainConfig:
-    d = explain_lib.ExplainConfig()
-    if args.neighbors < 2:
-        raise ValueError(f"--neighbors must be >= 2 (fit + held out), got {args.neighbors}.")
-    neighbors = NeighborConfig(sampler=args.sampler, num=args.neighbors,
-                               latent_scale=args.latent_scale, target_flip=args.target_flip,
-                               patch_mix=args.patch_mix)
-    student = StudentConfig(method=args.student, lasso=args.lasso)
-    if args.sparse:  # the remedy's own neighbours and student (main checked the flags beside it)
-        neighbors = dataclasses.replace(explain_lib.SPARSE.neighbors, sampler=args.sampler,
-                                        latent_scale=args.latent_scale,
-                                        target_flip=args.target_flip)
-        student = explain_lib.SPARSE.student
+    """The preset (the default, or --fast) with the flags given on top of it."""
+    d = explain_lib.FAST if args.fast else explain_lib.ExplainConfig()
+    num = d.neighbors.num if args.neighbors is None else args.neighbors
+    # patches mix VAE neighbours with the image: the default's, with the VAE sampler only
+    patch_mix = (d.neighbors.patch_mix if args.sampler == "vae" else 0) \
+        if args.patch_mix is None else args.patch_mix
+    neighbors = dataclasses.replace(d.neighbors, sampler=args.sampler, num=num,
+                                    latent_scale=args.latent_scale,
+                                    target_flip=args.target_flip, patch_mix=patch_mix)
+    method = d.student.method if args.student is None else args.student
+    # the preset's student with another penalty, or another student with its own defaults
+    student = d.student if method == d.student.method else StudentConfig(method=method)
+    if args.lasso is not None:
+        student = dataclasses.replace(student, lasso=args.lasso)
     return explain_lib.ExplainConfig(
         num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(d.holdout, neighbors.num // 4)),
@@ -455,8 +457,9 @@ def cmd_demo(args) -> int:
     if args.quick:
         args.epochs = args.epochs or 2
         args.count = min(args.count, 8)
-        if not args.sparse:  # the remedy keeps its own count
-            args.neighbors = min(args.neighbors, 128)
+        if not args.sparse:  # the preset keeps its own count
+            d = explain_lib.FAST if args.fast else explain_lib.ExplainConfig()
+            args.neighbors = min(args.neighbors or d.neighbors.num, 128)
     out = files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
     n = min(args.count, len(ev.images))
@@ -694,8 +697,9 @@ def cmd_report(args) -> int:
 
 def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
     d = explain_lib.ExplainConfig()
-    p.add_argument("--neighbors", type=_int_at_least(2), default=d.neighbors.num,
-                   help="Neighbours per instance (fit + held out).")
+    p.add_argument("--neighbors", type=_int_at_least(2), default=None,
+                   help=f"Neighbours per instance (fit + held out; default {d.neighbors.num}, "
+                   f"--fast {explain_lib.FAST.neighbors.num}).")
     p.add_argument("--latent-scale", type=_finite(low=0.0), default=d.neighbors.latent_scale,
                    help="Fixed latent scale of the VAE neighbours (default: calibrated per "
                    "image to --target-flip).")
@@ -705,23 +709,28 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    help="Calibrated radius: the fraction of neighbours that should get another "
                    "teacher label than the image.")
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=d.neighbors.sampler)
-    p.add_argument("--student", choices=student_lib.METHODS, default=d.student.method,
-                   help="ridge: closed form on centred logits; adam: Adam on the KD loss; kd: "
-                   "ridge then Adam on the KD loss; lasso: L1 instead of ridge (sparse; "
-                   "the ground-truth remedy is --sparse).")
+    p.add_argument("--student", choices=student_lib.METHODS, default=None,
+                   help=f"Default {d.student.method}: the reweighted group lasso stopped early "
+                   "(deepvid.DEFAULT_STUDENT); ridge: closed form on centred logits (--fast); "
+                   "adam: Adam on the KD loss; kd: ridge then Adam on the KD loss.")
     p.add_argument("--lasso", type=_finite(low=0.0, high=1.0, low_open=True, high_open=True),
-                   default=d.student.lasso,
-                   help="The lasso's L1 penalty, relative to the smallest that zeroes every "
-                   "weight (--student lasso).")
+                   default=None,
+                   help=f"The lasso's L1 penalty, relative to the smallest that zeroes every "
+                   f"weight (default {d.student.lasso}).")
+    p.add_argument("--fast", action="store_true",
+                   help="DeepVID's former default (deepvid.FAST: ridge over "
+                   f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): about half the "
+                   "time, but relevance leaks onto pixels the teacher does not read (README, "
+                   "'Ground truth'). The other flags apply on top of it.")
     p.add_argument("--sparse", action="store_true",
-                   help="DeepVID with the ground-truth remedy (deepvid.SPARSE: 1,024 "
-                   "neighbours, half with shifted 4x4 patches of the image, a reweighted group "
-                   "lasso student stopped early): relevance stays off pixels the teacher does "
-                   "not read, at about twice the time (README, 'Ground truth'). Sets "
-                   "--neighbors, --patch-mix, --student and --lasso itself.")
-    p.add_argument("--patch-mix", type=NON_NEGATIVE, default=d.neighbors.patch_mix,
-                   help="Patch side: half the fitting neighbours take random patches of this "
-                   "size from the image, so correlated pixels come apart (0: off).")
+                   help="The ground-truth remedy, the default since 2026-11-25 (kept so that "
+                   "scripts that pass it run). Sets --neighbors, --patch-mix, --student and "
+                   "--lasso itself.")
+    p.add_argument("--patch-mix", type=NON_NEGATIVE, default=None,
+                   help="Patch side: a share of the fitting neighbours (NeighborConfig."
+                   "patch_mix_share) take random patches of this size from the image, so "
+                   f"correlated pixels come apart (0: off; default {d.neighbors.patch_mix} with "
+                   "the vae sampler, --fast 0).")
     p.add_argument("--chunk-size", type=POSITIVE, default=d.chunk_size)
     p.add_argument("--figures", type=NON_NEGATIVE, default=4,
                    help="Explanation figures to write (0: none).")
@@ -902,8 +911,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs one command; a problem the user can fix is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "sparse", False):
-            _check_sparse(args)  # before any long work
+        if hasattr(args, "sparse"):
+            _check_presets(args)  # before any long work
         return args.func(args)
     except (data.DataNotFoundError, data.CorruptDataError, checkpoint.CheckpointError,
             ValueError) as e:

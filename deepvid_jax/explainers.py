@@ -40,6 +40,7 @@ from deepvid_jax.models import (
     teacher_logits,
 )
 from deepvid_jax.neighbors import NeighborConfig
+from deepvid_jax.student import StudentConfig
 
 NEEDS = ("vae", "gradients", "teacher_config", "surrogate")
 
@@ -282,11 +283,14 @@ def _surrogate(params, images, classes, keys, *, models: Models, config: None):
 _STUDENT = "a linear student distilled from the teacher on "
 register(Method("deepvid", _student, dv_lib.ExplainConfig(), ("vae",),
                 description=_STUDENT + "VAE neighbours (DeepVID)"))
+# The random-perturbation baselines keep the ridge student they were published with.
 register(Method("noise", _student,
-                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="pixel")),
+                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="pixel"),
+                                     student=StudentConfig()),
                 description=_STUDENT + "Gaussian-noise neighbours"))
 register(Method("mask", _student,
-                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="mask")),
+                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="mask"),
+                                     student=StudentConfig()),
                 description=_STUDENT + "random-mask neighbours"))
 register(Method("lime", _lime, superpixel.LimeConfig(),
                 description="LIME on a grid of patches, batched"))

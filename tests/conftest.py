@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never download: DEEPVID_OFFLINE is forced on."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -7,10 +8,9 @@ import pytest
 
 os.environ["DEEPVID_OFFLINE"] = "1"
 
-from deepvid_jax import attribution, data, rise, superpixel, train  # noqa: E402
+from deepvid_jax import attribution, data, explainers, rise, superpixel, train  # noqa: E402
 from deepvid_jax import deepvid as ex  # noqa: E402
 from deepvid_jax.models import TeacherConfig, VAEConfig  # noqa: E402
-from deepvid_jax.neighbors import NeighborConfig  # noqa: E402
 from deepvid_jax.run import RunConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,10 +21,15 @@ TINY_TRAIN = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
 
 # Small settings of every method, so the tables of every method (grayscale,
 # colour) run in seconds.
+def _small_student(name: str) -> ex.ExplainConfig:
+    """The registered pixel student's config (neighbours and student) at 32 neighbours."""
+    config = explainers.get(name).config
+    return dataclasses.replace(config, neighbors=dataclasses.replace(config.neighbors, num=32),
+                               holdout=8)
+
+
 SMALL = {
-    "deepvid": ex.ExplainConfig(neighbors=NeighborConfig(num=32), holdout=8),
-    "noise": ex.ExplainConfig(neighbors=NeighborConfig(sampler="pixel", num=32), holdout=8),
-    "mask": ex.ExplainConfig(neighbors=NeighborConfig(sampler="mask", num=32), holdout=8),
+    **{name: _small_student(name) for name in ("deepvid", "noise", "mask")},
     "lime": superpixel.LimeConfig(num_samples=32, holdout=8, patch=2),
     "rise": rise.RiseConfig(num_masks=24, batch=8, grid=3),
     **{m: attribution.AttributionConfig(ig_steps=4, smoothgrad_samples=3)

@@ -72,7 +72,8 @@ def test_every_method_gets_a_row_per_batch_size_with_positive_rates(tiny_run):
     # decoding and classifying its neighbours
     per = {(r["method"], r["batch"]): r["flops_per_explanation"] for r in rows}
     assert per[("deepvid_fixed_radius", 8)] >= per[("decode_classify", 8)]
-    assert per[("deepvid", 8)] > per[("deepvid_fixed_radius", 8)]  # + calibration probes
+    assert per[("deepvid_fast", 8)] > per[("deepvid_fixed_radius", 8)]  # + calibration probes
+    assert per[("deepvid", 8)] > per[("deepvid_fast", 8)]  # + two scanned lasso fits
     # the Adam student's 200 scanned steps are counted (XLA's own count sees one)
     adam = next(r for r in rows if r["method"] == "deepvid_adam" and r["batch"] == 8)
     ridge = next(r for r in rows if r["method"] == "deepvid_fixed_radius" and r["batch"] == 8)

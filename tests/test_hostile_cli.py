@@ -300,16 +300,20 @@ def test_explain_runs_and_a_second_run_never_mixes_with_the_first(tmp_path, mode
     assert files.read_manifest(out)["status"] == "complete"
 
 
-def test_explain_sparse_uses_the_remedy(tmp_path, models, capsys):
-    out = tmp_path / "sparse"
-    code, err = run(["explain", "--checkpoints", str(models["digits"]), "--quiet", "--sparse",
+@pytest.mark.parametrize(("flags", "preset"), [
+    ([], explain_lib.ExplainConfig()),  # the default: the ground-truth remedy
+    (["--sparse"], explain_lib.SPARSE),  # its former name
+    (["--fast"], explain_lib.FAST),  # the former default: ridge, plain neighbours
+])
+def test_explain_presets(tmp_path, models, capsys, flags, preset):
+    out = tmp_path / "preset"
+    code, err = run(["explain", "--checkpoints", str(models["digits"]), "--quiet", *flags,
                      "--indices", "0", "--figures", "0", "--out", str(out)], capsys)
     assert code == 0, err
     config = json.loads((out / "explanations.json").read_text())["config"]
-    remedy = json.loads(json.dumps(dataclasses.asdict(explain_lib.SPARSE)))  # tuples: lists
-    assert config["student"] == remedy["student"]
-    assert {k: config["neighbors"][k] for k in ("num", "patch_mix", "patch_mix_shift")} == \
-        {k: remedy["neighbors"][k] for k in ("num", "patch_mix", "patch_mix_shift")}
+    want = json.loads(json.dumps(dataclasses.asdict(preset)))  # tuples: lists
+    assert config["student"] == want["student"]
+    assert config["neighbors"] == want["neighbors"]
 
 
 # ------------------------------------------------------------------------------------------
