@@ -719,9 +719,9 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    f"weight (default {d.student.lasso}).")
     p.add_argument("--fast", action="store_true",
                    help="DeepVID's former default (deepvid.FAST: ridge over "
-                   f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): about half the "
-                   "time, but relevance leaks onto pixels the teacher does not read (README, "
-                   "'Ground truth'). The other flags apply on top of it.")
+                   f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): 40 % of the "
+                   "time on a CPU, but relevance leaks onto pixels the teacher does not read "
+                   "(README, 'Ground truth'). The other flags apply on top of it.")
     p.add_argument("--sparse", action="store_true",
                    help="The ground-truth remedy, the default since 2026-11-25 (kept so that "
                    "scripts that pass it run). Sets --neighbors, --patch-mix, --student and "

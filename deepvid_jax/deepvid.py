@@ -46,9 +46,9 @@ from deepvid_jax.student import StudentConfig, fit_student
 # both, shrunk; every round more costs seed agreement (three rounds: 0.65 on KMNIST's half),
 # fewer patched rows cost leak. Measured: relevance on a region the teacher never sees <= 0.10
 # for halves, quadrants and patches on MNIST and KMNIST (ridge: 0.28-0.57), held-out top-1
-# within 0.02 of ridge's, at about twice the time of `FAST` on a CPU (twice the neighbours).
-# `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
-# student (`FAST`).
+# within 0.02 of ridge's, at 2.5x the time of `FAST` on a CPU (twice the neighbours and a
+# costlier student). `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler
+# and the ridge student (`FAST`).
 DEFAULT_NEIGHBORS = NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.4,
                                    patch_mix_shift=True)
 DEFAULT_STUDENT = StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=2,
@@ -116,9 +116,10 @@ class ExplainConfig:
 Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 
-# The former default, ridge over 512 plain VAE neighbours (until 2026-11-25): about half the
-# time, but on a teacher blind to a region it puts 0.30-0.57 of its relevance there (README,
-# "Ground truth"). For users who want DeepVID's fastest explanations, not its most truthful.
+# The former default, ridge over 512 plain VAE neighbours (until 2026-11-25): 40 % of the
+# time on a CPU, but on a teacher blind to a region it puts 0.28-0.57 of its relevance there
+# (README, "Ground truth"). For users who want DeepVID's fastest explanations, not its most
+# truthful ones.
 FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
 # The ground-truth remedy's former name: it is the default now.
 SPARSE = ExplainConfig()
