@@ -340,7 +340,7 @@ CONFIG_CASES = {
     StudentConfig: {"temperature": [0.0, -1.0, NAN_, INF_], "steps": [0, -1, 1.5],
                     "learning_rate": [0.0, NAN_], "l1": [-1.0], "l2": [NAN_],
                     "hard_label_weight": [-1.0], "method": ["sgd"], "penalties": [(), (-1.0,)]},
-    ex.ExplainConfig: {"chunk_size": [0, -1, 1.5], "holdout": [0, 512, -1],
+    ex.ExplainConfig: {"chunk_size": [0, -1, 1.5], "holdout": [0, ex.DEFAULT_NEIGHBORS.num, -1],
                        "num_classes": [1, 0], "vae": ["x"], "neighbors": [None],
                        "student": [3]},
     superpixel.LimeConfig: {"keep_prob": [1.5, 0.0, 1.0, NAN_], "num_samples": [0],
