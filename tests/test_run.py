@@ -80,6 +80,27 @@ def test_store_equals_in_memory_explanations(clean, source, models):
     assert attrs["identity"]["run"]["explainers"] == list(EXPLAINERS)
 
 
+def test_fast_runs_deepvids_former_default(tmp_path, checkpoints, source, models):
+    """`deepvid run --fast` explains with `deepvid.FAST`, records it, and equals the API."""
+    from deepvid_jax import cli
+    from deepvid_jax import deepvid as ex
+    out = tmp_path / "fast.zarr"
+    assert cli.main(["run", "--dataset", "digits", "--split", "test[:4]", "--explainers",
+                     "deepvid", "--checkpoints", str(checkpoints), "--fast", "--quiet",
+                     "--out", str(out)]) == 0
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)["deepvid_jax"]
+    stored = attrs["identity"]["configs"]["deepvid"]
+    assert stored["student"]["method"] == ex.FAST.student.method == "ridge"
+    assert stored["neighbors"]["num"] == ex.FAST.neighbors.num
+    x, _ = source.read(0, 4)
+    pred = np.asarray(models.teacher_apply(models.teacher_params, x)).argmax(-1)
+    fast = E.explain("deepvid", x, pred, jax.random.PRNGKey(0), models=models,
+                     config=ex.FAST).attributions
+    # the CLI restores its own models: equal up to the ridge solve's float rounding
+    np.testing.assert_allclose(_arrays(out)["deepvid/attributions"], fast,
+                               atol=1e-3 * np.abs(fast).max())
+
+
 def test_rerun_finds_everything_done(clean, source, models):
     before = _arrays(clean)
     summary = run_lib.explain_dataset(source, models, clean, CONFIG, progress=False)
