@@ -153,6 +153,10 @@ def _checkpoint_config(folder: Path, kind: str, info: data.DatasetInfo):
     return config
 
 
+FAST_HELP = (f"DeepVID's former default (deepvid.FAST: ridge over "
+             f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): 40 %% of the time on a "
+             "CPU, but relevance leaks onto pixels the teacher does not read (README, 'Ground "
+             "truth').")
 TEACHER_HELP = ("Your model instead of --checkpoints' teacher/: 'package.module:function', a "
                 "function returning (apply, params, num_classes), e.g. deepvid_jax.adapters."
                 "from_keras(model) (searched on PYTHONPATH and in the current folder).")
@@ -350,9 +354,14 @@ def _check_presets(args) -> None:
                          f"{'it' if len(given) == 1 else 'them'} out.")
 
 
+def _preset(args) -> explain_lib.ExplainConfig:
+    """DeepVID's config before the flags: the default, or the former one with --fast."""
+    return explain_lib.FAST if args.fast else explain_lib.ExplainConfig()
+
+
 def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_lib.ExplainConfig:
-    """The preset (the default, or --fast) with the flags given on top of it."""
-    d = explain_lib.FAST if args.fast else explain_lib.ExplainConfig()
+    """The preset (`_preset`) with the flags given on top of it."""
+    d = _preset(args)
     num = d.neighbors.num if args.neighbors is None else args.neighbors
     # patches mix VAE neighbours with the image: the default's, with the VAE sampler only
     patch_mix = (d.neighbors.patch_mix if args.sampler == "vae" else 0) \
@@ -458,8 +467,7 @@ def cmd_demo(args) -> int:
         args.epochs = args.epochs or 2
         args.count = min(args.count, 8)
         if not args.sparse:  # the preset keeps its own count
-            d = explain_lib.FAST if args.fast else explain_lib.ExplainConfig()
-            args.neighbors = min(args.neighbors or d.neighbors.num, 128)
+            args.neighbors = min(args.neighbors or _preset(args).neighbors.num, 128)
     out = files.check_writable_dir(args.out, "--out")
     tr, ev = _load_splits(args)
     n = min(args.count, len(ev.images))
@@ -720,10 +728,7 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    help=f"The lasso's L1 penalty, relative to the smallest that zeroes every "
                    f"weight (default {d.student.lasso}).")
     p.add_argument("--fast", action="store_true",
-                   help="DeepVID's former default (deepvid.FAST: ridge over "
-                   f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): 40 % of the "
-                   "time on a CPU, but relevance leaks onto pixels the teacher does not read "
-                   "(README, 'Ground truth'). The other flags apply on top of it.")
+                   help=FAST_HELP + " The other flags apply on top of it.")
     p.add_argument("--sparse", action="store_true",
                    help="The ground-truth remedy, the default since 2026-11-25 (kept so that "
                    "scripts that pass it run). Sets --neighbors, --patch-mix, --student and "
@@ -890,10 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "index for every image.")
     p.add_argument("--weights", action="store_true",
                    help="Also store the students' weight images for every class (K x larger).")
-    p.add_argument("--fast", action="store_true",
-                   help="deepvid with its former default (deepvid.FAST: ridge over "
-                   f"{explain_lib.FAST.neighbors.num} plain VAE neighbours): 40 % of the time "
-                   "on a CPU, but relevance leaks onto pixels the teacher does not read.")
+    p.add_argument("--fast", action="store_true", help="deepvid with " + FAST_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="Replace a store of another run (only a deepvid_jax store).")
     p.add_argument("--coordinator", default=None,

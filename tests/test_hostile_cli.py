@@ -300,6 +300,19 @@ def test_explain_runs_and_a_second_run_never_mixes_with_the_first(tmp_path, mode
     assert files.read_manifest(out)["status"] == "complete"
 
 
+def _subcommands() -> list[str]:
+    parser = cli.build_parser()
+    return sorted(next(a for a in parser._actions if a.choices and a.dest == "command").choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_commands_help_prints(command, capsys):
+    """argparse formats help with %: a literal % in a help string made --help a traceback."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0 and f"usage: deepvid {command}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("flags", "preset"), [
     ([], explain_lib.ExplainConfig()),  # the default: the ground-truth remedy
     (["--sparse"], explain_lib.SPARSE),  # its former name
