@@ -204,8 +204,8 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
 
     Few ``steps`` stop FISTA before it converges, which shrinks more than the penalty alone:
     of two pixels that move together the converged fit keeps one (which one depends on the
-    draw), the early-stopped fit both, shrunk; `deepvid.SPARSE` stops at 30 for that
-    stability (README, "Ground truth").
+    draw), the early-stopped fit both, shrunk (each reweighting round shrinks the second
+    further); `deepvid.DEFAULT_STUDENT` stops at 30 for that stability (README, "Ground truth").
 
     With ``refit_steps``, the relaxed lasso (Meinshausen 2007): that many more FISTA steps of
     the unpenalised problem restricted to the weights the lasso left non-zero, from the lasso's
