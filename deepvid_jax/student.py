@@ -22,6 +22,7 @@ logits, config) that `jax.vmap` maps over instances:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -69,6 +70,12 @@ class StudentConfig:
         (the group lasso, `fit_lasso`).
       lasso_reweight: "lasso" only: rounds of reweighted L1 after the first fit (`fit_lasso`),
         each of ``steps`` iterations; 0 for none.
+      lasso_smooth: "lasso" only: weight of a spatial smoothness penalty on the weights (the
+        sum over adjacent pixels of their squared difference), relative to the mean pixel
+        variance of the neighbours (`fit_lasso`); 0 for none. Needs the image shape
+        (`fit_student`'s ``shape``).
+      lasso_rescale: "lasso" only: multiply the weights by the one factor that fits the teacher
+        best (`fit_lasso`), undoing the penalties' shrinkage on average.
     """
 
     method: str = "ridge"
@@ -83,11 +90,13 @@ class StudentConfig:
     lasso_refit: int = 0
     lasso_group: bool = False
     lasso_reweight: int = 0
+    lasso_smooth: float = 0.0
+    lasso_rescale: bool = False
 
     def __post_init__(self):
         validate.choice(self.method, METHODS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
-                        nonneg=("hard_label_weight", "l1", "l2"),
+                        nonneg=("hard_label_weight", "l1", "l2", "lasso_smooth"),
                         nonneg_int=("lasso_refit", "lasso_reweight"))
         if not isinstance(self.penalties, tuple) or not self.penalties:
             raise ValueError(f"StudentConfig.penalties must be a non-empty tuple, got "
@@ -96,6 +105,10 @@ class StudentConfig:
             validate.number(v, f"StudentConfig.penalties[{i}]", low=0.0, low_open=True)
         validate.number(self.lasso, "StudentConfig.lasso", low=0.0, high=1.0, low_open=True,
                         high_open=True)
+        for name in ("lasso_group", "lasso_rescale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"StudentConfig.{name} must be a bool, got "
+                                 f"{getattr(self, name)!r}.")
 
 
 class RidgeFit(NamedTuple):
@@ -177,9 +190,28 @@ def fit_ridge(
     return RidgeFit(w, b, grid[best], grid, gcv)
 
 
+def grid_laplacian(w: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The gradient of 1/2 sum over 4-adjacent pixel pairs (p, q) of |w_p - w_q|^2, per channel
+    and class: w [D, K], D = H * W * C for ``shape`` (H, W, C) -> [D, K]. That is the graph
+    Laplacian of the pixel grid (free boundary) applied to each column; its eigenvalues lie in
+    [0, 8)."""
+    g = w.reshape(*shape, -1)
+    dy, dx = g[1:] - g[:-1], g[:, 1:] - g[:, :-1]
+    out = jnp.zeros_like(g).at[1:].add(dy).at[:-1].add(-dy)
+    return out.at[:, 1:].add(dx).at[:, :-1].add(-dx).reshape(w.shape)
+
+
+def _check_shape(shape, d: int) -> tuple[int, int, int]:
+    if shape is None or len(shape) != 3 or math.prod(shape) != d:
+        raise ValueError(f"a smoothness penalty needs the image shape (H, W, C) of the {d} "
+                         f"pixel columns; got shape={shape!r}.")
+    return tuple(int(v) for v in shape)
+
+
 def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, steps: int,
               refit_steps: int = 0, *, group: bool = False,
-              reweight: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+              reweight: int = 0, smooth: float = 0.0, shape: tuple[int, ...] | None = None,
+              rescale: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
     """L1-penalised regression of class-centred logits on pixels, with an unpenalised intercept:
 
     min_W,b 1/(2N) ||x W + b - (t - mean_k t)||^2 + lambda |W|_1,  lambda = relative_penalty *
@@ -207,10 +239,23 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     draw), the early-stopped fit both, shrunk (each reweighting round shrinks the second
     further); `deepvid.DEFAULT_STUDENT` stops at 30 for that stability (README, "Ground truth").
 
+    With ``smooth`` (and the image ``shape`` (H, W, C) of the D columns), a spatial smoothness
+    penalty mu/2 sum over 4-adjacent pixels p, q of |W_p - W_q|^2 is added to the smooth part
+    (`grid_laplacian`), mu = ``smooth`` times the mean pixel variance of the neighbours (so it
+    does not depend on the image size or the neighbour count): of adjacent pixels that move
+    together the lasso keeps whichever the draw favours; the penalty shares their weight, so a
+    map depends less on the draw, at the price of some weight one pixel beyond the evidence.
+
     With ``refit_steps``, the relaxed lasso (Meinshausen 2007): that many more FISTA steps of
-    the unpenalised problem restricted to the weights the lasso left non-zero, from the lasso's
-    solution. The L1 penalty picks which pixels matter and also shrinks their weights, which
-    costs fidelity; the refit keeps the choice and undoes the shrinkage.
+    the problem without the L1 penalty restricted to the weights the lasso left non-zero, from
+    the lasso's solution. The L1 penalty picks which pixels matter and also shrinks their
+    weights, which costs fidelity; the refit keeps the choice and undoes the shrinkage.
+
+    With ``rescale``, W is finally multiplied by the one number that fits the centred logits
+    best (least squares of x_c (alpha W) on y_c): the penalties shrink every kept weight, which
+    costs fidelity; one common factor undoes the shrinkage on average without changing which
+    pixels are kept or any map's shape (the relaxed lasso's refit re-grows weights one by one,
+    the leaked ones too).
 
     Args:
       x: [N, D] neighbours; teacher_logits: [N, K].
@@ -219,6 +264,8 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
       (W [D, K] centred over classes, b [K], lambda []).
     """
     n, d = x.shape
+    if smooth:
+        shape = _check_shape(shape, d)
     mu_x, mu_y, xc, yc = _centred(x, teacher_logits)
     c = xc.T @ yc / n  # [D, K]
     if d <= n:
@@ -234,12 +281,16 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
         return v / jnp.maximum(jnp.linalg.norm(v), 1e-30), None
 
     v, _ = jax.lax.scan(power, jnp.ones((d,), x.dtype) / jnp.sqrt(d), None, 30)
-    lipschitz = 1.05 * jnp.maximum(v @ hess(v), 1e-12)
+    # The smoothness penalty's weight, relative to the mean pixel variance (the mean eigenvalue
+    # of the Gram matrix / N); its Laplacian's largest eigenvalue is below 8.
+    mu_s = smooth * jnp.sum(xc * xc) / (n * d)
+    lipschitz = 1.05 * jnp.maximum(v @ hess(v), 1e-12) + 8.0 * mu_s
 
     def fista(prox):
         def step(carry, _):
             w, z, t = carry
-            w_next = prox(z - (hess(z) - c) / lipschitz)
+            grad = hess(z) - c + (mu_s * grid_laplacian(z, shape) if smooth else 0.0)
+            w_next = prox(z - grad / lipschitz)
             t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
             return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
         return step
@@ -268,6 +319,10 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
         support = (w != 0).astype(x.dtype)
         w = run(lambda u: u * support, w, refit_steps)
     w = w - jnp.mean(w, axis=1, keepdims=True)
+    if rescale:  # the least-squares multiple of W (1 where W = 0: nothing to scale)
+        fit = xc @ w
+        w = w * jnp.where(jnp.any(w != 0),
+                          jnp.sum(fit * yc) / jnp.maximum(jnp.sum(fit * fit), 1e-30), 1.0)
     return w, mu_y - mu_x @ w, lam
 
 
@@ -308,7 +363,8 @@ def student_loss(
 
 
 def fit_student(
-    x: jax.Array, teacher_logits: jax.Array, config: StudentConfig = StudentConfig()
+    x: jax.Array, teacher_logits: jax.Array, config: StudentConfig = StudentConfig(),
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Distils a linear student from teacher logits on one instance's neighbours.
 
@@ -316,6 +372,7 @@ def fit_student(
       x: [N, D] flattened neighbours.
       teacher_logits: [N, K].
       config: `StudentConfig`.
+      shape: the image shape (H, W, C), H * W * C = D; needed by ``config.lasso_smooth``.
 
     Returns:
       (W [D, K], b [K], penalty []): W and b are centred over classes (each row of W and b
@@ -331,7 +388,9 @@ def fit_student(
         return fit.w, fit.b, fit.penalty
     if config.method == "lasso":
         return fit_lasso(x, teacher_logits, config.lasso, config.steps, config.lasso_refit,
-                         group=config.lasso_group, reweight=config.lasso_reweight)
+                         group=config.lasso_group, reweight=config.lasso_reweight,
+                         smooth=config.lasso_smooth, shape=shape,
+                         rescale=config.lasso_rescale)
     mu = jnp.mean(x, axis=0)
     xc = x - mu
     d, k = x.shape[1], teacher_logits.shape[1]
