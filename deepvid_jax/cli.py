@@ -374,6 +374,11 @@ def _explain_config(args, num_classes: int, vae_config: VAEConfig) -> explain_li
     student = d.student if method == d.student.method else StudentConfig(method=method)
     if args.lasso is not None:
         student = dataclasses.replace(student, lasso=args.lasso)
+    if args.smooth is not None:
+        if student.method != "lasso":
+            raise ValueError(f"--smooth is the lasso student's smoothness penalty; the "
+                             f"{student.method} student has none (use --student lasso).")
+        student = dataclasses.replace(student, lasso_smooth=args.smooth)
     return explain_lib.ExplainConfig(
         num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(d.holdout, neighbors.num // 4)),
@@ -727,6 +732,10 @@ def _explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    default=None,
                    help=f"The lasso's L1 penalty, relative to the smallest that zeroes every "
                    f"weight (default {d.student.lasso}).")
+    p.add_argument("--smooth", type=_finite(low=0.0), default=None,
+                   help=f"The lasso's smoothness penalty on adjacent pixels' weights, relative "
+                   f"to the mean pixel variance (default {d.student.lasso_smooth}; 0 for a "
+                   "classifier whose evidence is single pixels, not shapes).")
     p.add_argument("--fast", action="store_true",
                    help=FAST_HELP + " The other flags apply on top of it.")
     p.add_argument("--sparse", action="store_true",

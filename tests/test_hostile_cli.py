@@ -163,6 +163,9 @@ CLI_CASES = {
     "demo: unknown student": (["demo", "--student", "sgd", *TRAIN], "invalid choice: 'sgd'"),
     "demo: lasso 1": (["demo", "--student", "lasso", "--lasso", "1", *TRAIN],
                       "--lasso: must be < 1, got 1"),
+    "demo: smooth -1": (["demo", "--smooth", "-1", *TRAIN], "--smooth: must be >= 0"),
+    "demo: smooth with ridge": (["demo", "--fast", "--smooth", "0.2", *TRAIN],
+                                "--smooth is the lasso student's smoothness penalty; the ridge"),
     "demo: sparse with its own settings": (
         ["demo", "--sparse", "--neighbors", "256", "--student", "lasso", *TRAIN],
         "--sparse sets --neighbors, --student itself: leave them out"),
@@ -317,6 +320,9 @@ def test_every_commands_help_prints(command, capsys):
     ([], explain_lib.ExplainConfig()),  # the default: the ground-truth remedy
     (["--sparse"], explain_lib.SPARSE),  # its former name
     (["--fast"], explain_lib.FAST),  # the former default: ridge, plain neighbours
+    (["--smooth", "0"], dataclasses.replace(  # the default without its smoothness penalty
+        explain_lib.ExplainConfig(), student=dataclasses.replace(
+            explain_lib.DEFAULT_STUDENT, lasso_smooth=0.0))),
 ])
 def test_explain_presets(tmp_path, models, capsys, flags, preset):
     out = tmp_path / "preset"
