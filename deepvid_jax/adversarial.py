@@ -46,10 +46,7 @@ class AttackConfig:
     def __post_init__(self):
         validate.choice(self.method, ATTACKS, "AttackConfig.method")
         validate.fields(self, probability=("epsilon",), positive_int=("steps",),
-                        positive=("step_size",))
-        for flag in ("random_start", "targeted"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"AttackConfig.{flag} must be a bool.")
+                        positive=("step_size",), boolean=("random_start", "targeted"))
 
     @property
     def alpha(self) -> float:

@@ -100,9 +100,8 @@ class NeighborConfig:
         if self.patch_mix and self.sampler != "vae":
             raise ValueError(f"NeighborConfig.patch_mix mixes VAE neighbours with the instance; "
                              f"the {self.sampler!r} sampler has none (use sampler='vae').")
-        if not isinstance(self.use_posterior_std, bool):
-            raise ValueError("NeighborConfig.use_posterior_std must be a bool.")
         validate.fields(self, open_probability=("target_flip",), positive=("max_latent_scale",),
+                        boolean=("use_posterior_std",),
                         positive_int=("calibration_probes", "calibration_steps"))
         if self.latent_band is not None:
             if not isinstance(self.latent_band, tuple) or not self.latent_band:

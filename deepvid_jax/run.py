@@ -94,8 +94,7 @@ class RunConfig:
             validate.choice(self.classes, CLASS_CHOICES, "RunConfig.classes")
         else:
             validate.integer(self.classes, "RunConfig.classes", minimum=0)
-        if not isinstance(self.save_weights, bool):
-            raise ValueError("RunConfig.save_weights must be a bool.")
+        validate.fields(self, boolean=("save_weights",))
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ class StudentConfig:
         validate.choice(self.method, METHODS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
                         nonneg=("hard_label_weight", "l1", "l2", "lasso_smooth"),
-                        nonneg_int=("lasso_refit", "lasso_reweight"))
+                        nonneg_int=("lasso_refit", "lasso_reweight"),
+                        boolean=("lasso_group", "lasso_rescale"))
         if not isinstance(self.penalties, tuple) or not self.penalties:
             raise ValueError(f"StudentConfig.penalties must be a non-empty tuple, got "
                              f"{self.penalties!r}.")
@@ -105,10 +106,6 @@ class StudentConfig:
             validate.number(v, f"StudentConfig.penalties[{i}]", low=0.0, low_open=True)
         validate.number(self.lasso, "StudentConfig.lasso", low=0.0, high=1.0, low_open=True,
                         high_open=True)
-        for name in ("lasso_group", "lasso_rescale"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"StudentConfig.{name} must be a bool, got "
-                                 f"{getattr(self, name)!r}.")
 
 
 class RidgeFit(NamedTuple):
@@ -283,7 +280,7 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     v, _ = jax.lax.scan(power, jnp.ones((d,), x.dtype) / jnp.sqrt(d), None, 30)
     # The smoothness penalty's weight, relative to the mean pixel variance (the mean eigenvalue
     # of the Gram matrix / N); its Laplacian's largest eigenvalue is below 8.
-    mu_s = smooth * jnp.sum(xc * xc) / (n * d)
+    mu_s = smooth * jnp.sum(xc * xc) / (n * d) if smooth else 0.0
     lipschitz = 1.05 * jnp.maximum(v @ hess(v), 1e-12) + 8.0 * mu_s
 
     def fista(prox):

@@ -68,6 +68,13 @@ def number(
     return v
 
 
+def boolean(value: Any, name: str) -> bool:
+    """A Python bool, True or False (not 0, 1, None or a numpy bool)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}.")
+    return value
+
+
 # Rules for `fields`: rule name -> check(value, "Class.field").
 _RULES: dict[str, Callable[[Any, str], Any]] = {
     "positive_int": lambda v, n: integer(v, n, minimum=1),
@@ -80,7 +87,10 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
                                            high_open=True),
     "positive_ints": lambda v, n: _int_tuple(v, n),
     "image_shape": lambda v, n: image_shape(v, n),
+    "boolean": boolean,
 }
+# Rules for which None is a wrong value, not an optional setting left out.
+_NONE_CHECKED = frozenset({"boolean"})
 
 
 def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
@@ -101,15 +111,16 @@ def fields(config: Any, **rules: Sequence[str]) -> None:
     ``fields(self, positive_int=("num",), probability=("mask_keep",))``.
 
     Rules: positive_int, nonneg_int, positive, nonneg, finite, probability (in [0, 1]),
-    open_probability (in (0, 1)), positive_ints (non-empty tuple), image_shape ((H, W, C)).
-    Fields whose value is None are skipped (optional settings).
+    open_probability (in (0, 1)), positive_ints (non-empty tuple), image_shape ((H, W, C)),
+    boolean (True or False). Fields whose value is None are skipped (optional settings), except
+    under ``boolean``.
     """
     cls = type(config).__name__
     for rule, names in rules.items():
         check = _RULES[rule]
         for field in names:
             value = getattr(config, field)
-            if value is not None:
+            if value is not None or rule in _NONE_CHECKED:
                 check(value, f"{cls}.{field}")
 
 
