@@ -18,8 +18,12 @@ import numpy as np
 sys.path.insert(0, "benchmarks")
 import consistency as bench  # noqa: E402
 
-from deepvid_jax import adversarial, checkpoint, data  # noqa: E402
-from deepvid_jax.models import TeacherConfig  # noqa: E402
+from deepvid_jax.data import sources as data  # noqa: E402
+from deepvid_jax.models import (
+    adversarial,  # noqa: E402
+    checkpoint,  # noqa: E402
+)
+from deepvid_jax.models.networks import TeacherConfig  # noqa: E402
 
 new_attack_dataset = adversarial.attack_dataset
 

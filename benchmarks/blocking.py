@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from common import deepvid_arguments, load_setup, machine_info, write_results
 
-from deepvid_jax import deepvid as ex
 from deepvid_jax import driver
-from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.student import StudentConfig
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import StudentConfig
 
 
 def _ints(text: str) -> list[int]:

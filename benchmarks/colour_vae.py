@@ -27,7 +27,10 @@ import numpy as np
 from common import machine_info
 
 import deepvid_jax as dv
-from deepvid_jax import checkpoint, cli, data, driver, files, vae
+from deepvid_jax import driver, files
+from deepvid_jax.cli import commands as cli
+from deepvid_jax.data import sources as data
+from deepvid_jax.models import checkpoint, vae
 
 # Teachers trained with other seeds (`deepvid train-teacher --dataset synthetic --seed 2|3 --out
 # runs/synthetic_seed2|3`), none of them a judge: the guide of ``--teacher colour_vae:guides``.

@@ -17,13 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import bench, checkpoint, data, files, metrics
-from deepvid_jax import deepvid as ex
-from deepvid_jax.models import teacher_logits
+from deepvid_jax import files
+from deepvid_jax.data import sources as data
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.models import checkpoint
+from deepvid_jax.models.networks import teacher_logits
+from deepvid_jax.runner import bench
 
 
 def machine_info() -> dict:
-    """`deepvid_jax.bench.device_info` (the device's name, kind, count, JAX version) plus the
+    """`deepvid_jax.runner.bench.device_info` (the device's name, kind, count, JAX version) plus the
     operating system, the processor's name, core count, backend and devices."""
     device = bench.device_info()
     cpu = device["kind"] if device["platform"] == "cpu" else platform.machine()

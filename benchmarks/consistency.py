@@ -22,9 +22,11 @@ import jax
 import numpy as np
 from common import machine_info
 
-from deepvid_jax import adversarial, checkpoint, consistency, data, driver, files, train, viz
-from deepvid_jax.adversarial import AttackConfig
-from deepvid_jax.models import TeacherConfig, teacher_logits
+from deepvid_jax import driver, files, viz
+from deepvid_jax.data import sources as data
+from deepvid_jax.models import adversarial, checkpoint, consistency, train
+from deepvid_jax.models.adversarial import AttackConfig
+from deepvid_jax.models.networks import TeacherConfig, teacher_logits
 
 VARIANTS = ("standard", "adversarial", "adversarial+consistency")
 

@@ -10,10 +10,10 @@ into ``runs/<dataset>/{teacher,vae}`` (``deepvid train-teacher`` / ``train-vae``
 Writes, per dataset, ``benchmarks/results/evaluate_<dataset>.{json,md}`` (mean and 95 % interval
 of every metric, seconds per explanation) and figures ``docs/evaluate_*.png``.
 
-Metrics (all in `deepvid_jax.metrics`):
+Metrics (all in `deepvid_jax.metrics.fidelity`):
 - fidelity of the pixel students (DeepVID = VAE neighbours, noise, mask) on held-out neighbours of
   every kind (fresh draws, not the ones fitted), and LIME's on its own held-out samples;
-- the registered metrics (`deepvid_jax.evaluation`): deletion and insertion AUC of the class
+- the registered metrics (`deepvid_jax.metrics.registry`): deletion and insertion AUC of the class
   probability (zero and blur baselines), average drop / increase in confidence;
 - max-sensitivity under uniform noise of radius 0.05 (fixed seed), and agreement across seeds;
 - cascading randomisation (Adebayo et al.): Spearman correlation of |attribution| with the
@@ -42,20 +42,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
-from deepvid_jax import (  # noqa: E402
-    checkpoint,
-    consistency,
-    data,
-    driver,
-    evaluation,
-    explainers,
-    files,
-    metrics,
-    superpixel,
-)
-from deepvid_jax import deepvid as ex  # noqa: E402
-from deepvid_jax.models import init_teacher  # noqa: E402
-from deepvid_jax.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
+from deepvid_jax import driver, files
+from deepvid_jax.data import sources as data
+from deepvid_jax.explainers import lime as superpixel
+from deepvid_jax.explainers import registry as explainers
+from deepvid_jax.explainers.deepvid import core as ex  # noqa: E402
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
+from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.metrics import registry as evaluation
+from deepvid_jax.models import checkpoint, consistency
+from deepvid_jax.models.networks import init_teacher  # noqa: E402
 
 # The pixel students, each with the registered config (neighbours and student) it is fitted with.
 SAMPLERS = {name: explainers.get(name).config for name in ("deepvid", "noise", "mask")}

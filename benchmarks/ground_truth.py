@@ -35,8 +35,10 @@ import numpy as np
 from common import fmt_interval, interval, machine_info, to_jpeg
 
 import deepvid_jax as dv
-from deepvid_jax import deepvid, files, groundtruth, localisation, viz
-from deepvid_jax.data import open_source
+from deepvid_jax import files, viz
+from deepvid_jax.data.sources import open_source
+from deepvid_jax.explainers.deepvid import core as deepvid
+from deepvid_jax.metrics import groundtruth, localisation
 
 SETTINGS = {  # name -> (dataset, split, checkpoints)
     "mnist": ("mnist", "test[8000:]", "runs/mnist"),

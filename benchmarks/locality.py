@@ -25,10 +25,10 @@ from common import (
     write_results,
 )
 
-from deepvid_jax import deepvid as ex
 from deepvid_jax import viz
-from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.student import StudentConfig
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import StudentConfig
 
 STUDENT = StudentConfig(method="ridge", penalties=(0.3,))
 SETTINGS = {

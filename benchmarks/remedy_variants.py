@@ -25,9 +25,11 @@ import numpy as np
 from ground_truth import blind_setting
 
 import deepvid_jax as dv
-from deepvid_jax import deepvid, groundtruth, localisation, metrics
-from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.student import StudentConfig
+from deepvid_jax.explainers.deepvid import core as deepvid
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.metrics import groundtruth, localisation
 
 STUDENT_FIELDS = tuple(f.name for f in dataclasses.fields(StudentConfig) if f.name != "method")
 

@@ -29,11 +29,14 @@ import jax
 import numpy as np
 from common import machine_info
 
-from deepvid_jax import data, explainers, files, run
+from deepvid_jax import files
+from deepvid_jax.data import sources as data
+from deepvid_jax.explainers import registry as explainers
+from deepvid_jax.runner import run
 
 MEMORY_SCRIPT = """
 import json, resource, sys
-from deepvid_jax.cli import main
+from deepvid_jax.cli.commands import main
 code = main(sys.argv[1:])
 print("MAXRSS", json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 sys.exit(code)

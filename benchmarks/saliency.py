@@ -26,9 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from common import interval, machine_info
 
-from deepvid_jax import checkpoint, data, evaluation, explainers, files, rise, viz
+from deepvid_jax import files, viz
+from deepvid_jax.data import sources as data
+from deepvid_jax.explainers import registry as explainers
+from deepvid_jax.explainers import rise
+from deepvid_jax.metrics import registry as evaluation
+from deepvid_jax.models import checkpoint
 
-# shown as -> registered explainer (`deepvid_jax.explainers`)
+# shown as -> registered explainer (`deepvid_jax.explainers.registry`)
 METHODS = {"attentive": "surrogate", "rise": "rise", "deepvid": "deepvid",
            "gradient": "gradient", "integrated_gradients": "integrated_gradients",
            "grad_cam": "grad_cam"}

@@ -22,9 +22,9 @@ from common import (
     write_results,
 )
 
-from deepvid_jax import deepvid as ex
-from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.student import GCV_PENALTIES, StudentConfig
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import GCV_PENALTIES, StudentConfig
 
 METHODS = {
     "adam (200 steps, the former default)": StudentConfig(method="adam"),

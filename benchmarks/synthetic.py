@@ -22,8 +22,11 @@ import numpy as np
 from common import machine_info, to_jpeg
 
 import deepvid_jax as dv
-from deepvid_jax import checkpoint, cli, driver, files, localisation, vae, viz
-from deepvid_jax.data import open_source
+from deepvid_jax import driver, files, viz
+from deepvid_jax.cli import commands as cli
+from deepvid_jax.data.sources import open_source
+from deepvid_jax.metrics import localisation
+from deepvid_jax.models import checkpoint, vae
 
 DATASET = "synthetic"
 

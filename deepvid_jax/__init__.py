@@ -10,11 +10,35 @@
     dv.score("auc_zero", ds.images, out.attributions, classes, models=models)
 
 Every explainer is in `METHODS` and every metric in `METRICS`, by name; `register` /
-`register_metric` add one. The modules hold the rest (`deepvid_jax.deepvid` for DeepVID itself,
-`deepvid_jax.metrics` for the metric functions, ...).
+`register_metric` add one. The subpackages hold the rest, one folder a family:
+`explainers` (one module per method family: `explainers.deepvid` with its neighbours and
+students, `lime`, `gradients`, `rise`, `surrogate`), `metrics`, `models` (networks, the VAE,
+training, checkpoints, adapters), `data`, `runner` (dataset runs, reports, `deepvid bench`) and
+`cli`.
 """
 
-from deepvid_jax.adapters import (
+from deepvid_jax.data.sources import Dataset, open_source
+from deepvid_jax.data.sources import load as load_dataset
+from deepvid_jax.driver import instance_keys, map_instances
+from deepvid_jax.explainers.deepvid.core import ExplainConfig, Explanation, callback_teacher
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.explainers.gradients import AttributionConfig
+from deepvid_jax.explainers.lime import LimeConfig
+from deepvid_jax.explainers.registry import (
+    METHODS,
+    Attribution,
+    Method,
+    Models,
+    explain,
+    get,
+    register,
+)
+from deepvid_jax.explainers.rise import RiseConfig
+from deepvid_jax.metrics.registry import METRICS, DeletionConfig, Metric, score
+from deepvid_jax.metrics.registry import get as get_metric
+from deepvid_jax.metrics.registry import register as register_metric
+from deepvid_jax.models.adapters import (
     Teacher,
     ensemble,
     from_callback,
@@ -24,19 +48,6 @@ from deepvid_jax.adapters import (
     from_nnx,
     load_teacher,
 )
-from deepvid_jax.attribution import AttributionConfig
-from deepvid_jax.data import Dataset, open_source
-from deepvid_jax.data import load as load_dataset
-from deepvid_jax.deepvid import ExplainConfig, Explanation, callback_teacher
-from deepvid_jax.driver import instance_keys, map_instances
-from deepvid_jax.evaluation import METRICS, DeletionConfig, Metric, score
-from deepvid_jax.evaluation import get as get_metric
-from deepvid_jax.evaluation import register as register_metric
-from deepvid_jax.explainers import METHODS, Attribution, Method, Models, explain, get, register
-from deepvid_jax.neighbors import NeighborConfig
-from deepvid_jax.rise import RiseConfig
-from deepvid_jax.student import StudentConfig
-from deepvid_jax.superpixel import LimeConfig
 
 __version__ = "0.2.0"
 

@@ -8,10 +8,15 @@ import pytest
 
 os.environ["DEEPVID_OFFLINE"] = "1"
 
-from deepvid_jax import attribution, data, explainers, rise, superpixel, train  # noqa: E402
-from deepvid_jax import deepvid as ex  # noqa: E402
-from deepvid_jax.models import TeacherConfig, VAEConfig  # noqa: E402
-from deepvid_jax.run import RunConfig  # noqa: E402
+from deepvid_jax.data import sources as data  # noqa: E402
+from deepvid_jax.explainers import gradients as attribution  # noqa: E402
+from deepvid_jax.explainers import lime as superpixel  # noqa: E402
+from deepvid_jax.explainers import registry as explainers  # noqa: E402
+from deepvid_jax.explainers import rise  # noqa: E402
+from deepvid_jax.explainers.deepvid import core as ex  # noqa: E402
+from deepvid_jax.models import train  # noqa: E402
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig  # noqa: E402
+from deepvid_jax.runner.run import RunConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +79,7 @@ RUN_CONFIG = RunConfig(explainers=RUN_EXPLAINERS, chunk_size=8)
 @pytest.fixture(scope="session")
 def run_checkpoints(tmp_path_factory, tiny_teacher) -> Path:
     """Teacher and VAE checkpoints of the embedded digits, as `deepvid run` reads them."""
-    from deepvid_jax import checkpoint
+    from deepvid_jax.models import checkpoint
 
     folder = tmp_path_factory.mktemp("models")
     tr = data.load("digits", "train")
@@ -90,7 +95,8 @@ def run_checkpoints(tmp_path_factory, tiny_teacher) -> Path:
 @pytest.fixture(scope="session")
 def run_store(tmp_path_factory, run_checkpoints) -> Path:
     """An uninterrupted run of `RUN_CONFIG` (in this process)."""
-    from deepvid_jax import explainers, run
+    from deepvid_jax.explainers import registry as explainers
+    from deepvid_jax.runner import run
 
     path = tmp_path_factory.mktemp("clean") / "store.zarr"
     summary = run.explain_dataset(data.open_source("digits", RUN_SPLIT),

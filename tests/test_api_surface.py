@@ -14,7 +14,7 @@ SNAPSHOT = Path(__file__).with_name("api_surface.json")
 
 
 def _cli_surface() -> dict:
-    from deepvid_jax.cli import build_parser
+    from deepvid_jax.cli.commands import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -23,7 +23,7 @@ def _cli_surface() -> dict:
 
 
 def surface() -> dict:
-    from deepvid_jax import checkpoint
+    from deepvid_jax.models import checkpoint
 
     return {
         "all": sorted(dv.__all__),

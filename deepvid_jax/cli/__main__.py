@@ -1,0 +1,7 @@
+"""``python -m deepvid_jax.cli``: the ``deepvid`` command."""
+
+import sys
+
+from deepvid_jax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""Every explainer behind one contract, by name: `METHODS`, `get`, `register`, `explain`.
+
+One module per method family: `deepvid` (its neighbours and students), `lime`, `gradients`
+(gradient, gradient x input, integrated gradients, SmoothGrad, Grad-CAM), `rise`, `surrogate`
+(the attentive surrogate); `registry` holds the contract and the entry point.
+"""
+
+from deepvid_jax.explainers.deepvid import ExplainConfig, NeighborConfig, StudentConfig
+from deepvid_jax.explainers.gradients import AttributionConfig
+from deepvid_jax.explainers.lime import LimeConfig
+from deepvid_jax.explainers.registry import (
+    METHODS,
+    Attribution,
+    Method,
+    explain,
+    get,
+    register,
+)
+from deepvid_jax.explainers.rise import RiseConfig
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "AttributionConfig",
+    "ExplainConfig",
+    "LimeConfig",
+    "Method",
+    "NeighborConfig",
+    "RiseConfig",
+    "StudentConfig",
+    "explain",
+    "get",
+    "register",
+]

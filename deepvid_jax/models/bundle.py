@@ -1,0 +1,99 @@
+"""`Models`: the one bundle of trained models that explainers, metrics, the dataset runner,
+`deepvid bench` and the benchmarks read."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+from deepvid_jax import validate
+from deepvid_jax.models import checkpoint
+from deepvid_jax.models.networks import (
+    ExplainerConfig,
+    SurrogateConfig,
+    TeacherApply,
+    TeacherConfig,
+    VAEConfig,
+    teacher_logits,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """What explainers read: the teacher and, for the methods that need them, the VAE
+    (DeepVID), the teacher's `TeacherConfig` (Grad-CAM) and the attentive surrogate.
+
+    Attributes:
+      teacher_apply: pure ``(params, images) -> logits [N, K]``.
+      teacher_params: its parameters.
+      num_classes: K.
+      teacher_config: the `models.Teacher` config when the teacher is ours (Grad-CAM).
+      vae_params, vae_config: the VAE of DeepVID's neighbours.
+      surrogate_params, surrogate_config, explainer_params, explainer_config: the attentive
+        surrogate and its explainer network (`surrogate.train_surrogate` / `train_explainer`).
+      teacher_name: which model a user's teacher is (e.g. ``"my_pkg.models:classifier"``);
+        None for ours, which its config and parameters identify.
+    """
+
+    teacher_apply: TeacherApply
+    teacher_params: Any
+    num_classes: int
+    teacher_config: TeacherConfig | None = None
+    vae_params: Any = None
+    vae_config: VAEConfig | None = None
+    surrogate_params: Any = None
+    surrogate_config: SurrogateConfig | None = None
+    explainer_params: Any = None
+    explainer_config: ExplainerConfig | None = None
+    teacher_name: str | None = None
+
+    def __post_init__(self):
+        validate.integer(self.num_classes, "Models.num_classes", minimum=2)
+        if not callable(self.teacher_apply):
+            raise ValueError("Models.teacher_apply must be a function (params, images) -> "
+                             "logits.")
+
+    @classmethod
+    def load(cls, folder: str | Path | None, teacher: tuple | None = None,
+             teacher_name: str | None = None) -> Models:
+        """Restores ``folder/{teacher,vae,surrogate,explainer}`` (the CLI's layout); the teacher
+        is required, the others are loaded when present. With ``teacher`` (``(apply, params,
+        num_classes)``, e.g. an `adapters.Teacher`), that is the teacher and ``folder`` (may be
+        None) only provides the rest; ``teacher_name`` says which model it is (recorded by the
+        dataset runner, e.g. the ``--teacher`` spec)."""
+        folder = None if folder is None else Path(folder)
+        parts: dict[str, Any] = {}
+        for kind in ("vae", "surrogate", "explainer"):
+            if folder is not None and (folder / kind).exists():
+                params, config, _ = checkpoint.restore(folder / kind, kind=kind)
+                parts.update({f"{kind}_params": params, f"{kind}_config": config})
+        if teacher is not None:
+            apply, params, k = teacher
+            return cls(apply, params, k, teacher_name=teacher_name, **parts)
+        if folder is None:
+            raise ValueError("Models.load needs a checkpoint folder or a teacher.")
+        tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
+        return cls(functools.partial(teacher_logits, config=tcfg), tp, tcfg.num_classes,
+                   teacher_config=tcfg, **parts)
+
+    @property
+    def black_box(self) -> bool:
+        """Whether the teacher is a host callback (`deepvid.callback_teacher`): no gradients."""
+        return hasattr(self.teacher_apply, "host_call")
+
+    def params(self) -> dict:
+        """The arrays (traced by jit): teacher, vae, surrogate, explainer."""
+        return {"teacher": self.teacher_params, "vae": self.vae_params,
+                "surrogate": self.surrogate_params, "explainer": self.explainer_params}
+
+    def static(self) -> Models:
+        """This, without the arrays: hashable, a static argument of jit."""
+        return dataclasses.replace(self, teacher_params=None, vae_params=None,
+                                   surrogate_params=None, explainer_params=None)
+
+    def __hash__(self):  # only static() copies are hashed (arrays are not hashable)
+        return hash((self.teacher_apply, self.num_classes, self.teacher_config,
+                     self.vae_config, self.surrogate_config, self.explainer_config,
+                     self.teacher_name))

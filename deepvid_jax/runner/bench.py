@@ -1,0 +1,490 @@
+"""`deepvid bench`: explanations per second of every explainer on this machine, comparable
+across CPUs, GPUs and TPUs.
+
+Each method is one jitted batched program ``(images [B, H, W, C], classes [B], keys [B]) ->
+attributions`` compiled ahead of time (compile time reported), then timed on a batch. For every
+row: explanations/s, FLOPs per explanation counted from the program's jaxpr (matrix products,
+convolutions and eigendecompositions, loops multiplied by their trip counts; XLA's own cost
+analysis counts a loop body once, and is reported beside it), achieved FLOP/s against a float32
+matmul measured in the same run, and XLA's memory analysis of the compiled program. Two
+references run alongside: ``decode_classify`` (decoding and classifying DeepVID's neighbours,
+nothing else: the floor of DeepVID's time) and, when the `lime` package is installed,
+``lime_image`` (the reference LIME, on the host, one image at a time).
+
+Results merge into ``<out>/bench.json`` keyed by device, so runs from several machines make one
+table (``bench.md``) and one figure per device (``bench_<device>.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepvid_jax import driver, files, validate
+from deepvid_jax.explainers import gradients as attribution
+from deepvid_jax.explainers import lime as superpixel
+from deepvid_jax.explainers import registry as explainers
+from deepvid_jax.explainers import rise
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, latent_codes
+from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.models import vae
+from deepvid_jax.models.networks import (
+    ExplainerConfig,
+    SurrogateConfig,
+    TeacherConfig,
+    VAEConfig,
+    init_explainer,
+    init_surrogate,
+    teacher_logits,
+)
+
+STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`, at the run's count
+    "deepvid": (ex.DEFAULT_NEIGHBORS, ex.DEFAULT_STUDENT),  # patches mixed in, the group lasso
+    # the former default (`ex.FAST`: ridge over plain VAE neighbours) and variants of it
+    "deepvid_fast": (ex.FAST.neighbors, ex.FAST.student),
+    "deepvid_fixed_radius": (NeighborConfig(latent_scale=1.0), StudentConfig()),
+    "deepvid_16x6_probes": (NeighborConfig(calibration_probes=16, calibration_steps=6),
+                            StudentConfig()),
+    "deepvid_adam": (NeighborConfig(latent_scale=1.0), StudentConfig(method="adam")),
+    "noise": (NeighborConfig(sampler="pixel"), StudentConfig()),
+    "mask": (NeighborConfig(sampler="mask"), StudentConfig()),
+}
+METHODS = (*STUDENT_METHODS, "decode_classify", "lime", "rise", *attribution.GRADIENT_METHODS,
+           "surrogate", "lime_image")
+SAMPLED = (*STUDENT_METHODS, "decode_classify", "lime", "rise", "lime_image")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What `run` measures.
+
+    Attributes:
+      methods: names from `METHODS`.
+      batch_sizes: explanations per timed call (images are repeated when the split is smaller).
+      samples: neighbours / perturbations / masks per explanation for the sampling methods
+        (`SAMPLED`); the gradient methods and the surrogate run once per batch size.
+      repeats: timed calls per row after the compile (at least; short calls repeat until
+        ``min_seconds`` have passed, at most 50); the median is reported.
+      lime_images: images explained by the `lime` package per sample count.
+      block_size: `ExplainConfig.block_size` of the DeepVID rows.
+    """
+
+    methods: tuple[str, ...] = METHODS
+    batch_sizes: tuple[int, ...] = (16, 64, 256)
+    samples: tuple[int, ...] = (512,)
+    repeats: int = 1
+    min_seconds: float = 0.5
+    lime_images: int = 4
+    block_size: int = ex.ExplainConfig.block_size
+
+    def __post_init__(self):
+        validate.fields(self, positive_ints=("batch_sizes", "samples"),
+                        positive_int=("repeats", "lime_images", "block_size"),
+                        nonneg=("min_seconds",))
+        if not self.methods:
+            raise ValueError("BenchConfig.methods is empty.")
+        for m in self.methods:
+            validate.choice(m, METHODS, "BenchConfig.methods")
+        if min(self.samples) < 2:
+            raise ValueError(f"BenchConfig.samples must be >= 2, got {self.samples}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The teacher and VAE benchmarked (trained or not: speed does not depend on it)."""
+
+    teacher_params: dict
+    teacher_config: TeacherConfig
+    vae_params: dict
+    vae_config: VAEConfig
+    trained: bool
+
+    @property
+    def apply(self) -> Callable:
+        return functools.partial(teacher_logits, config=self.teacher_config)
+
+    def registered(self) -> explainers.Models:
+        """These models for the explainer registry, with an untrained attentive surrogate of
+        the default size (its speed does not depend on training)."""
+        tc = self.teacher_config
+        scfg = SurrogateConfig(num_classes=tc.num_classes, image_shape=tc.image_shape)
+        ecfg = ExplainerConfig(num_classes=tc.num_classes, num_stages=len(scfg.features),
+                               image_shape=tc.image_shape)
+        return explainers.Models(
+            self.apply, self.teacher_params, tc.num_classes, teacher_config=tc,
+            vae_params=self.vae_params, vae_config=self.vae_config,
+            surrogate_params=init_surrogate(jax.random.PRNGKey(0), scfg), surrogate_config=scfg,
+            explainer_params=init_explainer(jax.random.PRNGKey(1), ecfg),
+            explainer_config=ecfg)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """FLOPs of matrix products, convolutions and eigendecompositions in a (closed) jaxpr, with
+    scans multiplied by their length and conds by their costliest branch (2 per multiply-add;
+    an [n, n] eigendecomposition with vectors counted as 9 n^3)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            a = eqn.invars[0].aval
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+                a.shape[i] for i in lc)
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            per_output = rhs.shape[spec[1]] * math.prod(rhs.shape[i] for i in spec[2:])
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+        elif name == "eigh":
+            shape = eqn.invars[0].aval.shape
+            total += 9.0 * math.prod(shape[:-2]) * shape[-1] ** 3
+        elif name == "scan":
+            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
+        elif name == "cond":
+            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+        elif name == "while":  # a trip count unknown when tracing: the body once, as XLA does
+            total += jaxpr_flops(eqn.params["body_jaxpr"])
+        else:
+            for v in eqn.params.values():
+                if hasattr(v, "eqns") or hasattr(v, "jaxpr"):
+                    total += jaxpr_flops(v)
+    return total
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` float32 [n, n] @ [n, n] throughput: the machine's reference."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+# --------------------------------------------------------------------------------------------
+# The programs
+# --------------------------------------------------------------------------------------------
+
+
+def sampled_config(method: str, samples: int, block_size: int):
+    """The registered method's default config with ``samples`` neighbours / samples / masks."""
+    if method in STUDENT_METHODS:
+        nc, sc = STUDENT_METHODS[method]
+        return ex.ExplainConfig(neighbors=dataclasses.replace(nc, num=samples), student=sc,
+                                holdout=max(1, samples // 4), block_size=block_size)
+    if method == "lime":
+        return superpixel.LimeConfig(num_samples=samples, holdout=max(1, samples // 4))
+    if method == "rise":
+        return rise.RiseConfig(num_masks=samples, batch=min(samples, rise.RiseConfig.batch))
+    return explainers.get(method).config
+
+
+def program(method: str, models: Models, samples: int, block_size: int) -> Callable:
+    """``fn(images, classes, keys) -> pytree`` of one method, unjitted: the registered
+    explainer's batched function (`explainers.Method.fn`; the DeepVID variants are the
+    "deepvid" method with another config), or the ``decode_classify`` reference."""
+    if method == "decode_classify":
+        apply, tp, vp, vcfg = (models.apply, models.teacher_params, models.vae_params,
+                               models.vae_config)
+
+        def decode_classify(x, c, keys):
+            z = jax.vmap(lambda im, key: latent_codes(vp, im, key, num=samples, scale=1.0,
+                                                      vae_config=vcfg))(x, keys)
+            return ex.label_in_blocks(z, lambda r: vae.decode(vp, r, config=vcfg), apply, tp,
+                                      block_size)[1]
+        return decode_classify
+    registered = models.registered()
+    name = method if method in explainers.METHODS else "deepvid"  # the DeepVID variants
+    fn, config = explainers.get(name).fn, sampled_config(method, samples, block_size)
+    params, static = registered.params(), registered.static()
+    return lambda x, c, keys: fn(params, x, c, keys, models=static, config=config)
+
+
+def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
+            min_seconds: float = 0.5) -> dict:
+    """Compile ``fn`` for this batch, then time ``repeats`` calls or more (median)."""
+    x, c = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
+    keys = driver.instance_keys(jax.random.PRNGKey(0), 0, len(images))
+    start = time.perf_counter()
+    traced = jax.jit(fn).trace(x, c, keys)  # one trace: the jaxpr counted, and compiled
+    compiled = traced.lower().compile()
+    compile_s = time.perf_counter() - start
+    flops = jaxpr_flops(traced.jaxpr)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        need = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+        have = device_memory_bytes()
+        if have and need > 0.8 * have:  # refuse before running, not an allocator crash
+            raise MemoryError(f"needs {need / 2**30:.1f} GiB, the device has "
+                              f"{have / 2**30:.1f} GiB")
+    seconds = []  # at least `repeats` calls, and more (up to 50) until min_seconds passed
+    while len(seconds) < repeats or (sum(seconds) < min_seconds and len(seconds) < 50):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(x, c, keys))
+        seconds.append(time.perf_counter() - start)
+    sec = float(np.median(seconds))
+    b = len(images)
+    row = {"explanations_per_s": b / sec, "seconds": sec, "compile_s": compile_s,
+           "flops_per_explanation": flops / b, "xla_flops_per_explanation": xla_flops / b,
+           "achieved_flops_per_s": flops / sec}
+    if mem is not None:
+        row["temp_mib"] = mem.temp_size_in_bytes / 2**20
+        row["memory_mib"] = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                             + mem.output_size_in_bytes) / 2**20
+    return row
+
+
+def device_memory_bytes() -> int | None:
+    """The default device's memory: its allocator's limit, or the host's RAM for a CPU."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def measure_lime_image(models: Models, images: np.ndarray, samples: int) -> dict:
+    """The `lime` package on ``images`` one at a time, ``samples`` perturbations each."""
+    from lime import lime_image
+
+    predict = jax.jit(lambda x: jax.nn.softmax(models.apply(models.teacher_params, x)))
+    channels = images.shape[-1]
+
+    def classifier_fn(batch):  # lime passes RGB [n, H, W, 3]
+        batch = np.asarray(batch, np.float32)
+        x = batch.mean(-1, keepdims=True) if channels == 1 else batch
+        return np.asarray(predict(jnp.asarray(x)))
+
+    explainer = lime_image.LimeImageExplainer(random_state=0)
+    classifier_fn(np.zeros((1, *images.shape[1:3], 3)))  # compile outside the timing
+    start = time.perf_counter()
+    for img in images:
+        explainer.explain_instance(
+            (img[..., 0] if channels == 1 else img).astype(np.float64), classifier_fn,
+            top_labels=1, hide_color=0, num_samples=samples, batch_size=256, random_seed=0)
+    sec = time.perf_counter() - start
+    return {"explanations_per_s": len(images) / sec, "seconds": sec}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def device_info() -> dict:
+    """The device's name (the key runs merge on), kind, count, backend and host."""
+    dev = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    kind = cpu if dev.platform == "cpu" else dev.device_kind
+    cores = os.cpu_count()
+    name = f"{dev.platform}: {kind}" + (f" ({cores} cores)" if dev.platform == "cpu" else "")
+    return {"name": name, "platform": dev.platform, "kind": kind, "count": jax.device_count(),
+            "host_cores": cores, "jax": jax.__version__}
+
+
+def batch_of(images: np.ndarray, classes: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``b`` images, repeated when there are fewer."""
+    reps = -(-b // len(images))
+    return np.concatenate([images] * reps)[:b], np.concatenate([classes] * reps)[:b]
+
+
+def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(), *,
+        log: Callable[[str], None] = print) -> dict:
+    """Measures every (method, batch size, sample count) of ``config`` on ``images`` [N, H, W,
+    C]; returns {"device", "matmul_flops_per_s", "rows", "config", "models_trained"}."""
+    validate.config(config, BenchConfig, "config")
+    images = validate.images(images, image_shape=models.vae_config.image_shape,
+                             expected_by="the VAE")
+    classes = np.asarray(models.apply(models.teacher_params, jnp.asarray(images[:256]))).argmax(-1)
+    images = images[: len(classes)]
+    device = device_info()
+    peak = matmul_flops_per_second()
+    log(f"device: {device['name']}; float32 2048^2 matmul {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    for method in config.methods:
+        for s in (config.samples if method in SAMPLED else (None,)):
+            if method == "lime_image":
+                try:
+                    r = measure_lime_image(models, images[: config.lime_images], s)
+                except ImportError:
+                    log("lime_image: skipped (pip install lime)")
+                    continue
+                rows.append({"method": method, "batch": 1, "samples": s, **r})
+                log(f"{method:22s} B=    1 S={s}: {r['explanations_per_s']:9.2f} expl/s")
+                continue
+            fn = program(method, models, s or 0, config.block_size)
+            for b in config.batch_sizes:
+                x, c = batch_of(images, classes, b)
+                try:
+                    r = measure(fn, x, c, config.repeats, config.min_seconds)
+                except (MemoryError, jax.errors.JaxRuntimeError) as e:  # too big here: say so
+                    reason = str(e).strip().splitlines()[0][:200]
+                    rows.append({"method": method, "batch": b, "samples": s, "error": reason})
+                    log(f"{method:22s} B={b:5d} S={s or '-'}: not run ({reason})")
+                    continue
+                r["fraction_of_matmul"] = r["achieved_flops_per_s"] / peak
+                rows.append({"method": method, "batch": b, "samples": s, **r})
+                log(f"{method:22s} B={b:5d} S={s or '-'}: {r['explanations_per_s']:9.2f} expl/s, "
+                    f"{r['achieved_flops_per_s'] / 1e9:7.1f} GFLOP/s "
+                    f"({100 * r['fraction_of_matmul']:.0f} % of matmul), "
+                    f"{r.get('memory_mib', float('nan')):.0f} MiB")
+    return {"device": device, "matmul_flops_per_s": peak, "rows": rows,
+            "config": dataclasses.asdict(config), "models_trained": models.trained,
+            "image_shape": list(images.shape[1:])}
+
+
+def ratios(result: dict) -> list[str]:
+    """The comparisons that matter, within one run: DeepVID against lime_image, against
+    decoding and classifying its neighbours, and its batch scaling."""
+    rows = [r for r in result["rows"] if "error" not in r]
+
+    def rate(method, b, s):
+        return next((r["explanations_per_s"] for r in rows
+                     if r["method"] == method and r["batch"] == b and r["samples"] == s), None)
+
+    out = []
+    for s in sorted({r["samples"] for r in rows if r["samples"]}):
+        best = max((r for r in rows if r["method"] == "deepvid" and r["samples"] == s),
+                   key=lambda r: r["explanations_per_s"], default=None)
+        lime = rate("lime_image", 1, s)
+        if best and lime:
+            out.append(f"S={s}: DeepVID (batch {best['batch']}) is "
+                       f"{best['explanations_per_s'] / lime:.1f}x lime_image's explanations/s")
+        for r in rows:
+            if r["method"].startswith("deepvid") and r["samples"] == s:
+                ref = rate("decode_classify", r["batch"], s)
+                if ref:
+                    out.append(f"S={s} B={r['batch']}: {r['method']} takes "
+                               f"{ref / r['explanations_per_s']:.2f}x the time of decoding and "
+                               "classifying its neighbours alone")
+        sizes = sorted(r["batch"] for r in rows if r["method"] == "deepvid" and r["samples"] == s)
+        if len(sizes) > 1:
+            lo, hi = rate("deepvid", sizes[0], s), rate("deepvid", sizes[-1], s)
+            out.append(f"S={s}: DeepVID at batch {sizes[-1]} runs {hi / lo:.2f}x its "
+                       f"explanations/s at batch {sizes[0]}")
+    return out
+
+
+def markdown(runs: dict) -> str:
+    """One table per device of the merged runs."""
+    lines = []
+    for name, result in sorted(runs.items()):
+        peak = result["matmul_flops_per_s"]
+        shape = "x".join(str(v) for v in result["image_shape"])
+        lines += [f"### {name}", "",
+                  f"JAX {result['device']['jax']}, {result['device']['count']} device(s); "
+                  f"images {shape}; float32 2048² matmul {peak / 1e9:.1f} GFLOP/s; "
+                  f"{'trained' if result['models_trained'] else 'untrained'} models.", "",
+                  "| method | batch | samples | explanations/s | compile s | GFLOP / expl. "
+                  "(XLA's count) | achieved GFLOP/s (% of matmul) | memory MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r['batch']} | {r['samples'] or '–'} | not run: "
+                             f"{r['error']} | | | | |")
+                continue
+            if "flops_per_explanation" in r:
+                fl = (f"{r['flops_per_explanation'] / 1e9:.3f} "
+                      f"({r['xla_flops_per_explanation'] / 1e9:.3f})")
+                ach = (f"{r['achieved_flops_per_s'] / 1e9:.1f} "
+                       f"({100 * r['fraction_of_matmul']:.0f} %)")
+                mem = f"{r['memory_mib']:.0f}" if "memory_mib" in r else "–"
+                comp = f"{r['compile_s']:.1f}"
+            else:
+                fl = ach = mem = comp = "–"
+            lines.append(f"| {r['method']} | {r['batch']} | {r['samples'] or '–'} | "
+                         f"{r['explanations_per_s']:.2f} | {comp} | {fl} | {ach} | {mem} |")
+        lines += ["", *(f"- {t}" for t in ratios(result)), ""]
+    return "\n".join(lines)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60]
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Explanations/s against batch size, one line per (method, samples); lime_image dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    series: dict[str, list] = {}
+    for r in (r for r in result["rows"] if "error" not in r):
+        label = r["method"] + (f" (S={r['samples']})" if r["samples"] else "")
+        series.setdefault(label, []).append((r["batch"], r["explanations_per_s"]))
+    colors, markers = plt.cm.tab20.colors, "os^vDP*Xhp<>"
+    for i, (label, pts) in enumerate(series.items()):
+        pts.sort()
+        if label.startswith("lime_image"):
+            ax.axhline(pts[0][1], ls="--", color="k", lw=1, label=label)
+        else:
+            ax.plot(*zip(*pts, strict=True), marker=markers[i % len(markers)],
+                    color=colors[i % len(colors)], label=label,
+                    lw=2.5 if label.startswith("deepvid ") else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (explanations per call)")
+    ax.set_ylabel("explanations / s")
+    ax.set_title(result["device"]["name"], fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    files.savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(result: dict, out: Path) -> list[Path]:
+    """Merges ``result`` into ``out/bench.json`` (replacing this device's previous run) and
+    rewrites ``bench.md`` and this device's figure; atomic writes."""
+    out = files.check_writable_dir(out, "--out")
+    path = out / "bench.json"
+    runs = {}
+    if path.exists():
+        try:
+            runs = json.loads(path.read_text())["runs"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a bench result file ({e}); pass another --out.") \
+                from None
+    runs[result["device"]["name"]] = result
+    files.write_json(path, {"runs": runs})
+    files.write_text(out / "bench.md", markdown(runs))
+    fig = plot(result, out / f"bench_{slug(result['device']['name'])}.png")
+    return [path, out / "bench.md", fig]

@@ -1,0 +1,242 @@
+"""`deepvid report STORE`: one self-contained HTML page about a run of the dataset runner.
+
+What was run (data, explainers and their configs, device, throughput), the fidelity
+distributions per explainer, the mean attribution per class, and a gallery of the least faithful
+and of the misclassified instances with every explainer's map side by side. Figures are PNGs
+embedded as data URLs: the page needs no network and no other file. The input images are read
+back from the dataset the store names (its fingerprint is checked); when that data cannot be
+read, the gallery shows the maps alone and the page says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from deepvid_jax import files  # noqa: E402
+from deepvid_jax.data import sources as data  # noqa: E402
+from deepvid_jax.runner.run import INPUTS, RunError, _open  # noqa: E402
+
+GALLERY = 8  # instances per gallery
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+img{max-width:100%}.note{color:#805;font-style:italic}pre{background:#f6f6f6;padding:.6em;
+overflow:auto;font-size:.85em}
+"""
+# Marks the page once every image has decoded: a browser test (or a person) can check it.
+_SCRIPT = """
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.rendered = ok + '/' + imgs.length;
+  document.title = document.title + ' [' + ok + '/' + imgs.length + ' images]';
+});
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{src}" alt="{html.escape(alt)}">'
+
+
+def _map(ax, a: np.ndarray) -> None:
+    """One attribution [H, W, C] summed over channels, diverging, symmetric about 0."""
+    m = a.sum(-1)
+    lim = float(np.abs(m).max()) or 1.0
+    ax.imshow(m, cmap="bwr", vmin=-lim, vmax=lim)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _fidelity_figure(root, explainers: list[str]) -> str | None:
+    panels = [(e, k) for e in explainers for k in ("fidelity_top1", "fidelity_kl",
+                                                   "fidelity_r2") if k in root[e]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
+    for ax, (e, k) in zip(axes[0], panels, strict=True):
+        v = np.asarray(root[e][k][:], np.float64)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=30, color="#4a7")
+        ax.set_title(f"{e}: {k[9:]} (mean {v.mean():.3f})", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready: np.ndarray,
+                        class_names: list[str]) -> str:
+    """Per explainer, the mean map of the images explained for each class (done chunks)."""
+    present = sorted(set(classes[ready].tolist()))
+    fig, axes = plt.subplots(len(explainers), len(present),
+                             figsize=(1.3 * len(present) + 1, 1.4 * len(explainers)),
+                             squeeze=False)
+    for r, e in enumerate(explainers):
+        attr = root[e]["attributions"]
+        sums = {k: 0.0 for k in present}
+        for start in range(0, len(classes), 512):  # a block at a time: bounded memory
+            a = np.asarray(attr[start : start + 512])
+            cl, ok = classes[start : start + 512], ready[start : start + 512]
+            for k in present:
+                sums[k] = sums[k] + a[ok & (cl == k)].sum(0)
+        for c, k in enumerate(present):
+            count = int((ready & (classes == k)).sum())
+            _map(axes[r][c], sums[k] / count)
+            if r == 0:
+                axes[r][c].set_title(f"{class_names[k]} ({count})", fontsize=8)
+        axes[r][0].set_ylabel(e, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _gallery_figure(root, explainers: list[str], rows: np.ndarray, images, labels, classes,
+                    probs, class_names: list[str], title: str) -> str:
+    cols = (1 if images is not None else 0) + len(explainers)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols + 0.5, 1.6 * len(rows)),
+                             squeeze=False)
+    for r, i in enumerate(rows):
+        c0 = 0
+        if images is not None:
+            x = images[r]
+            axes[r][0].imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray", vmin=0,
+                              vmax=1)
+            axes[r][0].set_xticks([])
+            axes[r][0].set_yticks([])
+            c0 = 1
+        axes[r][0].set_ylabel(f"#{i}\nlabel {class_names[labels[i]]}\nteacher "
+                              f"{class_names[probs[i].argmax()]}", fontsize=7)
+        for c, e in enumerate(explainers):
+            _map(axes[r][c0 + c], np.asarray(root[e]["attributions"][int(i)]))
+            if r == 0:
+                axes[r][c0 + c].set_title(e, fontsize=8)
+    fig.suptitle(f"{title}: each map for the class explained", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _inputs(meta: dict, rows: np.ndarray, data_dir) -> tuple[np.ndarray | None, str | None]:
+    """The input images of ``rows`` from the dataset the store names, or (None, why not)."""
+    ds = meta["identity"]["dataset"]
+    try:
+        source = data.open_source(ds["name"], ds["split"], data_dir=data_dir, download=False,
+                                  **{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in ds.get("options", {}).items()})
+    except (data.DataNotFoundError, data.CorruptDataError, ValueError) as e:
+        return None, f"the input images are not shown: {ds['name']} {ds['split']} could not " \
+                     f"be read here ({str(e).splitlines()[0]})."
+    if source.fingerprint() != ds["fingerprint"]:
+        return None, (f"the input images are not shown: {ds['name']} {ds['split']} here is "
+                      "not the data the store was made from (fingerprints differ).")
+    return np.stack([source.read(int(i), int(i) + 1)[0][0] for i in rows]), None
+
+
+def build(store: str | os.PathLike, data_dir=None) -> str:
+    """The report page of ``store`` (HTML text). Raises RunError for a store that is not ours
+    or not readable."""
+    path = Path(store)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a store (no such folder).")
+    root, meta = _open(path, mode="r")
+    ident = meta["identity"]
+    explainers = list(ident["run"]["explainers"])
+    done = {s: np.asarray(root[f"done/{s}"][:]).astype(bool) for s in (INPUTS, *explainers)}
+    complete = all(d.all() for d in done.values())
+    chunk = ident["run"]["chunk_size"]
+    n = ident["dataset"]["count"]
+    ready = np.repeat(np.logical_and.reduce(list(done.values())), chunk)[:n]
+    idx = np.nonzero(ready)[0]
+    if not len(idx):
+        raise RunError(f"{path}: no chunk is done yet; nothing to report.")
+    labels = np.asarray(root["labels"][:])
+    classes = np.asarray(root["classes"][:])
+    probs = np.asarray(root["teacher_probs"][:])
+    k = probs.shape[1]
+    class_names = [str(c) for c in range(k)]
+
+    summary = dict(root.attrs).get("summary", {})
+    pred = probs[idx].argmax(-1)
+    accuracy = float((pred == labels[idx]).mean())
+    rows = [("dataset", f"{ident['dataset']['name']} {ident['dataset']['split']} "
+                        f"({n} images, {tuple(ident['dataset']['image_shape'])})"),
+            ("explained", f"{len(idx)} of {n} images" + ("" if complete else " (run incomplete:"
+                                                          " re-run to finish)")),
+            ("explainers", ", ".join(explainers)),
+            ("class explained", str(ident["run"]["classes"])),
+            ("teacher accuracy on them", f"{accuracy:.4f}"),
+            ("device", json.dumps(meta.get("device"))),
+            ("library", f"deepvid_jax {meta.get('version')}, commit {meta.get('commit')}"),
+            ("created", str(meta.get("created")))]
+    if summary.get("images_per_second"):
+        rows.append(("throughput (last session)",
+                     f"{summary['images_per_second']:.2f} images/s over "
+                     f"{summary['seconds']:.1f} s, {summary.get('processes', 1)} process(es)"))
+    table = "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>"
+                    for a, b in rows)
+    configs = html.escape(json.dumps(ident["configs"], indent=1))
+
+    worst_key = next(((e, "fidelity_kl") for e in explainers if "fidelity_kl" in root[e]),
+                     None)
+    parts = [f"<h1>deepvid_jax report: {html.escape(path.name)}</h1>",
+             f"<table>{table}</table>",
+             f"<details><summary>configuration of every explainer</summary><pre>{configs}"
+             "</pre></details>"]
+    fid = _fidelity_figure(root, explainers)
+    parts.append("<h2>Fidelity of the students</h2>")
+    parts.append(_img(fid, "fidelity histograms") if fid else
+                 '<p class="note">None of these explainers reports a fidelity.</p>')
+    parts.append("<h2>Mean attribution per class</h2><p>Red: evidence for the class explained; "
+                 "blue: against it (each map scaled to its own largest value).</p>")
+    parts.append(_img(_class_means_figure(root, explainers, classes, ready, class_names),
+                      "mean attribution per class"))
+
+    galleries = []
+    if worst_key is not None:
+        e, key = worst_key
+        v = np.asarray(root[e][key][:])[idx]
+        worst = idx[np.argsort(-v)[:GALLERY]]
+        galleries.append((f"Least faithful ({e}: highest held-out KL)", worst))
+    wrong = idx[pred != labels[idx]][:GALLERY]
+    galleries.append(("Misclassified by the teacher", wrong))
+    for title, sel in galleries:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if not len(sel):
+            parts.append('<p class="note">None.</p>')
+            continue
+        images, why = _inputs(meta, sel, data_dir)
+        if why:
+            parts.append(f'<p class="note">{html.escape(why)}</p>')
+        parts.append(_img(_gallery_figure(root, explainers, sel, images, labels, classes, probs,
+                                          class_names, title), title))
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>deepvid_jax report: {html.escape(path.name)}</title>"
+            f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+def write(store: str | os.PathLike, out: str | os.PathLike | None = None,
+          data_dir=None) -> Path:
+    """Writes the report of ``store`` to ``out`` (default: ``<store>.html`` beside it),
+    atomically; returns its path."""
+    page = build(store, data_dir=data_dir)
+    target = Path(out) if out is not None else Path(store).with_suffix(".html")
+    if target.resolve() == Path(store).resolve():
+        raise RunError("the report would replace the store; pass another output path.")
+    return files.write_text(target, page)

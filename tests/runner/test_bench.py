@@ -1,0 +1,150 @@
+"""`deepvid bench`: the FLOP count against closed forms, a tiny run of every method, merging
+runs by device, bad settings."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepvid_jax.cli import commands as cli
+from deepvid_jax.data import sources as data
+from deepvid_jax.models import vae
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher
+from deepvid_jax.runner import bench
+
+
+def test_flops_of_a_matmul_and_a_conv_are_the_closed_forms():
+    a, b = jnp.ones((3, 5)), jnp.ones((5, 7))
+    assert bench.jaxpr_flops(jax.make_jaxpr(lambda x, y: x @ y)(a, b)) == 2 * 3 * 5 * 7
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))  # NHWC, HWIO, SAME
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert bench.jaxpr_flops(jax.make_jaxpr(conv)(x, w)) == 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)
+
+
+def test_loops_count_their_trip_count_and_jit_vmap_are_seen_through():
+    a = jnp.ones((4, 4))
+    one = 2 * 4**3
+
+    def scanned(x):
+        return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=10)[0]
+
+    def fori(x):
+        return jax.lax.fori_loop(0, 6, lambda i, c: c @ x, x)
+
+    assert bench.jaxpr_flops(jax.make_jaxpr(scanned)(a)) == 10 * one
+    assert bench.jaxpr_flops(jax.make_jaxpr(fori)(a)) == 6 * one
+    batched = jax.jit(jax.vmap(lambda x: x @ x))
+    assert bench.jaxpr_flops(jax.make_jaxpr(batched)(jnp.ones((3, 4, 4)))) == 3 * one
+    # lax.map over blocks, as DeepVID's blocked decoding uses
+    mapped = jax.make_jaxpr(lambda x: jax.lax.map(lambda r: r @ a, x))(jnp.ones((5, 2, 4)))
+    assert bench.jaxpr_flops(mapped) == 5 * 2 * 2 * 4 * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    shape = (8, 8, 1)
+    tcfg = TeacherConfig(features=(4, 8), hidden=16, image_shape=shape)
+    vcfg = VAEConfig(latent_dim=3, features=(4,), hidden=8, image_shape=shape)
+    return bench.Models(init_teacher(jax.random.PRNGKey(0), tcfg), tcfg,
+                        vae.init_vae(jax.random.PRNGKey(1), vcfg), vcfg, trained=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_models):
+    images = data.load("digits", "test[:6]").images
+    config = bench.BenchConfig(methods=tuple(m for m in bench.METHODS if m != "lime_image"),
+                               batch_sizes=(8,), samples=(16,), repeats=1, min_seconds=0.0)
+    return bench.run(tiny_models, images, config, log=lambda _: None)
+
+
+def test_every_method_gets_a_row_per_batch_size_with_positive_rates(tiny_run):
+    rows = tiny_run["rows"]
+    methods = [m for m in bench.METHODS if m != "lime_image"]
+    assert sorted({r["method"] for r in rows}) == sorted(methods)
+    for r in rows:
+        assert r["explanations_per_s"] > 0 and r["compile_s"] > 0 and r["memory_mib"] >= 0
+        assert r["batch"] == 8
+        assert (r["samples"] == 16) == (r["method"] in bench.SAMPLED)
+    # the sampling methods' FLOPs grow with the samples, and DeepVID does at least the work of
+    # decoding and classifying its neighbours
+    per = {(r["method"], r["batch"]): r["flops_per_explanation"] for r in rows}
+    assert per[("deepvid_fixed_radius", 8)] >= per[("decode_classify", 8)]
+    assert per[("deepvid_fast", 8)] > per[("deepvid_fixed_radius", 8)]  # + calibration probes
+    assert per[("deepvid", 8)] > per[("deepvid_fast", 8)]  # + two scanned lasso fits
+    # the Adam student's 200 scanned steps are counted (XLA's own count sees one)
+    adam = next(r for r in rows if r["method"] == "deepvid_adam" and r["batch"] == 8)
+    ridge = next(r for r in rows if r["method"] == "deepvid_fixed_radius" and r["batch"] == 8)
+    assert adam["flops_per_explanation"] - ridge["flops_per_explanation"] > \
+        50 * (adam["xla_flops_per_explanation"] - ridge["xla_flops_per_explanation"])
+
+
+def test_runs_merge_by_device_and_the_table_names_each(tiny_run, tmp_path):
+    other = json.loads(json.dumps(tiny_run))
+    other["device"]["name"] = "gpu: Imaginary X1"
+    bench.write(tiny_run, tmp_path)
+    bench.write(other, tmp_path)
+    bench.write(tiny_run, tmp_path)  # the same device again replaces its run
+    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert sorted(runs) == sorted([tiny_run["device"]["name"], "gpu: Imaginary X1"])
+    text = (tmp_path / "bench.md").read_text()
+    assert f"### {tiny_run['device']['name']}" in text and "### gpu: Imaginary X1" in text
+    assert "decoding and classifying its neighbours alone" in text
+    assert (tmp_path / f"bench_{bench.slug(tiny_run['device']['name'])}.png").stat().st_size > 0
+
+
+def test_a_foreign_json_in_out_is_refused_not_overwritten(tiny_run, tmp_path):
+    (tmp_path / "bench.json").write_text('{"something": 1}')
+    with pytest.raises(ValueError, match="not a bench result file"):
+        bench.write(tiny_run, tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text()) == {"something": 1}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"methods": ("deepvid", "shap")}, "BenchConfig.methods"),
+    ({"methods": ()}, "empty"),
+    ({"batch_sizes": (0,)}, "batch_sizes"),
+    ({"samples": (1,)}, "samples must be >= 2"),
+    ({"repeats": 0}, "repeats"),
+])
+def test_bad_bench_settings_are_clear(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bench.BenchConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--methods", "deepvid,shap"], "unknown method"),
+    (["--batch-sizes", "16,x"], "comma-separated integers"),
+    (["--samples", "0"], "positive integers"),
+])
+def test_bad_bench_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_command_end_to_end(tmp_path, capsys):
+    rc = cli.main(["bench", "--dataset", "digits", "--methods", "deepvid,decode_classify",
+                   "--batch-sizes", "2", "--samples", "8", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "untrained models" in out and "decoding and classifying" in out
+    result = next(iter(json.loads((tmp_path / "bench.json").read_text())["runs"].values()))
+    assert [r["method"] for r in result["rows"]] == ["deepvid", "decode_classify"]
+    assert np.isfinite(result["matmul_flops_per_s"])
+
+
+def test_a_program_too_big_for_the_device_is_a_row_that_says_so(tiny_models, monkeypatch):
+    monkeypatch.setattr(bench, "device_memory_bytes", lambda: 1024)
+    images = data.load("digits", "test[:4]").images
+    config = bench.BenchConfig(methods=("gradient", "lime"), batch_sizes=(4,), samples=(8,),
+                               min_seconds=0.0)
+    result = bench.run(tiny_models, images, config, log=lambda _: None)
+    assert [r["method"] for r in result["rows"]] == ["gradient", "lime"]
+    assert all("needs" in r["error"] and "the device has" in r["error"] for r in result["rows"])
+    assert "not run: needs" in bench.markdown({"x": result})
