@@ -1,20 +1,29 @@
-"""How good is an explanation? Fidelity of surrogates, deletion/insertion, stability, sanity.
+"""Is an explanation faithful to the teacher? The student's fidelity to the teacher (top-1
+agreement, KL, probability R^2), deletion / insertion curves and average drop / increase in
+confidence.
 
 Everything here is pure and batched over instances. Attributions are ``[B, H, W, C]`` for one
-class per instance, whatever method produced them, so every method is measured alike.
+class per instance, whatever method produced them, so every method is measured alike. Stability
+(max-sensitivity, seed agreement) is in `metrics.stability`, cascading randomisation in
+`metrics.randomisation`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.stats
 
 from deepvid_jax import validate
+from deepvid_jax.metrics.stability import (  # noqa: F401  (read here by modules outside metrics)
+    max_sensitivity,
+    pearson,
+    relative_change,
+    seed_agreement,
+    spearman,
+)
 from deepvid_jax.models.networks import TeacherApply
 from deepvid_jax.ops import gaussian_blur
 
@@ -145,6 +154,20 @@ def _attribution_inputs(images, attributions, class_idx, teacher_apply, teacher_
     return images, attributions, class_idx
 
 
+def require_finite(what: str, *scores: jax.Array, start: int = 0) -> None:
+    """A clear error naming the images (offset by ``start``) whose ``scores`` [B, ...] are NaN
+    or inf. The teacher was probed on the images themselves, so such a score means it returned
+    NaN or inf on a perturbed copy (pixels deleted, inserted or masked): an average over the
+    others would silently drop them. Skipped under tracing (values unknown)."""
+    if any(validate.is_traced(s) for s in scores):
+        return
+    rows = validate.nonfinite_rows(*scores, start=start)
+    if rows:
+        raise ValueError(f"{what} of images {rows[:10]}{' ...' if len(rows) > 10 else ''} "
+                         "is not finite: the teacher returned NaN or inf on their perturbed "
+                         "copies (pixels deleted, inserted or masked).")
+
+
 def deletion_insertion(
     images: jax.Array,
     attributions: jax.Array,
@@ -181,7 +204,8 @@ def deletion_insertion(
       `DeletionInsertion`.
 
     Raises:
-      ValueError: malformed images, attributions, class indices, settings or teacher.
+      ValueError: malformed images, attributions, class indices, settings or teacher, or a
+        teacher that returns NaN or inf on the perturbed images (`require_finite`).
     """
     images, attributions, class_idx = _attribution_inputs(images, attributions, class_idx,
                                                           teacher_apply, teacher_params)
@@ -194,9 +218,11 @@ def deletion_insertion(
                          f"got shape {list(jnp.shape(keys))}.")
     if keys is None and tie_orders > 1:
         raise ValueError("tie_orders > 1 needs keys (the random tie orders come from them).")
-    return _deletion_insertion(images, attributions, class_idx, teacher_apply=teacher_apply,
-                               teacher_params=teacher_params, steps=steps, baseline=baseline,
-                               blur_sigma=blur_sigma, keys=keys, tie_orders=tie_orders)
+    out = _deletion_insertion(images, attributions, class_idx, teacher_apply=teacher_apply,
+                              teacher_params=teacher_params, steps=steps, baseline=baseline,
+                              blur_sigma=blur_sigma, keys=keys, tie_orders=tie_orders)
+    require_finite("the deletion / insertion curve", out.deletion_curve, out.insertion_curve)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("teacher_apply", "steps", "baseline", "blur_sigma",
@@ -247,112 +273,8 @@ def _deletion_insertion(
 
 
 # --------------------------------------------------------------------------------------------
-# Stability and sanity
+# Average drop and increase in confidence (Chattopadhyay et al. 2018)
 # --------------------------------------------------------------------------------------------
-
-
-def _flat(x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
-
-
-def relative_change(reference: jax.Array, other: jax.Array) -> jax.Array:
-    """||other - reference|| / ||reference|| per instance: [B, ...] x2 -> [B]; NaN where the
-    reference is all zero (e.g. a Grad-CAM map whose ReLU removed everything): a relative
-    change is undefined there."""
-    _same_shape(reference, other, "reference", "other")
-    num = jnp.linalg.norm(_flat(other - reference), axis=1)
-    den = jnp.linalg.norm(_flat(reference), axis=1)
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
-
-
-def max_sensitivity(
-    attribute_fn: Callable[[jax.Array], jax.Array],
-    images: jax.Array,
-    key: jax.Array,
-    *,
-    radius: float = 0.05,
-    samples: int = 4,
-    reference: jax.Array | None = None,
-) -> jax.Array:
-    """Max-sensitivity (Yeh et al. 2019), relative: the largest `relative_change` of the
-    attribution when the input moves by uniform noise in an L-inf ball of ``radius`` (clipped to
-    [0, 1]), over ``samples`` draws.
-
-    Args:
-      attribute_fn: images [B, H, W, C] -> attributions [B, H, W, C] (any batched explainer;
-        a Python callable, so it may itself be a chunked driver).
-      images: [B, H, W, C].
-      key: PRNG key for the noise.
-      reference: attributions of ``images`` if already computed.
-
-    Returns:
-      [B]; NaN for instances whose reference attribution is all zero.
-    """
-    if not callable(attribute_fn):
-        raise ValueError("attribute_fn must be a callable images -> attributions.")
-    images = validate.images(images)
-    validate.number(radius, "radius", low=0.0)
-    validate.integer(samples, "samples", minimum=1)
-    ref = attribute_fn(images) if reference is None else reference
-    worst = jnp.zeros(images.shape[0])
-    for k in jax.random.split(key, samples):
-        noisy = jnp.clip(images + jax.random.uniform(k, images.shape, minval=-radius,
-                                                     maxval=radius), 0.0, 1.0)
-        worst = jnp.maximum(worst, relative_change(ref, attribute_fn(noisy)))  # NaN propagates
-    return worst
-
-
-def _same_shape(a, b, name_a: str = "a", name_b: str = "b") -> None:
-    if jnp.shape(a) != jnp.shape(b) or jnp.ndim(a) < 1:
-        raise ValueError(f"{name_a} and {name_b} must have the same shape [B, ...]; got "
-                         f"{list(jnp.shape(a))} and {list(jnp.shape(b))}.")
-
-
-def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Pearson correlation per instance: [B, ...] x2 -> [B] (0 where either is constant)."""
-    _same_shape(a, b)
-    a, b = _flat(a), _flat(b)
-    a = a - jnp.mean(a, axis=1, keepdims=True)
-    b = b - jnp.mean(b, axis=1, keepdims=True)
-    den = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
-    return jnp.where(den > 0, jnp.sum(a * b, axis=1) / jnp.maximum(den, 1e-30), 0.0)
-
-
-def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Spearman rank correlation per instance (ties get average ranks): [B, ...] x2 -> [B]."""
-    _same_shape(a, b)
-    ra = jax.scipy.stats.rankdata(_flat(a), axis=1)
-    rb = jax.scipy.stats.rankdata(_flat(b), axis=1)
-    return pearson(ra, rb)
-
-
-def seed_agreement(attributions: jax.Array) -> jax.Array:
-    """Mean pairwise Pearson correlation between runs of a stochastic explainer that differ only
-    in their seed: [R, B, ...] -> [B]; 1 = the seed does not matter."""
-    if jnp.ndim(attributions) < 2:
-        raise ValueError(f"seed_agreement needs attributions [R, B, ...]; got shape "
-                         f"{list(jnp.shape(attributions))}.")
-    r = attributions.shape[0]
-    if r < 2:
-        raise ValueError(f"seed_agreement needs >= 2 runs, got {r}.")
-    pairs = [pearson(attributions[i], attributions[j]) for i in range(r) for j in range(i + 1, r)]
-    return jnp.mean(jnp.stack(pairs), axis=0)
-
-
-def randomize_layers(params: dict, fresh: dict, layers: list[str]) -> dict:
-    """A copy of ``params`` with the named top-level layers taken from ``fresh`` (a freshly
-    initialised parameter pytree of the same model): one stage of Adebayo et al.'s cascading
-    randomisation."""
-    missing = [name for name in layers if name not in params]
-    if missing:
-        raise ValueError(f"randomize_layers: {missing} not in the parameters {list(params)}.")
-    return {name: (fresh[name] if name in layers else value) for name, value in params.items()}
-
-
-def cascading_layers(names: list[str]) -> list[list[str]]:
-    """Layer sets of cascading randomisation from layer names listed bottom to top: [[top],
-    [top, below], ..., all names]."""
-    return [list(names[len(names) - i :]) for i in range(1, len(names) + 1)]
 
 
 def average_drop_increase(
@@ -361,12 +283,15 @@ def average_drop_increase(
 ) -> tuple[jax.Array, jax.Array]:
     """Average drop and increase in confidence (Chattopadhyay et al. 2018): images
     [B, H, W, C] in [0, 1], maps [B, H, W] finite, class_idx [B] in [0, K) -> (drop [B],
-    increase [B]); see `_average_drop_increase`. Raises ValueError on malformed input."""
+    increase [B]); see `_average_drop_increase`. Raises ValueError on malformed input, or a
+    teacher that returns NaN or inf on the masked images (`require_finite`)."""
     images, maps, class_idx = _attribution_inputs(
         images, maps, class_idx, teacher_apply, teacher_params, attributions_name="maps",
         attribution_shape=tuple(jnp.shape(images))[:3])
-    return _average_drop_increase(images, maps, class_idx, teacher_apply=teacher_apply,
-                                  teacher_params=teacher_params)
+    drop, increase = _average_drop_increase(images, maps, class_idx, teacher_apply=teacher_apply,
+                                            teacher_params=teacher_params)
+    require_finite("the average drop", drop)
+    return drop, increase
 
 
 @functools.partial(jax.jit, static_argnames="teacher_apply")

@@ -5,6 +5,7 @@ the class, or the pixels a teacher provably cannot see) and returns ``[B]``. Rel
 over channels first: the sum of ``|a|`` over C ("abs", the default, what a heat map shows) or the
 positive part of the channel sum ("positive", Arras et al. 2022's relevance mass).
 
+Attributions must be finite floats and the region a bool mask (a clear error otherwise).
 Ties count as their expectation over a random order (never raster order): a constant map scores
 the region's area fraction on every metric, and a map equal to the region scores 1.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepvid_jax import validate
 
@@ -29,11 +31,19 @@ def relevance(attributions: jax.Array, pooling: str = "abs") -> jax.Array:
     return r.reshape(r.shape[0], -1)
 
 
-def _flat_region(region: jax.Array, attributions: jax.Array) -> jax.Array:
-    if region.shape != attributions.shape[:3]:
+def _inputs(attributions, region, pooling: str) -> tuple[jax.Array, jax.Array]:
+    """The checked arguments of every metric here: relevance [B, H * W] and the region
+    [B, H * W] as 0/1 of the attributions' dtype."""
+    attributions = validate.array(attributions, "attributions", ndim=4)
+    region = region if validate.is_traced(region) else np.asarray(region)
+    if region.dtype != bool:
+        raise ValueError(f"region must be a bool mask [B, H, W] (True: the pixels of the "
+                         f"region), got dtype {region.dtype}.")
+    if tuple(region.shape) != tuple(attributions.shape[:3]):
         raise ValueError(f"region must be [B, H, W] = {list(attributions.shape[:3])} (one bool "
                          f"per pixel), got {list(region.shape)}.")
-    return region.reshape(region.shape[0], -1).astype(attributions.dtype)
+    r = relevance(jnp.asarray(attributions), pooling)
+    return r, jnp.asarray(region).reshape(region.shape[0], -1).astype(r.dtype)
 
 
 def relevance_mass(attributions: jax.Array, region: jax.Array, pooling: str = "abs"
@@ -41,7 +51,7 @@ def relevance_mass(attributions: jax.Array, region: jax.Array, pooling: str = "a
     """[B] share of each map's relevance inside ``region`` (Arras et al. 2022's relevance mass
     accuracy when the region carries the class; the leak when the teacher cannot see it). A map
     with no relevance at all scores the area fraction (nothing to tell the pixels apart)."""
-    r, m = relevance(attributions, pooling), _flat_region(region, attributions)
+    r, m = _inputs(attributions, region, pooling)
     total = r.sum(-1)
     inside = (r * m).sum(-1)
     return jnp.where(total > 0, inside / jnp.where(total > 0, total, 1.0), m.mean(-1))
@@ -62,7 +72,7 @@ def relevance_rank_accuracy(attributions: jax.Array, region: jax.Array, pooling:
                             ) -> jax.Array:
     """[B] share of the region among each map's K most relevant pixels, K the region's size
     (Arras et al. 2022); 0 for an empty region (nothing to find)."""
-    r, m = relevance(attributions, pooling), _flat_region(region, attributions)
+    r, m = _inputs(attributions, region, pooling)
     k = m.sum(-1).astype(jnp.int32)
     return jnp.where(k > 0, _expected_hits(r, m, k) / jnp.maximum(k, 1), 0.0)
 
@@ -71,5 +81,5 @@ def pointing_game(attributions: jax.Array, region: jax.Array, pooling: str = "ab
                   ) -> jax.Array:
     """[B] whether each map's most relevant pixel lies in the region (Zhang et al. 2018), in
     [0, 1]: ties at the maximum count as the share of them inside."""
-    r, m = relevance(attributions, pooling), _flat_region(region, attributions)
+    r, m = _inputs(attributions, region, pooling)
     return _expected_hits(r, m, jnp.ones(r.shape[0], jnp.int32))

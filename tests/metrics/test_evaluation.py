@@ -15,6 +15,7 @@ from deepvid_jax.explainers import gradients as attribution
 from deepvid_jax.explainers import lime as superpixel
 from deepvid_jax.explainers.deepvid import neighbors
 from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.metrics import randomisation, stability
 from deepvid_jax.models.networks import init_teacher, teacher_logits
 
 H = W = 8
@@ -260,31 +261,31 @@ def test_auc_and_baselines():
 
 def test_correlations_and_stability_have_known_values():
     a = jnp.arange(10.0).reshape(1, 10)
-    np.testing.assert_allclose(metrics.pearson(a, 2 * a + 1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(metrics.spearman(a, a**3), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(metrics.spearman(a, -a), -1.0, rtol=1e-6)
-    np.testing.assert_allclose(metrics.seed_agreement(jnp.stack([a, a, a])), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(metrics.relative_change(a, 1.5 * a), 0.5, rtol=1e-6)
-    assert np.isnan(metrics.relative_change(0 * a, a)[0])  # undefined, not 1e12
+    np.testing.assert_allclose(stability.pearson(a, 2 * a + 1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(stability.spearman(a, a**3), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(stability.spearman(a, -a), -1.0, rtol=1e-6)
+    np.testing.assert_allclose(stability.seed_agreement(jnp.stack([a, a, a])), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(stability.relative_change(a, 1.5 * a), 0.5, rtol=1e-6)
+    assert np.isnan(stability.relative_change(0 * a, a)[0])  # undefined, not 1e12
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, H, W, 1), minval=0.2, maxval=0.8)
-    const = metrics.max_sensitivity(lambda v: jnp.ones_like(v), x, jax.random.PRNGKey(1))
+    const = stability.max_sensitivity(lambda v: jnp.ones_like(v), x, jax.random.PRNGKey(1))
     np.testing.assert_allclose(const, 0.0)
-    ident = metrics.max_sensitivity(lambda v: v, x, jax.random.PRNGKey(1), radius=0.05)
+    ident = stability.max_sensitivity(lambda v: v, x, jax.random.PRNGKey(1), radius=0.05)
     assert np.all(ident > 0) and np.all(ident <= 0.05 * 1.0 / 0.2 + 1e-6)  # ||d|| <= r sqrt(D)
 
 
 def test_cascading_randomisation_moves_gradients_but_not_an_edge_detector(cnn):
     images, tp, cls = cnn
     names = ["conv0", "conv1", "dense", "logits"]
-    stages = metrics.cascading_layers(names)
+    stages = randomisation.cascading_layers(names)
     assert stages[0] == ["logits"] and stages[-1] == names
     fresh = init_teacher(jax.random.PRNGKey(99), TCFG)
-    rand = metrics.randomize_layers(tp, fresh, stages[-1])
+    rand = randomisation.randomize_layers(tp, fresh, stages[-1])
     grad = functools.partial(attribution.gradient, APPLY)
     before, after = grad(tp, images, cls), grad(rand, images, cls)
-    assert float(metrics.spearman(jnp.abs(before), jnp.abs(after)).mean()) < 0.5
+    assert float(stability.spearman(jnp.abs(before), jnp.abs(after)).mean()) < 0.5
     # A "method" that ignores the model passes through randomisation unchanged: the check
     # would flag it.
-    np.testing.assert_allclose(metrics.spearman(images, images), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(stability.spearman(images, images), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="not in the parameters"):
-        metrics.randomize_layers(tp, fresh, ["conv9"])
+        randomisation.randomize_layers(tp, fresh, ["conv9"])
