@@ -1,4 +1,4 @@
-"""Image classification datasets as numpy arrays, from four sources.
+"""Image classification datasets as numpy arrays, from five sources.
 
 `load(name, split)` tries, in order:
 
@@ -11,7 +11,8 @@
 (c) **embedded**: ``digits``, the 8x8 handwritten digits that ship inside scikit-learn, which
     need no file and no network at all;
 (d) **generated**: ``synthetic`` / ``synthetic_64``, coloured shapes with exact class masks
-    (`deepvid_jax.data.synthetic`, `SyntheticSource.masks`).
+    (`deepvid_jax.data.synthetic`, `SyntheticSource.masks`);
+(e) **image folders**: a path names a folder of class folders (`deepvid_jax.data.folder`).
 
 Split strings follow TFDS slicing syntax for every source: ``train``, ``test[:8000]``,
 ``test[80%:]``, ``train[:10%]+test``.
@@ -20,246 +21,50 @@ Split strings follow TFDS slicing syntax for every source: ``train``, ``test[:80
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import gzip
-import hashlib
 import itertools
 import os
-import re
-import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from deepvid_jax import logs
 from deepvid_jax.data import synthetic
+from deepvid_jax.data.base import Source, array_digest, describe, float_images
+from deepvid_jax.data.catalogue import (
+    CLASS_NAMES,
+    DATA_DIR_ENV,
+    EMBEDDED_DATASET,
+    KNOWN_SPLITS,
+    OFFLINE_ENV,
+    RAW_FILES,
+    CorruptDataError,
+    DataNotFoundError,
+    Dataset,
+    DatasetInfo,
+    SplitSlice,
+    check_name,
+    check_split,
+    data_root,
+    load_digits,
+    load_raw,
+    parse_split,
+    raw_dir,
+    slice_indices,
+)
+from deepvid_jax.data.folder import COLOR_MODES, ImageFolderSource, is_folder_name
 
-DATA_DIR_ENV = "DEEPVID_DATA_DIR"
-OFFLINE_ENV = "DEEPVID_OFFLINE"
-EMBEDDED_DATASET = "digits"
-
-_DIGIT_NAMES = tuple(str(i) for i in range(10))
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "mnist": _DIGIT_NAMES,
-    "digits": _DIGIT_NAMES,
-    "fashion_mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ),
-    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-    **{name: synthetic.CLASSES for name in synthetic.SIZES},
-}
-
-# Original file names of each dataset's distribution, per split: (images, labels).
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-RAW_FILES: dict[str, dict[str, tuple[str, str]]] = {
-    "mnist": _IDX_FILES,
-    "fashion_mnist": _IDX_FILES,
-    "kmnist": {
-        "train": ("kmnist-train-imgs.npz", "kmnist-train-labels.npz"),
-        "test": ("kmnist-test-imgs.npz", "kmnist-test-labels.npz"),
-    },
-}
-
-# The splits of every dataset we know by name (checked before any source is tried, so a typo
-# never starts a download).
-KNOWN_SPLITS: dict[str, tuple[str, ...]] = {
-    **{name: tuple(files) for name, files in RAW_FILES.items()},
-    EMBEDDED_DATASET: ("train", "test", "all"),
-    **{name: tuple(synthetic.SPLITS) for name in synthetic.SIZES},
-}
-
-# sklearn's digits have no official split: the first 80 % is `train`, the rest `test`.
-_DIGITS_TRAIN_SIZE = 1438
-
-
-class DataNotFoundError(FileNotFoundError):
-    """No source could provide the requested dataset split."""
-
-
-class CorruptDataError(ValueError):
-    """A dataset file exists but its content is truncated or malformed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What was loaded and from where.
-
-    Attributes:
-      name: dataset name, TFDS spelling (``mnist``, ``kmnist``, ``digits``...).
-      split: the split string as requested.
-      class_names: one name per label value.
-      image_shape: ``(H, W, C)``.
-      source: ``raw:<dir>``, ``tfds:<dir or default>`` or ``embedded:sklearn.datasets.load_digits``.
-    """
-
-    name: str
-    split: str
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-    source: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-class Dataset(NamedTuple):
-    """images: [N, H, W, C] float32 in [0, 1]; labels: [N] int32; info: `DatasetInfo`."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    info: DatasetInfo
+__all__ = [
+    "CLASS_NAMES", "COLOR_MODES", "DATA_DIR_ENV", "EMBEDDED_DATASET", "KNOWN_SPLITS",
+    "OFFLINE_ENV", "RAW_FILES", "CorruptDataError", "DataNotFoundError", "Dataset", "DatasetInfo",
+    "ImageFolderSource", "ResizedSource", "Source", "SplitSlice", "SyntheticSource", "TfdsSource",
+    "array_digest", "check_name", "check_split", "float_images", "load", "open_source",
+    "parse_split", "raw_dir", "slice_indices",
+]
 
 
 # --------------------------------------------------------------------------------------------
-# Split syntax
-# --------------------------------------------------------------------------------------------
-
-_SLICE_RE = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
-
-
-class SplitSlice(NamedTuple):
-    split: str
-    start: str | None
-    stop: str | None
-
-
-def parse_split(split: str) -> list[SplitSlice]:
-    """Parses a TFDS split string (``test[:8000]+train[80%:]``) into its parts."""
-    parts = []
-    for part in split.replace(" ", "").split("+"):
-        m = _SLICE_RE.match(part)
-        if m is None:
-            raise ValueError(
-                f"Invalid split {split!r}: expected TFDS syntax such as 'train', "
-                "'test[:8000]', 'test[80%:]' or 'train+test'."
-            )
-        parts.append(SplitSlice(m["split"], m["start"], m["stop"]))
-    return parts
-
-
-def _bound(spec: str | None, n: int, default: int) -> int:
-    if spec is None:
-        return default
-    if spec.endswith("%"):
-        pct = int(spec[:-1])
-        if not -100 <= pct <= 100:
-            raise ValueError(f"Split percentage {spec!r} is outside [-100%, 100%].")
-        value = int(round(pct * n / 100))  # TFDS's default 'closest' rounding.
-    else:
-        value = int(spec)
-    if value < 0:
-        value += n
-    return min(max(value, 0), n)
-
-
-def slice_indices(part: SplitSlice, n: int) -> slice:
-    """The python slice of an ``n``-example split selected by ``part``."""
-    return slice(_bound(part.start, n, 0), _bound(part.stop, n, n))
-
-
-# --------------------------------------------------------------------------------------------
-# (a) Raw files
-# --------------------------------------------------------------------------------------------
-
-
-def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
-    """Reads a gzipped IDX file (big-endian int32 header, then uint8 data)."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise CorruptDataError(f"Cannot read {path}: truncated or not gzip ({e}).") from e
-    header_len = 4 * (1 + ndim)
-    if len(raw) < header_len:
-        raise CorruptDataError(f"{path} is too short to hold an IDX header.")
-    header = np.frombuffer(raw[:header_len], dtype=">i4")
-    if header[0] != magic:
-        raise CorruptDataError(f"{path}: IDX magic {header[0]} != expected {magic}.")
-    dims = tuple(int(d) for d in header[1:])
-    expected = int(np.prod(dims))
-    data = np.frombuffer(raw[header_len:], dtype=np.uint8)
-    if data.size != expected:
-        raise CorruptDataError(
-            f"{path}: header announces {dims} = {expected} bytes, file holds {data.size}."
-        )
-    return data.reshape(dims)
-
-
-def _read_npz(path: Path) -> np.ndarray:
-    try:
-        with np.load(path) as z:
-            if "arr_0" not in z.files:
-                raise CorruptDataError(f"{path}: no 'arr_0' array (found {z.files}).")
-            return np.asarray(z["arr_0"])
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
-        if isinstance(e, CorruptDataError):
-            raise
-        raise CorruptDataError(f"Cannot read {path}: truncated or not a valid npz ({e}).") from e
-
-
-def _read_raw_split(name: str, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """images [N, H, W] uint8, labels [N] from the original files of one split."""
-    image_file, label_file = RAW_FILES[name][split]
-    if name == "kmnist":
-        images, labels = _read_npz(folder / image_file), _read_npz(folder / label_file)
-    else:
-        images = _read_idx(folder / image_file, magic=2051, ndim=3)
-        labels = _read_idx(folder / label_file, magic=2049, ndim=1)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise CorruptDataError(
-            f"{folder / image_file}: expected uint8 images [N, H, W], got {images.dtype} "
-            f"{images.shape}."
-        )
-    if labels.shape != (images.shape[0],):
-        raise CorruptDataError(
-            f"{folder}: {images.shape[0]} images but labels of shape {labels.shape}."
-        )
-    num_classes = len(CLASS_NAMES[name])
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CorruptDataError(
-            f"{folder / label_file}: labels outside [0, {num_classes}) "
-            f"(min {labels.min()}, max {labels.max()})."
-        )
-    return images, labels
-
-
-def data_root(data_dir: str | os.PathLike | None) -> Path | None:
-    """Our data folder: ``data_dir``, else ``$DEEPVID_DATA_DIR``, else None."""
-    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-    return None if not root else Path(root).expanduser()
-
-
-def raw_dir(name: str, data_dir: str | os.PathLike | None) -> Path | None:
-    """The folder searched for ``name``'s raw files: ``<data_dir or $DEEPVID_DATA_DIR>/<name>``."""
-    root = data_root(data_dir)
-    return None if root is None else root / name
-
-
-def _load_raw(name: str, parts: list[SplitSlice], folder: Path):
-    images, labels = [], []
-    for part in parts:
-        if part.split not in RAW_FILES[name]:
-            raise DataNotFoundError(f"{name} has no split {part.split!r} in raw files.")
-        missing = [f for f in RAW_FILES[name][part.split] if not (folder / f).is_file()]
-        if missing:
-            raise DataNotFoundError(f"{folder}: missing {', '.join(missing)}")
-        x, y = _read_raw_split(name, part.split, folder)
-        sl = slice_indices(part, len(x))
-        images.append(x[sl])
-        labels.append(y[sl])
-    return np.concatenate(images), np.concatenate(labels)
-
-
-# --------------------------------------------------------------------------------------------
-# (b) TFDS
+# TFDS
 # --------------------------------------------------------------------------------------------
 
 
@@ -348,103 +153,13 @@ def _load_tfds(name: str, split: str, download: bool, root: Path | None = None) 
             f"{type(first).__name__}: {first}; {type(e2).__name__}: {e2}. Prepare it with "
             "file_format='array_record', or install tensorflow to read tfrecords."
         ) from e2
-    return Source(images, labels, _info(images, labels, name, split, origin, class_names))
+    return Source(images, labels, describe(images, labels, name, split, origin, class_names))
 
-
-# --------------------------------------------------------------------------------------------
-# (c) Embedded
-# --------------------------------------------------------------------------------------------
-
-
-def _load_digits(parts: list[SplitSlice]):
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 -> 0..255
-    labels = bunch.target
-    splits = {
-        "train": slice(0, _DIGITS_TRAIN_SIZE),
-        "test": slice(_DIGITS_TRAIN_SIZE, None),
-        "all": slice(None),
-    }
-    out_x, out_y = [], []
-    for part in parts:
-        if part.split not in splits:
-            raise ValueError(f"digits has splits {sorted(splits)}, not {part.split!r}.")
-        x, y = images[splits[part.split]], labels[splits[part.split]]
-        sl = slice_indices(part, len(x))
-        out_x.append(x[sl])
-        out_y.append(y[sl])
-    return np.concatenate(out_x), np.concatenate(out_y)
 
 
 # --------------------------------------------------------------------------------------------
-# Public entry point
+# Opening a split
 # --------------------------------------------------------------------------------------------
-
-
-def _tfds_names() -> list[str]:
-    try:
-        import tensorflow_datasets as tfds
-
-        return list(tfds.list_builders(with_community_datasets=False))
-    except Exception:  # pragma: no cover - TFDS is a dependency; its registry may still fail
-        return []
-
-
-def check_name(name: str) -> None:
-    """Raises DataNotFoundError for a dataset name neither we nor TFDS know, suggesting the
-    closest known names (not the whole TFDS catalogue)."""
-    if not isinstance(name, str) or not name.strip():
-        raise DataNotFoundError(f"dataset name must be a non-empty string, got {name!r}.")
-    if name in KNOWN_SPLITS:
-        return
-    base = name.split(":")[0].split("/")[0]  # TFDS's name/config:version
-    tfds_names = _tfds_names()
-    if base in tfds_names:
-        return
-    close = difflib.get_close_matches(base, [*KNOWN_SPLITS, *tfds_names], n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    if Path(name).is_dir():
-        hint = f" For the image folder {name!r} here, write it as a path: './{name}'."
-    raise DataNotFoundError(
-        f"Unknown dataset {name!r}.{hint} Known here: {', '.join(sorted(KNOWN_SPLITS))}; any "
-        "TFDS image classification dataset can be named too.")
-
-
-def check_split(name: str, parts: list[SplitSlice]) -> None:
-    """For a dataset we know, every part of the split names one of its splits."""
-    splits = KNOWN_SPLITS.get(name)
-    if splits is None:
-        return
-    for part in parts:
-        if part.split not in splits:
-            close = difflib.get_close_matches(part.split, splits, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{name} has splits {list(splits)}, not {part.split!r}{hint}.")
-
-
-def _float_images(images: np.ndarray) -> np.ndarray:
-    """Stored images ([N, H, W] or [N, H, W, C]; uint8 0-255 or floats) -> [N, H, W, C]
-    float32 in [0, 1]."""
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
-
-
-def _info(images, labels, name: str, split: str, source: str,
-          class_names: tuple[str, ...] | None = None) -> DatasetInfo:
-    """What a split is, from its stored images [N, H, W(, C)] and labels [N]; a clear error for
-    an empty one."""
-    if len(images) == 0:
-        raise ValueError(f"split {split!r} of {name!r} selects no images (from {source}); check "
-                         "the slice bounds, e.g. 'test[5000:100]' is empty.")
-    class_names = (CLASS_NAMES.get(name) or class_names
-                   or tuple(str(i) for i in range(int(np.max(labels)) + 1)))
-    shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
-    return DatasetInfo(name, split, class_names, shape, source)
 
 
 def load(
@@ -456,6 +171,7 @@ def load(
     image_size: tuple[int, int] | None = None,
     color_mode: str = "rgb",
     skip_bad: bool = False,
+    background: float = 0.0,
 ) -> Dataset:
     """Loads a split of an image classification dataset.
 
@@ -471,8 +187,11 @@ def load(
       image_size: (H, W) to resize every image to (bilinear, antialiased; PIL); needed for an
         image folder whose images differ in size.
       color_mode: for an image folder: "rgb" (3 channels) or "grayscale" (1).
-      skip_bad: for an image folder: skip files that are not readable images (counted in
+      skip_bad: for an image folder: skip files that cannot be decoded (not images, truncated,
+        refused by `decode_image`'s rules; each named in a warning, counted in
         ``info.source``) instead of raising `CorruptDataError`.
+      background: for an image folder: the grey level in [0, 1] that images with an alpha
+        channel are composited over (0 black, 1 white; `decode_image`).
 
     Returns:
       `Dataset` with images [N, H, W, C] float32 in [0, 1], labels [N] int32 and `DatasetInfo`.
@@ -483,7 +202,8 @@ def load(
       ValueError: the split string is malformed.
     """
     source = open_source(name, split, data_dir=data_dir, download=download,
-                         image_size=image_size, color_mode=color_mode, skip_bad=skip_bad)
+                         image_size=image_size, color_mode=color_mode, skip_bad=skip_bad,
+                         background=background)
     images, labels = source.read(0, len(source))
     return Dataset(images, labels, source.info)
 
@@ -497,6 +217,7 @@ def open_source(
     image_size: tuple[int, int] | None = None,
     color_mode: str = "rgb",
     skip_bad: bool = False,
+    background: float = 0.0,
 ) -> Source:
     """A split as a `Source` that reads index ranges (arguments and errors as in `load`): TFDS
     splits prepared as array_record decode only the records asked for; an image folder reads
@@ -507,7 +228,7 @@ def open_source(
     size = None if image_size is None else _image_size(image_size)
     if is_folder_name(name):
         return ImageFolderSource(name, split, parts, image_size=size, color_mode=color_mode,
-                                 skip_bad=skip_bad)
+                                 skip_bad=skip_bad, background=background)
     source = _open_named(name, split, parts, data_dir, download)
     if size is None or tuple(source.info.image_shape[:2]) == size:
         return source
@@ -528,7 +249,7 @@ def _open_named(name: str, split: str, parts: list[SplitSlice], data_dir, downlo
     if name in synthetic.SIZES:
         return SyntheticSource(name, split, parts)
     if name == EMBEDDED_DATASET:
-        return _array_source(*_load_digits(parts), name, split,
+        return _array_source(*load_digits(parts), name, split,
                              "embedded:sklearn.datasets.load_digits")
 
     if download is None:
@@ -541,7 +262,7 @@ def _open_named(name: str, split: str, parts: list[SplitSlice], data_dir, downlo
         if folder is None:
             tried.append(f"raw files: no data_dir given and ${DATA_DIR_ENV} is not set")
         else:
-            loaders.append(("raw", lambda: _array_source(*_load_raw(name, parts, folder), name,
+            loaders.append(("raw", lambda: _array_source(*load_raw(name, parts, folder), name,
                                                          split, f"raw:{folder}")))
     else:
         tried.append(f"raw files: {name!r} is not one of {sorted(RAW_FILES)}")
@@ -564,56 +285,13 @@ def _open_named(name: str, split: str, parts: list[SplitSlice], data_dir, downlo
 
 def _array_source(images, labels, name: str, split: str, origin: str) -> Source:
     images = np.asarray(images)
-    return Source(images, labels, _info(images, labels, name, split, origin))
+    return Source(images, labels, describe(images, labels, name, split, origin))
 
 
-class Source:
-    """Random access to a split by index ranges (`open_source`): the dataset runner reads a
-    chunk at a time, as float32 images, from the stored bytes (uint8 for the raw files and
-    TFDS: a quarter of the float32 size; compressed raw files cannot be sliced, so they are
-    decompressed once; TFDS array_record splits are read record by record, `TfdsSource`).
 
-    Args:
-      images: [N, H, W] or [N, H, W, C], uint8 0-255 or floats in [0, 1].
-      labels: [N] integers.
-      info: `DatasetInfo`.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo):
-        self._images, self._labels, self.info = images, np.asarray(labels, np.int32), info
-
-    # The `open_source` keyword arguments that made this source (beyond name and split), so a
-    # store's report can open the same data again.
-    options: dict = {}
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """images [n, ...] as stored and labels [n] int32 of records start..stop."""
-        return self._images[start:stop], self._labels[start:stop]
-
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """images [stop - start, H, W, C] float32 in [0, 1] and labels [n] int32."""
-        images, labels = self._stored(start, stop)
-        return _float_images(images), labels
-
-    def fingerprint(self, chunk: int = 4096) -> str:
-        """sha256 of the split's stored image bytes and labels (hex), equal to `array_digest` of
-        the whole arrays but read a chunk at a time: which data a store of explanations was made
-        from."""
-        h, labels = hashlib.sha256(), []
-        for start in range(0, len(self), chunk):
-            images, y = self._stored(start, min(start + chunk, len(self)))
-            images = np.ascontiguousarray(images)
-            if start == 0:  # the whole split's header, then each chunk's bytes
-                h.update(_header(images, (len(self), *images.shape[1:])))
-            h.update(images.tobytes())
-            labels.append(y)
-        y = np.ascontiguousarray(np.concatenate(labels))
-        h.update(_header(y))
-        h.update(y.tobytes())
-        return h.hexdigest()
+# --------------------------------------------------------------------------------------------
+# Sources that read by index ranges
+# --------------------------------------------------------------------------------------------
 
 
 class TfdsSource(Source):
@@ -630,13 +308,13 @@ class TfdsSource(Source):
         self._records, self._keys = records, (image_key, label_key)
         self._n = len(records)
         if not self._n:
-            _info(np.zeros((0, 1, 1)), [], name, split, origin)  # the clear "selects no images"
+            describe(np.zeros((0, 1, 1)), [], name, split, origin)  # the clear "selects no images"
         images, labels = self._decode([0])
         self._kind = (images.shape[1:], images.dtype)  # every record's image shape and dtype
         if class_names is None and name not in CLASS_NAMES:  # no names in the features: the
             labels = np.concatenate(  # labels seen say how many classes there are
                 [self._stored(i, i + 4096)[1] for i in range(0, self._n, 4096)])
-        self.info = _info(images, labels, name, split, origin, class_names)
+        self.info = describe(images, labels, name, split, origin, class_names)
 
     def __len__(self) -> int:
         return self._n
@@ -679,7 +357,7 @@ class SyntheticSource(Source):
         self._splits, self._indices = np.asarray(splits), np.concatenate(indices)
         origin = f"generated:deepvid_jax.data.synthetic(seed={synthetic.SEED})"
         if not len(self._indices):
-            _info(self._indices, [], name, split, origin)  # the clear "selects no images"
+            describe(self._indices, [], name, split, origin)  # the clear "selects no images"
         self.info = DatasetInfo(name, split, synthetic.CLASSES, (self._size, self._size, 3),
                                 origin)
 
@@ -740,150 +418,3 @@ class ResizedSource(Source):
             raise CorruptDataError(f"{self.info.name}: resizing needs uint8 images, the source "
                                    f"stores {images.dtype}.")
         return _resize(images, self._size), labels
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-COLOR_MODES = {"rgb": "RGB", "grayscale": "L"}
-FOLDER_SPLIT = "all"  # the split of a folder of class folders
-
-
-def is_folder_name(name) -> bool:
-    """Whether a dataset name is an image folder's path: one that starts like a path (``/``,
-    ``./``, ``../``, ``~``), or holds a ``/`` and names an existing folder. A bare name is always
-    a dataset's (so a folder called ``mnist`` beside you never hides MNIST): write ``./images``."""
-    if isinstance(name, os.PathLike):
-        return True
-    if not isinstance(name, str):
-        return False
-    if name.startswith(("/", "./", "../", "~")):
-        return True
-    return "/" in name and Path(name).is_dir()
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-class ImageFolderSource(Source):
-    """A folder with one sub-folder of images per class (the layout of torchvision's
-    ``ImageFolder`` and Keras' ``image_dataset_from_directory``): its split is ``all``. Or a
-    folder of split folders (``train/``, ``test/``...) each laid out so: the splits are their
-    names, the classes the union of their class folders, in sorted order. TFDS split syntax
-    selects from a split's files ordered by a hash of their relative paths (so every slice
-    mixes the classes, and the order does not depend on the machine).
-
-    Every selected file's header is read when the source is opened (a file that is not an
-    image is an error naming it, or skipped and counted with ``skip_bad``; images of several
-    sizes need ``image_size``); pixels are decoded only when a chunk is read.
-    """
-
-    def __init__(self, root, split: str, parts: list[SplitSlice], *,
-                 image_size: tuple[int, int] | None = None, color_mode: str = "rgb",
-                 skip_bad: bool = False):
-        from PIL import Image
-
-        if color_mode not in COLOR_MODES:
-            raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, got "
-                             f"{color_mode!r}.")
-        self._mode = COLOR_MODES[color_mode]
-        folder = Path(root).expanduser().resolve()
-        if not folder.is_dir():
-            raise DataNotFoundError(f"{root}: no such image folder.")
-        subdirs = _class_dirs(folder)
-        nested = bool(subdirs) and all(_class_dirs(d) and not [
-            p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-            for d in subdirs)
-        splits = {d.name: d for d in subdirs} if nested else {FOLDER_SPLIT: folder}
-        classes = sorted({c.name for d in splits.values() for c in _class_dirs(d)})
-        if not classes:
-            raise DataNotFoundError(f"{folder}: no class sub-folders (expected <folder>/<class>/"
-                                    "<image files>, or <folder>/<split>/<class>/<image files>).")
-        files: list[Path] = []
-        labels: list[int] = []
-        for part in parts:
-            if part.split not in splits:
-                raise ValueError(f"{folder} has splits {sorted(splits)}, not {part.split!r}.")
-            base = splits[part.split]
-            found = [(f, classes.index(c.name)) for c in _class_dirs(base)
-                     for f in _image_files(c)]
-            found.sort(key=lambda fl: hashlib.sha1(
-                str(fl[0].relative_to(base)).encode()).hexdigest())
-            picked = found[slice_indices(part, len(found))]
-            files += [f for f, _ in picked]
-            labels += [label for _, label in picked]
-        bad, sizes = [], {}
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    sizes.setdefault((im.size[1], im.size[0]), f)
-            except Exception as e:  # PIL raises several kinds for a file that is not an image
-                if not skip_bad:
-                    raise CorruptDataError(
-                        f"{f} is not a readable image ({type(e).__name__}: {e}); remove it, or "
-                        "pass skip_bad=True (--skip-bad-images) to skip such files.") from e
-                bad.append(f)
-        if bad:
-            skipped = set(bad)
-            keep = [i for i, f in enumerate(files) if f not in skipped]
-            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-        origin = f"folder:{folder}" + (f" ({len(bad)} unreadable files skipped)" if bad else "")
-        if not files:
-            _info(np.zeros((0, 1, 1)), [], str(root), split, origin)  # "selects no images"
-        if image_size is None and len(sizes) > 1:
-            examples = ", ".join(f"{h}x{w} ({p.name})" for (h, w), p in list(sizes.items())[:4])
-            raise CorruptDataError(
-                f"{folder}: images of {len(sizes)} different sizes ({examples}); pass "
-                "image_size=(H, W) (--image-size H,W) to resize them to one.")
-        self._size = image_size or next(iter(sizes))
-        self._files, self._labels = files, np.asarray(labels, np.int32)
-        self.skipped = len(bad)
-        self.options = {"color_mode": color_mode, "skip_bad": skip_bad,
-                        **({"image_size": list(image_size)} if image_size else {})}
-        channels = 3 if self._mode == "RGB" else 1
-        self.info = DatasetInfo(str(root), split, tuple(classes), (*self._size, channels),
-                                origin)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def _stored(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        from PIL import Image
-
-        h, w = self._size
-        out = []
-        for f in self._files[start:stop]:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert(self._mode)
-                    if im.size != (w, h):
-                        im = im.resize((w, h), Image.Resampling.BILINEAR)
-                    out.append(np.asarray(im, np.uint8).reshape(h, w, -1))
-            except Exception as e:
-                raise CorruptDataError(f"{f}: cannot decode the image ({type(e).__name__}: "
-                                       f"{e}).") from e
-        images = np.stack(out) if out else np.zeros((0, h, w, self.info.image_shape[2]),
-                                                    np.uint8)
-        return images, self._labels[start:stop]
-
-
-def array_digest(arrays) -> str:
-    """sha256 (hex) of arrays' dtypes, shapes and bytes, in order: what data or parameters a
-    result was made from."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(_header(a))
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _header(a: np.ndarray, shape: tuple | None = None) -> bytes:
-    """What a digest hashes before an array's bytes: its dtype and shape (``shape`` for the
-    first chunk of a longer array, so streaming gives the whole array's digest)."""
-    return str((a.dtype, a.shape if shape is None else tuple(shape))).encode()

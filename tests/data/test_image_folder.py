@@ -71,7 +71,8 @@ def test_a_text_file_named_png_is_named_or_skipped(tmp_path):
     bad.write_text("not an image")
     with pytest.raises(data.CorruptDataError, match="notes.png"):
         data.load(str(tmp_path), "all")
-    source = data.open_source(str(tmp_path), "all", skip_bad=True)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image files: .*notes\.png"):
+        source = data.open_source(str(tmp_path), "all", skip_bad=True)
     assert len(source) == 12 and source.skipped == 1
     assert "1 unreadable files skipped" in source.info.source
 
