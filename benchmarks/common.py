@@ -109,11 +109,12 @@ def load(name: str, *, runs: str | Path = "runs", data_dir: str | None = None,
     return dv.Models.load(checkpoints(name, runs)), dataset(name, data_dir=data_dir, count=count)
 
 
-def arguments(description: str, *, settings: tuple[str, ...] = ("mnist",), count: int = 64,
-              seeds: int = 3) -> argparse.ArgumentParser:
+def arguments(description: str, *, settings: tuple[str, ...] = ("mnist",),
+              count: int | None = 64, seeds: int = 3) -> argparse.ArgumentParser:
     """A study's parser, with the arguments every study shares (its parent): the settings
-    measured, the runs root holding their checkpoints, the data folder, images per setting,
-    seeds, and the output folder (default ``benchmarks/results/<study>``)."""
+    measured, the runs root holding their checkpoints, the data folder, images per setting
+    (None: the whole evaluation split), seeds, and the output folder (default
+    ``benchmarks/results/<study>``)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(settings),
                         help="The settings measured (dataset, splits, checkpoints: "
@@ -122,12 +123,27 @@ def arguments(description: str, *, settings: tuple[str, ...] = ("mnist",), count
                         help="The folder holding each setting's checkpoints (runs/mnist, ...).")
     parent.add_argument("--data-dir", default=None,
                         help="Folder of raw dataset files (default $DEEPVID_DATA_DIR).")
-    parent.add_argument("--count", type=int, default=count, help="Images per setting.")
+    parent.add_argument("--count", type=int, default=count,
+                        help="Images per setting" + (" (default all)." if count is None
+                                                     else "."))
     parent.add_argument("--seeds", type=int, default=seeds,
                         help="Keys 0, 100, 101, ...: seed agreement over this many.")
     parent.add_argument("--out", default=None,
                         help="Output folder (default benchmarks/results/<study>).")
+    parent.add_argument("--note", default=None,
+                        help="A sentence recorded in the JSON and shown above the table (how "
+                        "the run was made: what else ran on the machine, ...).")
     return argparse.ArgumentParser(description=description, parents=[parent])
+
+
+def deepvid_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The sizes of the studies of DeepVID variants: neighbours, held out, chunk."""
+    p.add_argument("--neighbors", type=int, default=512, help="VAE neighbours per image.")
+    p.add_argument("--holdout", type=int, default=128,
+                   help="Of them, held out to measure the student's fidelity.")
+    p.add_argument("--chunk", type=int, default=16,
+                   help="Images per compiled call (and the batch timed).")
+    return p
 
 
 def out_dir(args: argparse.Namespace, study: str) -> Path:
@@ -241,12 +257,15 @@ def command() -> str:
 def write_study(out: str | Path, stem: str, result: dict,
                 markdown: Callable[[dict], str]) -> dict:
     """``<out>/<stem>.json`` (``result`` with the command and the machine added) and
-    ``<out>/<stem>.md``: ``markdown`` of that JSON, then the command that regenerates it and
-    the machine it ran on. Atomic; prints the Markdown; returns the JSON written."""
+    ``<out>/<stem>.md``: the run's note (``note``, else ``args.note``), ``markdown`` of that
+    JSON, then the command that regenerates it and the machine it ran on. Atomic; prints the
+    Markdown; returns the JSON written."""
     result = files.jsonable({**result, "command": result.get("command", command()),
                              "machine": result.get("machine", machine_info())})
     m = result["machine"]
-    text = (markdown(result).rstrip("\n") + "\n\n"
+    note = result.get("note") or result.get("args", {}).get("note")
+    note = f"{note}\n\n" if note else ""
+    text = (note + markdown(result).rstrip("\n") + "\n\n"
             f"Written by `{result['command']}` (from `{stem}.json`; do not edit by hand) on "
             f"{m['processor']}, {m['cpu_count']} cores, JAX {m['jax']} {m['backend']}.\n")
     print("\n" + text)

@@ -1,34 +1,42 @@
-"""How local are DeepVID's neighbourhoods? Fixed latent scales against the calibrated radius
-(issue 12, part 2): held-out fidelity, seed agreement, label-flip fraction, time, and a figure of
-neighbours, in one run on one machine.
+"""How local are DeepVID's neighbourhoods? Fixed latent scales against the calibrated radius:
+held-out fidelity, seed agreement, label-flip fraction, time, and a figure of neighbours, in one
+run on one machine.
 
-    python benchmarks/locality.py --checkpoints runs/mnist --dataset mnist --split 'test[8000:]'
+    python benchmarks/locality.py --settings mnist kmnist
+    python benchmarks/locality.py --settings mnist --tag probes --only probes
 
 Every row uses the same student (ridge, fixed relative penalty 0.3: the most stable faithful
-one in `student_methods.py`), the same images and seeds. Fidelity is measured on each row's own
-held-out neighbours.
+one in `student_methods.py`), the same images of the setting's evaluation split, the teacher's
+class, and the same keys. Fidelity is measured on each row's own held-out neighbours. Writes
+``benchmarks/results/locality/locality_[<tag>_]<setting>.{json,md}`` and the figure
+``locality_[<tag>_]<setting>_neighbours.png`` beside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import functools
 
+import jax
 import numpy as np
 from common import (
-    deepvid_arguments,
+    arguments,
+    deepvid_options,
+    deepvid_row,
     fidelity_cells,
-    load_setup,
-    machine_info,
-    measure_explain,
+    load,
+    out_dir,
     print_row,
-    write_results,
+    setting,
+    write_study,
 )
 
+import deepvid_jax as dv
 from deepvid_jax import viz
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.explainers.registry import predicted_classes
 
 STUDENT = StudentConfig(method="ridge", penalties=(0.3,))
 SETTINGS = {
@@ -48,38 +56,52 @@ SETTINGS = {
 }
 
 
-def run(args) -> dict:
-    setup = load_setup(args)
-    tcfg, vcfg, images, cls, info = setup[1], setup[3], setup[5], setup[6], setup[7]
+def neighbours(models: dv.Models, images, i: int, config: ex.ExplainConfig):
+    """Image ``i``'s first 10 neighbours and the teacher's labels of them, as `dv.explain`
+    with key 0 draws them (instance i's key is ``fold_in(key, i)``)."""
+    config = dataclasses.replace(config, return_neighbors=True)
+    fn = jax.jit(functools.partial(ex.explain_batch, teacher_apply=models.teacher_apply,
+                                   config=config))
+    e = fn(images[i:i + 1], dv.instance_keys(jax.random.PRNGKey(0), i, 1),
+           teacher_params=models.teacher_params, vae_params=models.vae_params)
+    return np.asarray(e.neighbors[0, :10]), np.asarray(e.neighbor_probs[0, :10]).argmax(-1)
+
+
+def run(args, name: str, stem: str) -> dict:
+    if not 0 <= args.figure_index < args.count:
+        raise SystemExit(f"--figure-index must be in [0, --count={args.count}), got "
+                         f"{args.figure_index}.")
+    models, ds = load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
+    classes = predicted_classes(ds.images, models)
     results, rows = {}, {}
     i = args.figure_index
-    for name, nc in SETTINGS.items():
-        if args.only and not any(o in name for o in args.only):
+    for row_name, nc in SETTINGS.items():
+        if args.only and not any(o in row_name for o in args.only):
             continue
-        config = ex.ExplainConfig(num_classes=tcfg.num_classes, vae=vcfg, student=STUDENT,
-                                  neighbors=dataclasses.replace(nc, num=args.neighbors),
-                                  holdout=args.holdout, chunk_size=args.chunk,
-                                  return_neighbors=True)
-        r, e = measure_explain(setup, config, args.seeds)
-        if e.scale is not None:
-            r["scale_median"] = float(np.median(e.scale))
-        results[name] = r
-        rows[name] = (e.neighbors[i, :10], e.neighbor_probs[i, :10].argmax(-1))
-        print_row(name, r)
-    fig = viz.neighbour_rows(images[i], rows, info.class_names, int(cls[i]),
-                             Path(args.figures) / f"{args.tag}_neighbours_locality.png",
+        config = ex.ExplainConfig(num_classes=models.num_classes, vae=models.vae_config,
+                                  student=STUDENT, neighbors=dataclasses.replace(
+                                      nc, num=args.neighbors),
+                                  holdout=args.holdout, chunk_size=args.chunk)
+        r, a = deepvid_row(models, ds.images, classes, config, args.seeds,
+                           chunk_size=args.chunk)
+        if "scale" in a.extras:
+            r["scale_median"] = float(np.median(a.extras["scale"]))
+        results[row_name] = r
+        rows[row_name] = neighbours(models, ds.images, i, config)
+        print_row(row_name, r)
+    fig = viz.neighbour_rows(ds.images[i], rows, ds.info.class_names, int(classes[i]),
+                             out_dir(args, "locality") / f"{stem}_neighbours.png",
                              title="VAE neighbours of one held-out image: teacher labels, "
                              "red where they differ from the input's")
-    return {"args": vars(args), "machine": machine_info(), "settings": results,
-            "figure": str(fig)}
+    return {"setting": name, "dataset": ds.info.name, "split": setting(name).eval_split,
+            "args": vars(args), "settings": results, "figure": fig.name}
 
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{a['dataset']} {a['split']}, {a['count']} images, {a['neighbors']} VAE "
+    lines = [f"{result['dataset']} {result['split']}, {a['count']} images, {a['neighbors']} VAE "
              f"neighbours ({a['holdout']} held out), ridge student (penalty 0.3 relative), "
-             f"{a['seeds']} seeds; {result['machine']['cpu_count']} cores, JAX "
-             f"{result['machine']['jax']} {result['machine']['backend']}", "",
+             f"{a['seeds']} seeds", "",
              "| neighbourhood | held-out top-1 | held-out KL | seed agreement | label-flip "
              "fraction | latent scale (median) | ms / explanation |",
              "|---|---|---|---|---|---|---|"]
@@ -87,18 +109,20 @@ def markdown(result: dict) -> str:
         scale = f"{r['scale_median']:.2f}" if "scale_median" in r else name.split()[2]
         lines.append(f"| {name} | {fidelity_cells(r)} | {scale} | "
                      f"{r['ms_per_explanation']:.1f} |")
+    lines += ["", f"![neighbours]({result['figure']})"]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = deepvid_arguments(__doc__.splitlines()[0], tag="mnist")
-    p.add_argument("--figure-index", type=int, default=10)  # a "3"
-    p.add_argument("--figures", default="docs")
+def main(argv=None) -> int:
+    p = deepvid_options(arguments(__doc__.splitlines()[0], count=64))
+    p.add_argument("--figure-index", type=int, default=10)  # a "3" in MNIST test[8000:]
     p.add_argument("--only", nargs="*", default=None,
-                   help="Only the settings whose names contain one of these strings.")
-    args = p.parse_args()
-    result = run(args)
-    write_results(args.out, f"locality_{args.tag}", result, markdown(result))
+                   help="Only the rows whose names contain one of these strings.")
+    p.add_argument("--tag", default=None, help="Written as locality_<tag>_<setting>.")
+    args = p.parse_args(argv)
+    for name in args.settings:
+        stem = f"locality_{args.tag}_{name}" if args.tag else f"locality_{name}"
+        write_study(out_dir(args, "locality"), stem, run(args, name, stem), markdown)
     return 0
 
 

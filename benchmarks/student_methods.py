@@ -1,30 +1,35 @@
-"""DeepVID's student fitted three ways (issue 12, part 1): held-out fidelity, seed agreement,
-label-flip fraction and time per explanation, in one run on one machine.
+"""DeepVID's student fitted three ways, and the ridge student at fixed penalties: held-out
+fidelity, seed agreement, label-flip fraction and time per explanation, in one run on one
+machine.
 
-    python benchmarks/student_methods.py --checkpoints runs/mnist --dataset mnist \\
-        --split 'test[8000:]' --count 64
+    python benchmarks/student_methods.py --settings mnist kmnist --count 64
 
-Each method explains the same images with the same neighbours (same seed); seed agreement is the
-mean pairwise Pearson correlation of the teacher-class weight images over ``--seeds`` seeds (as
-in `evaluate.py`); time is the second of two identical calls (the first compiles).
+Each method explains the same images of the setting's evaluation split (`common.SETTINGS`),
+for the teacher's class, with the same neighbours (same keys); seed agreement is the mean
+pairwise Pearson correlation of the class's weight images over ``--seeds`` keys (as in
+`evaluate.py`); time is `deepvid_jax.runner.bench.measure` on one chunk. Writes
+``benchmarks/results/student_methods/student_methods_<setting>.{json,md}``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from common import (
-    deepvid_arguments,
+    arguments,
+    deepvid_options,
+    deepvid_row,
     fidelity_cells,
-    load_setup,
-    machine_info,
-    measure_explain,
+    load,
+    out_dir,
     print_row,
-    write_results,
+    setting,
+    write_study,
 )
 
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import GCV_PENALTIES, StudentConfig
+from deepvid_jax.explainers.registry import predicted_classes
 
 METHODS = {
     "adam (200 steps, the former default)": StudentConfig(method="adam"),
@@ -33,34 +38,35 @@ METHODS = {
 }
 
 
-def run(args) -> dict:
-    setup = load_setup(args)
-    vcfg, num_classes = setup[3], setup[1].num_classes
+def run(args, name: str) -> dict:
+    models, ds = load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
+    classes = predicted_classes(ds.images, models)
     methods = dict(METHODS)
     for rel in args.penalty_sweep:  # the stability / fidelity trade-off of the penalty
         methods[f"ridge, fixed penalty {rel:g} (relative)"] = StudentConfig(method="ridge",
                                                                            penalties=(rel,))
     results = {}
-    for name, student in methods.items():
-        config = ex.ExplainConfig(num_classes=num_classes, vae=vcfg, student=student,
+    for method, student in methods.items():
+        config = ex.ExplainConfig(num_classes=models.num_classes, vae=models.vae_config,
+                                  student=student,
                                   neighbors=NeighborConfig(num=args.neighbors,
                                                            latent_scale=args.latent_scale),
                                   holdout=args.holdout, chunk_size=args.chunk)
-        r, e = measure_explain(setup, config, args.seeds)
-        if e.penalty is not None:
-            r["penalty_median"] = float(np.median(e.penalty))  # absolute
-        results[name] = r
-        print_row(name, r)
-    return {"args": vars(args), "machine": machine_info(), "methods": results}
+        r, a = deepvid_row(models, ds.images, classes, config, args.seeds,
+                           chunk_size=args.chunk)
+        if "penalty" in a.extras:
+            r["penalty_median"] = float(np.median(a.extras["penalty"]))  # absolute
+        results[method] = r
+        print_row(method, r)
+    return {"setting": name, "dataset": ds.info.name, "split": setting(name).eval_split,
+            "args": vars(args), "methods": results}
 
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{a['dataset']} {a['split']}, {a['count']} images, {a['neighbors']} VAE "
+    lines = [f"{result['dataset']} {result['split']}, {a['count']} images, {a['neighbors']} VAE "
              f"neighbours ({a['holdout']} held out) at latent scale {a['latent_scale']}, "
-             f"{a['seeds']} seeds; {result['machine']['processor']}, "
-             f"{result['machine']['cpu_count']} cores, JAX {result['machine']['jax']} "
-             f"{result['machine']['backend']}", "",
+             f"{a['seeds']} seeds", "",
              "| student | held-out top-1 | held-out KL | seed agreement | label-flip fraction "
              "| penalty (median, absolute) | ms / explanation |", "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
@@ -70,16 +76,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = deepvid_arguments(__doc__.splitlines()[0], tag="mnist")
+def main(argv=None) -> int:
+    p = deepvid_options(arguments(__doc__.splitlines()[0], count=64))
     p.add_argument("--latent-scale", type=float, default=1.0)
     p.add_argument("--penalty-sweep", type=lambda t: [float(v) for v in t.split(",") if v],
                    default=[0.01, 0.3, 1.0, 10.0],
                    help="Also the ridge student at these fixed penalties (relative to the mean "
                    "eigenvalue); '' for none.")
-    args = p.parse_args()
-    result = run(args)
-    write_results(args.out, f"student_methods_{args.tag}", result, markdown(result))
+    args = p.parse_args(argv)
+    for name in args.settings:
+        write_study(out_dir(args, "student_methods"), f"student_methods_{name}", run(args, name),
+                    markdown)
     return 0
 
 
