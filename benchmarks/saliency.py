@@ -1,160 +1,157 @@
-"""Attentive surrogate saliency vs the others: quality and maps per second (issue 5).
+"""Attentive surrogate saliency vs the others: quality and maps per second.
 
-On MNIST and KMNIST (models trained on ``test[:8000]``, ``count`` images of ``test[8000:]``,
-the teacher's predicted class): deletion and insertion AUC (zero baseline, as in
-``benchmarks/evaluate.py``), and average drop / increase in confidence when the teacher sees the
-image times the min-max-normalised map, for the attentive surrogate, RISE, gradient, Integrated
-Gradients, Grad-CAM and DeepVID's weight images. With ``--speed-only``: maps per second at
-batch 1 and at the best of a few batch sizes, side by side in one run, for the attentive
-surrogate, RISE and DeepVID.
+On each setting (`common.SETTINGS`: MNIST and KMNIST, models fitted on ``test[:8000]``,
+``--count`` images of ``test[8000:]``, the teacher's predicted class): deletion and insertion
+AUC (zero baseline, 28 steps, as in ``benchmarks/evaluate.py``), and average drop / increase in
+confidence when the teacher sees the image times the min-max-normalised map, by `dv.score`, for
+the attentive surrogate, RISE, gradient, Integrated Gradients, Grad-CAM and DeepVID's weight
+images, by `dv.explain`. With ``--speed-only``: maps per second at each of a few batch sizes
+(`deepvid_jax.runner.bench.measure`, one compiled program per batch, median of the timed calls)
+for the attentive surrogate, RISE and DeepVID.
 
-Needs ``runs/<dataset>/{teacher,vae,surrogate,explainer}`` (``deepvid train-teacher``,
+Needs ``runs/<setting>/{teacher,vae,surrogate,explainer}`` (``deepvid train-teacher``,
 ``train-vae``, ``train-surrogate``):
 
-    python benchmarks/saliency.py --datasets mnist kmnist --count 500
+    python benchmarks/saliency.py --settings mnist kmnist --count 500
     python benchmarks/saliency.py --speed-only
+
+Writes ``benchmarks/results/saliency/saliency.{json,md}`` and ``saliency_<setting>.png`` (or,
+with ``--speed-only``, ``saliency_speed.{json,md}``).
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
 import jax
-import jax.numpy as jnp
-import numpy as np
-from common import interval, machine_info
+from common import (
+    arguments,
+    checkpoints,
+    interval,
+    load,
+    out_dir,
+    setting,
+    timing,
+    write_study,
+)
 
-from deepvid_jax import files, viz
-from deepvid_jax.data import sources as data
-from deepvid_jax.explainers import registry as explainers
-from deepvid_jax.explainers import rise
-from deepvid_jax.metrics import registry as evaluation
+import deepvid_jax as dv
+from deepvid_jax import viz
+from deepvid_jax.explainers.registry import predicted_classes
 from deepvid_jax.models import checkpoint
 
 # shown as -> registered explainer (`deepvid_jax.explainers.registry`)
 METHODS = {"attentive": "surrogate", "rise": "rise", "deepvid": "deepvid",
            "gradient": "gradient", "integrated_gradients": "integrated_gradients",
            "grad_cam": "grad_cam"}
+SPEED = ("attentive", "rise", "deepvid")
 
 
-class Setup:
-    def __init__(self, root: Path, chunk: int, rise_masks: int):
-        self.models = explainers.Models.load(root)
-        self.apply, self.tp = self.models.teacher_apply, self.models.teacher_params
-        self.smeta = checkpoint.read_meta(root / "surrogate")
-        self.chunk = chunk
-        self.configs = {"rise": rise.RiseConfig(num_masks=rise_masks)}
-
-    def run(self, method: str, x: np.ndarray, cls: np.ndarray, key,
-            chunk: int | None = None) -> np.ndarray:
-        """Maps [B, H, W] (attributions summed over channels), by the registered explainer,
-        in chunks of ``chunk`` images (default: the setup's)."""
-        name = METHODS[method]
-        out = explainers.explain(name, x, cls, key, models=self.models,
-                                 config=self.configs.get(name), chunk_size=chunk or self.chunk)
-        return out.attributions.sum(-1)
+def configs(args) -> dict:
+    """Registered name -> the config used (the registered default otherwise)."""
+    return {"rise": dv.RiseConfig(num_masks=args.rise_masks)}
 
 
-def quality(s: Setup, x, cls, maps) -> dict:
+def quality(models: dv.Models, x, cls, maps, chunk: int) -> dict:
     """Deletion / insertion (zero baseline, 28 steps as in evaluate.py) and average drop /
-    increase, by the registered metrics."""
+    increase of maps [B, H, W], by the registered metrics."""
     attr = maps[..., None]
-    auc = evaluation.score("auc_zero", x, attr, cls, models=s.models, chunk_size=s.chunk,
-                           config=evaluation.DeletionConfig(steps=28))
-    drop = evaluation.score("average_drop", x, attr, cls, models=s.models, chunk_size=s.chunk)
+    auc = dv.score("auc_zero", x, attr, cls, models=models, chunk_size=chunk,
+                   config=dv.DeletionConfig(steps=28))
+    drop = dv.score("average_drop", x, attr, cls, models=models, chunk_size=chunk)
     return {"deletion": interval(auc["deletion"]), "insertion": interval(auc["insertion"]),
             "average_drop_pct": interval(100 * drop["average_drop"]),
             "increase_pct": interval(100 * drop["increase"])}
 
 
-def maps_per_second(s: Setup, method: str, x, cls, batch: int, repeats: int) -> float:
-    """Steady-state maps/s at one batch size (compiled first; ``repeats`` timed calls)."""
-    xs, cs = x[:batch], cls[:batch]
-    s.run(method, xs, cs, jax.random.PRNGKey(0), chunk=batch)  # compile
-    start = time.perf_counter()
-    for r in range(repeats):
-        s.run(method, xs, cs, jax.random.PRNGKey(r), chunk=batch)
-    return repeats * batch / (time.perf_counter() - start)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
-    p.add_argument("--checkpoints", default="runs")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--count", type=int, default=500)
-    p.add_argument("--chunk", type=int, default=50)
-    p.add_argument("--rise-masks", type=int, default=1000)
-    p.add_argument("--speed-batches", type=int, nargs="+", default=[1, 16, 128])
-    p.add_argument("--speed-dataset", default="mnist")
-    p.add_argument("--speed-only", action="store_true",
-                   help="Only time maps/s (run on an otherwise idle machine); writes "
-                   "saliency_speed.{json,md}. Without it: quality only, saliency.{json,md}.")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--figures", default="docs")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
-    result = {"machine": machine_info(), "args": vars(args), "quality": {}, "speed": []}
-    lines = ["| dataset | method | deletion ↓ | insertion ↑ | average drop % ↓ | "
-             "increase in confidence % ↑ |", "|---|---|---|---|---|---|"]
-    for name in [] if args.speed_only else args.datasets:
-        s = Setup(Path(args.checkpoints) / name, args.chunk, args.rise_masks)
-        ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
-        x = ds.images[: args.count]
-        cls = np.asarray(jnp.argmax(s.apply(s.tp, jnp.asarray(x)), -1))
+def quality_run(args) -> dict:
+    result = {"args": vars(args), "quality": {}}
+    for name in args.settings:
+        models, ds = load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
+        x = ds.images
+        cls = predicted_classes(x, models)
         key = jax.random.PRNGKey(args.seed)
-        result["quality"][name] = {"surrogate_agreement": s.smeta["metrics"].get(
-            "eval_agreement")}
+        smeta = checkpoint.read_meta(checkpoints(name, args.runs) / "surrogate")
+        result["quality"][name] = {"split": setting(name).eval_split,
+                                   "surrogate_agreement": smeta["metrics"].get("eval_agreement")}
         shown = {}
-        for method in METHODS:
-            maps = s.run(method, x, cls, key)
-            q = quality(s, x, cls, maps)
+        for method, registered in METHODS.items():
+            maps = dv.explain(registered, x, cls, key, models=models,
+                              config=configs(args).get(registered),
+                              chunk_size=args.chunk).attributions.sum(-1)
+            q = quality(models, x, cls, maps, args.chunk)
             result["quality"][name][method] = q
             shown[method] = maps[:10]
+            print(name, method, {k: round(v["mean"], 3) for k, v in q.items()}, flush=True)
+        viz.saliency_grid(x[:10], shown, out_dir(args, "saliency") / f"saliency_{name}.png",
+                          labels=[str(c) for c in cls[:10]],
+                          title=f"{name} {setting(name).eval_split}: maps for the teacher's "
+                          "class")
+    return result
+
+
+def speed_run(args) -> dict:
+    name = args.settings[0]
+    models, ds = load(name, runs=args.runs, data_dir=args.data_dir,
+                      count=max(args.speed_batches))
+    cls = predicted_classes(ds.images, models)
+    rows = []
+    for method in SPEED:
+        registered = METHODS[method]
+        for b in args.speed_batches:
+            t = timing(registered, models, ds.images[:b], cls[:b],
+                       config=configs(args).get(registered), repeats=3)
+            rows.append({"method": method, "batch": b, "maps_per_s": t["explanations_per_s"]})
+            print(f"speed {method:10s} batch {b:4d}: {rows[-1]['maps_per_s']:9.1f} maps/s",
+                  flush=True)
+    return {"args": vars(args), "setting": name, "speed": rows}
+
+
+def quality_markdown(result: dict) -> str:
+    lines = ["| dataset | method | deletion ↓ | insertion ↑ | average drop % ↓ | "
+             "increase in confidence % ↑ |", "|---|---|---|---|---|---|"]
+    for name, rows in result["quality"].items():
+        for method in METHODS:
+            q = rows[method]
             lines.append(
                 f"| {name} | {method} | "
                 f"{q['deletion']['mean']:.3f} ± {q['deletion']['ci95']:.3f} | "
                 f"{q['insertion']['mean']:.3f} ± {q['insertion']['ci95']:.3f} | "
                 f"{q['average_drop_pct']['mean']:.1f} ± {q['average_drop_pct']['ci95']:.1f} | "
                 f"{q['increase_pct']['mean']:.1f} ± {q['increase_pct']['ci95']:.1f} |")
-            print(lines[-1], flush=True)
-        viz.saliency_grid(x[:10], shown, Path(args.figures) / f"saliency_{name}.png",
-                          labels=[str(c) for c in cls[:10]],
-                          title=f"{name} test[8000:]: maps for the teacher's class")
-    if args.speed_only:
-        s = Setup(Path(args.checkpoints) / args.speed_dataset, args.chunk, args.rise_masks)
-        x = data.load(args.speed_dataset, "test[8000:]", data_dir=args.data_dir).images
-        x = x[: max(args.speed_batches)]
-        cls = np.asarray(jnp.argmax(s.apply(s.tp, jnp.asarray(x)), -1))
-        for method in ("attentive", "rise", "deepvid"):
-            for b in args.speed_batches:
-                rate = maps_per_second(s, method, x, cls, b, repeats=3 if b < 16 else 1)
-                result["speed"].append({"method": method, "batch": b, "maps_per_s": rate})
-                print(f"speed {method:10s} batch {b:4d}: {rate:9.1f} maps/s", flush=True)
+    lines.append("")
+    lines += [f"![{name}](saliency_{name}.png)" for name in result["quality"]]
+    return "\n".join(lines) + "\n"
 
-    speed = ["| method | batch 1 (maps/s) | best batch | maps/s at best | vs RISE at best |",
+
+def speed_markdown(result: dict) -> str:
+    lines = ["| method | batch 1 (maps/s) | best batch | maps/s at best | vs RISE at best |",
              "|---|---|---|---|---|"]
-    best = {}
-    for method in ("attentive", "rise", "deepvid"):
-        rows = [r for r in result["speed"] if r["method"] == method]
-        if rows:
-            best[method] = max(rows, key=lambda r: r["maps_per_s"])
+    best = {m: max((r for r in result["speed"] if r["method"] == m),
+                   key=lambda r: r["maps_per_s"]) for m in SPEED}
     for method, b in best.items():
-        one = next(r for r in result["speed"] if r["method"] == method and r["batch"] == 1)
-        speed.append(f"| {method} | {one['maps_per_s']:.1f} | {b['batch']} | "
+        one = [r["maps_per_s"] for r in result["speed"] if r["method"] == method
+               and r["batch"] == 1]
+        lines.append(f"| {method} | {f'{one[0]:.1f}' if one else '–'} | {b['batch']} | "
                      f"{b['maps_per_s']:.1f} | "
                      f"{b['maps_per_s'] / best['rise']['maps_per_s']:.1f}x |")
-    text = "\n".join(speed if args.speed_only else lines) + "\n"
-    print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "saliency_speed" if args.speed_only else "saliency"
-    files.write_json(out / f"{stem}.json", result)
-    files.write_text(out / f"{stem}.md", text)
-    print(f"wrote {out}/{stem}.{{json,md}}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = arguments(__doc__.split("\n")[0], settings=("mnist", "kmnist"), count=500)
+    p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--rise-masks", type=int, default=1000)
+    p.add_argument("--speed-batches", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--speed-only", action="store_true",
+                   help="Only time maps/s on the first setting (run on an otherwise idle "
+                   "machine); writes saliency_speed.{json,md}. Without it: quality only, "
+                   "saliency.{json,md}.")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.speed_only:
+        write_study(out_dir(args, "saliency"), "saliency_speed", speed_run(args),
+                    speed_markdown)
+    else:
+        write_study(out_dir(args, "saliency"), "saliency", quality_run(args), quality_markdown)
     return 0
 
 
