@@ -20,6 +20,14 @@ def float_images(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32)
 
 
+def check_image_size(value) -> tuple[int, int]:
+    """``image_size`` as (H, W) of positive integers; a clear error otherwise."""
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise ValueError(f"image_size must be (H, W) of positive integers, got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
 def describe(images, labels, name: str, split: str, source: str,
              class_names: tuple[str, ...] | None = None) -> DatasetInfo:
     """What a split is, from its stored images [N, H, W(, C)] and labels [N]; a clear error for

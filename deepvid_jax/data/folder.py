@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deepvid_jax import validate
-from deepvid_jax.data.base import Source, describe
+from deepvid_jax.data.base import Source, check_image_size, describe
 from deepvid_jax.data.catalogue import (
     CorruptDataError,
     DataNotFoundError,
@@ -87,6 +87,7 @@ def _decode(image, color_mode: str, size: tuple[int, int] | None,
     from PIL import Image
 
     target, background = _check_options(color_mode, background)
+    size = None if size is None else check_image_size(size)
     if isinstance(image, str | os.PathLike):
         try:
             with Image.open(image) as im:

@@ -30,7 +30,13 @@ import numpy as np
 
 from deepvid_jax import logs
 from deepvid_jax.data import synthetic
-from deepvid_jax.data.base import Source, array_digest, describe, float_images
+from deepvid_jax.data.base import (
+    Source,
+    array_digest,
+    check_image_size,
+    describe,
+    float_images,
+)
 from deepvid_jax.data.catalogue import (
     CLASS_NAMES,
     DATA_DIR_ENV,
@@ -225,7 +231,7 @@ def open_source(
     if not isinstance(split, str):
         raise ValueError(f"split must be a string in TFDS syntax, got {split!r}.")
     parts = parse_split(split)
-    size = None if image_size is None else _image_size(image_size)
+    size = None if image_size is None else check_image_size(image_size)
     if is_folder_name(name):
         return ImageFolderSource(name, split, parts, image_size=size, color_mode=color_mode,
                                  skip_bad=skip_bad, background=background)
@@ -233,13 +239,6 @@ def open_source(
     if size is None or tuple(source.info.image_shape[:2]) == size:
         return source
     return ResizedSource(source, size)
-
-
-def _image_size(value) -> tuple[int, int]:
-    if (not isinstance(value, tuple | list) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-        raise ValueError(f"image_size must be (H, W) of positive integers, got {value!r}.")
-    return int(value[0]), int(value[1])
 
 
 def _open_named(name: str, split: str, parts: list[SplitSlice], data_dir, download) -> Source:
