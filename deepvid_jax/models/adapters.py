@@ -17,9 +17,19 @@ several of the above  ``ensemble(teachers)``                 yes, unless one is 
 
 A `Teacher` unpacks into `explainers.Models`' first three fields: ``dv.Models(*teacher, ...)``.
 Each adapter probes the model once on zeros of ``image_shape`` and raises a clear error when it
-does not return float logits ``[N, K]``. ``layout="NCHW"`` feeds a model that wants channels
-first (PyTorch's habit); ``preprocess`` maps the library's [0, 1] images to what the model was
-trained on (e.g. ``lambda x: (x - mean) / std``), inside the differentiable function.
+does not return float logits ``[N, K]``.
+
+Logits or probabilities are read from the outputs themselves, whatever ``outputs`` declares: on
+a probe batch of random images, rows that are non-negative and sum to one (within 1e-3) are
+probabilities. A declaration the outputs contradict (a softmax model declared
+``outputs="logits"``, a logits model declared ``outputs="probabilities"``, whose log would be
+taken) is refused with what was seen. With ``image_shape`` the probe runs when the teacher is
+made; without it, on the first call, at that call's image shape (with the adapter's own
+parameters, outside any trace), before any output is returned.
+
+``layout="NCHW"`` feeds a model that wants channels first (PyTorch's habit); ``preprocess`` maps
+the library's [0, 1] images to what the model was trained on (e.g. ``lambda x: (x - mean) /
+std``), inside the differentiable function.
 """
 
 from __future__ import annotations
@@ -59,23 +69,27 @@ class Teacher(NamedTuple):
 
 
 def _wrap(call: Callable, *, layout: str, preprocess: Callable | None, outputs: str,
-          batched: bool) -> TeacherApply:
-    """``call(params, x)`` (the framework's forward pass) -> the library's ``apply``."""
+          batched: bool) -> tuple[TeacherApply, TeacherApply]:
+    """``call(params, x)`` (the framework's forward pass) -> the library's ``apply`` and the raw
+    ``apply`` (the model's own outputs, before the log of declared probabilities)."""
     validate.choice(layout, LAYOUTS, "layout")
     validate.choice(outputs, OUTPUTS, "outputs")
     if preprocess is not None and not callable(preprocess):
         raise ValueError(f"preprocess must be a function of images, got {type(preprocess)}.")
 
-    def apply(params, images):
+    def raw(params, images):
         x = images if preprocess is None else preprocess(images)
         if layout == "NCHW":
             x = jnp.transpose(x, (0, 3, 1, 2))
-        out = call(params, x) if batched else jax.vmap(lambda xi: call(params, xi))(x)
+        return call(params, x) if batched else jax.vmap(lambda xi: call(params, xi))(x)
+
+    def apply(params, images):
+        out = raw(params, images)
         if outputs == "probabilities":  # log-probabilities are logits (softmax inverts them)
             out = jnp.log(jnp.clip(out, 1e-30, None))
         return out
 
-    return apply
+    return apply, raw
 
 
 def _probe(apply: TeacherApply, params, image_shape, num_classes: int | None, name: str) -> int:
@@ -91,24 +105,64 @@ def _probe(apply: TeacherApply, params, image_shape, num_classes: int | None, na
     return int(k)
 
 
-def _check_logit_kind(apply, params, image_shape, outputs: str, name: str) -> None:
-    """Softmax outputs passed as logits would explain log-log-probabilities: say so."""
-    if outputs != "logits" or image_shape is None:
-        return
-    rng = np.random.default_rng(0)
-    out = np.asarray(apply(params, jnp.asarray(rng.uniform(0, 1, (4, *image_shape)),
-                                               jnp.float32)))
-    if (out >= 0).all() and np.allclose(out.sum(-1), 1.0, atol=1e-4):
+PROBE_SIZE = 4  # random images the outputs' kind is read from
+_SUM_TOLERANCE = 1e-3  # rows of probabilities sum to one within this
+
+
+def _probe_batch(image_shape) -> np.ndarray:
+    """[PROBE_SIZE, *image_shape] float32 uniform in [0, 1], the same every time."""
+    shape = tuple(int(d) for d in image_shape)
+    return np.random.default_rng(0).uniform(0, 1, (PROBE_SIZE, *shape)).astype(np.float32)
+
+
+def check_outputs(out, outputs: str, name: str) -> bool:
+    """Refuses model outputs [N, K] that contradict the declared kind: probabilities (rows
+    non-negative, summing to one within 1e-3) declared ``"logits"``, or anything else declared
+    ``"probabilities"``. Returns whether the outputs could be judged: ones that are not a
+    finite float [N, K] are left to the teacher probe's own errors (False)."""
+    out = np.asarray(out)
+    if out.ndim != 2 or not np.issubdtype(out.dtype, np.floating) or not np.isfinite(out).all():
+        return False
+    sums = out.sum(-1)
+    seen = (f"values in [{out.min():.4g}, {out.max():.4g}], row sums in [{sums.min():.4g}, "
+            f"{sums.max():.4g}] on {len(out)} probe images")
+    # A softmax computed in float32 can round a zero to a tiny negative.
+    probabilities = bool((out >= -1e-6).all() and np.allclose(sums, 1.0, atol=_SUM_TOLERANCE))
+    if outputs == "logits" and probabilities:
         raise ValueError(f"{name}: the model's outputs are probabilities (non-negative, rows "
-                         "sum to 1), not logits; pass outputs='probabilities' (their log is "
-                         "used) or remove the final softmax.")
+                         f"sum to 1: {seen}), not logits; pass outputs='probabilities' (their "
+                         "log is used) or remove the final softmax.")
+    if outputs == "probabilities" and not probabilities:
+        raise ValueError(f"{name}: outputs='probabilities' was declared, but the model's "
+                         f"outputs are not probabilities ({seen}; probabilities are "
+                         "non-negative and each row sums to 1); pass outputs='logits' (the "
+                         "default) for a model without a final softmax.")
+    return True
 
 
-def _teacher(apply, params, image_shape, num_classes, outputs: str, name: str) -> Teacher:
-    """Probes the wrapped model (clear errors), checks its outputs are logits, returns it."""
+def _check_kind(raw: TeacherApply, params, image_shape, outputs: str, name: str) -> bool:
+    """Runs the model (its own outputs) on the probe batch, eagerly even inside a trace, and
+    checks their kind (`check_outputs`)."""
+    with jax.ensure_compile_time_eval():
+        out = raw(params, jnp.asarray(_probe_batch(image_shape)))
+    return check_outputs(out, outputs, name)
+
+
+def _teacher(apply, raw, params, image_shape, num_classes, outputs: str, name: str) -> Teacher:
+    """Probes the wrapped model (clear errors) and checks the declared kind of its outputs: now
+    with ``image_shape``, else on the first call (`check_outputs`)."""
     k = _probe(apply, params, image_shape, num_classes, name)
-    _check_logit_kind(apply, params, image_shape, outputs, name)
-    return Teacher(apply, params, k)
+    if image_shape is not None:
+        _check_kind(raw, params, image_shape, outputs, name)
+        return Teacher(apply, params, k)
+    checked = []  # the first call checks, at its image shape; later calls only run the model
+
+    def apply_checked(p, images):
+        if not checked and _check_kind(raw, params, images.shape[1:], outputs, name):
+            checked.append(True)
+        return apply(p, images)
+
+    return Teacher(apply_checked, params, k)
 
 
 def from_flax(module, variables, *, image_shape=None, num_classes: int | None = None,
@@ -125,8 +179,9 @@ def from_flax(module, variables, *, image_shape=None, num_classes: int | None = 
     def call(v, x):
         return module.apply(v, x, **apply_kwargs)
 
-    apply = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs, batched=True)
-    return _teacher(apply, variables, image_shape, num_classes, outputs, "from_flax")
+    apply, raw = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs,
+                       batched=True)
+    return _teacher(apply, raw, variables, image_shape, num_classes, outputs, "from_flax")
 
 
 def from_nnx(model, *, image_shape=None, num_classes: int | None = None, layout: str = "NHWC",
@@ -142,8 +197,9 @@ def from_nnx(model, *, image_shape=None, num_classes: int | None = None, layout:
     def call(s, x):
         return nnx.merge(graphdef, s)(x)
 
-    apply = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs, batched=True)
-    return _teacher(apply, state, image_shape, num_classes, outputs, "from_nnx")
+    apply, raw = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs,
+                       batched=True)
+    return _teacher(apply, raw, state, image_shape, num_classes, outputs, "from_nnx")
 
 
 def from_keras(model, *, image_shape=None, num_classes: int | None = None,
@@ -173,8 +229,9 @@ def from_keras(model, *, image_shape=None, num_classes: int | None = None,
     def call(p, x):
         return model.stateless_call(p[0], p[1], x, training=False)[0]
 
-    apply = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs, batched=True)
-    return _teacher(apply, params, image_shape, num_classes, outputs, "from_keras")
+    apply, raw = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs,
+                       batched=True)
+    return _teacher(apply, raw, params, image_shape, num_classes, outputs, "from_keras")
 
 
 def from_equinox(model, *, image_shape=None, num_classes: int | None = None,
@@ -192,22 +249,43 @@ def from_equinox(model, *, image_shape=None, num_classes: int | None = None,
     def call(p, x):
         return eqx.combine(p, static)(x)
 
-    apply = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs, batched=batched)
-    return _teacher(apply, params, image_shape, num_classes, outputs, "from_equinox")
+    apply, raw = _wrap(call, layout=layout, preprocess=preprocess, outputs=outputs,
+                       batched=batched)
+    return _teacher(apply, raw, params, image_shape, num_classes, outputs, "from_equinox")
 
 
 def from_callback(fn: Callable[[np.ndarray], np.ndarray], num_classes: int, *,
-                  image_shape=None) -> Teacher:
+                  image_shape=None, outputs: str = "logits") -> Teacher:
     """Any other model (PyTorch, ONNX, a remote service) as a black box: ``fn(images [N, H, W,
-    C] float32 numpy) -> logits [N, K]`` called on the host (`deepvid.callback_teacher`). The
-    sampling methods (deepvid, noise, mask, lime, rise) work; the gradient ones (gradient,
-    grad_x_input, integrated_gradients, smoothgrad, grad_cam) and the attentive surrogate's
-    training raise a clear error."""
+    C] float32 numpy) -> logits [N, K]`` (or probabilities, with ``outputs="probabilities"``:
+    their log is used) called on the host (`deepvid.callback_teacher`). The sampling methods
+    (deepvid, noise, mask, lime, rise) work; the gradient ones (gradient, grad_x_input,
+    integrated_gradients, smoothgrad, grad_cam) and the attentive surrogate's training raise a
+    clear error. The kind of the outputs is checked on the probe batch with ``image_shape``,
+    else on the first call's outputs (`check_outputs`)."""
     from deepvid_jax.explainers.deepvid.core import callback_teacher
 
-    apply = callback_teacher(fn, num_classes)
+    validate.choice(outputs, OUTPUTS, "outputs")
+    if not callable(fn):
+        raise ValueError(f"from_callback needs a callable, got {type(fn).__name__}.")
+    # Whether the next outputs are judged: the first ones (on random images with image_shape,
+    # after the shape probe on zeros), until a judgement is made.
+    judge = [image_shape is None]
+
+    def host_fn(images: np.ndarray) -> np.ndarray:
+        out = np.asarray(fn(images))
+        if judge[0] and check_outputs(out, outputs, "from_callback"):
+            judge[0] = False
+        if outputs == "probabilities" and np.issubdtype(out.dtype, np.floating):
+            out = np.log(np.clip(out, 1e-30, None))
+        return out
+
+    apply = callback_teacher(host_fn, num_classes)
     if image_shape is not None:
-        _probe(apply, None, image_shape, num_classes, "from_callback")
+        shape = validate.image_shape(image_shape, "image_shape")
+        _probe(apply, None, shape, num_classes, "from_callback")
+        judge[0] = True
+        apply.host_call(_probe_batch(shape))
     return Teacher(apply, None, num_classes)
 
 

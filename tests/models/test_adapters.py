@@ -203,10 +203,81 @@ def test_models_that_do_not_give_logits_are_clear_errors(make, message):
         make()
 
 
+class SoftmaxNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.softmax(nn.Dense(K)(x.reshape(len(x), -1)))
+
+
+@pytest.fixture(scope="module")
+def nets():
+    """(module, variables) of a logits model and of one ending in softmax."""
+    key = jax.random.PRNGKey(0)
+    return {"logits": (LinenNet(), LinenNet().init(key, X[:1])),
+            "probabilities": (SoftmaxNet(), SoftmaxNet().init(key, X[:1]))}
+
+
+@pytest.mark.parametrize("kind, declared", [("probabilities", "logits"),
+                                            ("logits", "probabilities")])
+def test_a_declared_kind_the_outputs_contradict_is_refused(nets, kind, declared):
+    """With image_shape when the teacher is made; without it on the first call, eager or
+    traced, before any output: never a log of logits nor logits that are probabilities."""
+    net, variables = nets[kind]
+    seen = "are probabilities" if kind == "probabilities" else "are not probabilities"
+    with pytest.raises(ValueError, match=f"from_flax: .*{seen}.*row sums"):
+        adapters.from_flax(net, variables, image_shape=SHAPE, outputs=declared)
+    for run in (lambda t: t.apply(t.params, X), lambda t: jax.jit(t.apply)(t.params, X),
+                lambda t: jax.grad(lambda x: t.apply(t.params, x).sum())(X)):
+        teacher = adapters.from_flax(net, variables, num_classes=K, outputs=declared)
+        with pytest.raises(ValueError, match=seen):
+            run(teacher)
+
+
+@pytest.mark.parametrize("with_shape", [True, False])
+def test_a_correct_declaration_keeps_the_models_outputs(nets, with_shape):
+    shape = {"image_shape": SHAPE} if with_shape else {"num_classes": K}
+    for kind in ("logits", "probabilities"):
+        net, variables = nets[kind]
+        teacher = adapters.from_flax(net, variables, outputs=kind, **shape)
+        assert teacher.num_classes == K
+        got = jax.jit(teacher.apply)(teacher.params, X)  # the lazy check runs inside the trace
+        own = net.apply(variables, X)
+        if kind == "probabilities":  # log-probabilities: softmax gives the model's own back
+            np.testing.assert_allclose(got, jnp.log(own), rtol=1e-5)
+            np.testing.assert_allclose(jax.nn.softmax(got), own, rtol=1e-5, atol=1e-7)
+        else:
+            np.testing.assert_allclose(got, own, rtol=1e-6)
+        np.testing.assert_allclose(teacher.apply(teacher.params, X), got, rtol=1e-5, atol=1e-7)
+
+
+def test_a_black_box_reads_the_kind_of_its_outputs():
+    w = np.random.default_rng(3).normal(size=(int(np.prod(SHAPE)), K)).astype(np.float32)
+
+    def logits(x):
+        return x.reshape(len(x), -1) @ w
+
+    def probs(x):
+        return np.asarray(jax.nn.softmax(logits(x)))
+
+    with pytest.raises(ValueError, match="from_callback: the model's outputs are probabilities"):
+        adapters.from_callback(probs, K, image_shape=SHAPE)
+    with pytest.raises(ValueError, match="from_callback: outputs='probabilities'.*not"):
+        adapters.from_callback(logits, K, image_shape=SHAPE, outputs="probabilities")
+    lazy = adapters.from_callback(probs, K)  # no image_shape: judged on the first call
+    with pytest.raises(ValueError, match="are probabilities"):
+        dv.explain("rise", X[:2], CLASSES[:2], models=dv.Models(*lazy),
+                   config=dv.RiseConfig(num_masks=64, grid=2, batch=32))
+    for shape in ({"image_shape": SHAPE}, {}):
+        teacher = adapters.from_callback(probs, K, outputs="probabilities", **shape)
+        np.testing.assert_allclose(teacher.apply(None, X), np.log(probs(X)), rtol=1e-5)
+        teacher = adapters.from_callback(logits, K, **shape)
+        np.testing.assert_allclose(teacher.apply(None, X), logits(X), rtol=1e-6)
+
+
 def test_load_teacher_from_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_model.py").write_text(textwrap.dedent("""
         import numpy as np
-        from deepvid_jax import adapters
+        from deepvid_jax.models import adapters
 
         def make():
             w = np.ones((8 * 8 * 3, 4), np.float32)
@@ -236,7 +307,7 @@ TEACHER_MODULE = textwrap.dedent("""
     import flax.linen as nn
     import jax
     import numpy as np
-    from deepvid_jax import adapters
+    from deepvid_jax.models import adapters
 
     class Linear(nn.Module):
         @nn.compact
