@@ -265,3 +265,30 @@ def neighbour_rows(
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def attribution_figure(image: np.ndarray, attribution: np.ndarray, path: str | Path, *,
+                       title: str = "") -> Path:
+    """Any explainer's attribution of one image: the input, the map (summed over channels,
+    one diverging colour scale centred at zero: red for the class, blue against it) and the
+    map's magnitude over the input.
+
+    Args:
+      image: [H, W, C] in [0, 1]; attribution: [H, W, C].
+    """
+    relevance = np.asarray(attribution, np.float64).sum(axis=-1)
+    vmax = float(np.abs(relevance).max()) or 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(6.0, 2.3), squeeze=False)
+    _show(axes[0, 0], image, vmin=0, vmax=1)
+    axes[0, 0].set_title("input", fontsize=8)
+    im = axes[0, 1].imshow(relevance, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    axes[0, 1].set_xticks([])
+    axes[0, 1].set_yticks([])
+    axes[0, 1].set_title("attribution", fontsize=8)
+    fig.colorbar(im, ax=axes[0, 1], shrink=0.8, pad=0.02)
+    _show(axes[0, 2], image, vmin=0, vmax=1)
+    axes[0, 2].imshow(np.abs(relevance), cmap="jet", alpha=0.5)
+    axes[0, 2].set_title("|attribution| over input", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -1,5 +1,6 @@
-"""The ``deepvid`` command line: thin commands that parse, call the library and print."""
+"""The ``deepvid`` command line: thin commands that parse, call the library and print (one
+module per command, registered in `main.COMMANDS`)."""
 
-from deepvid_jax.cli.commands import build_parser, main
+from deepvid_jax.cli.main import build_parser, main
 
 __all__ = ["build_parser", "main"]

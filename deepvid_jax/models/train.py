@@ -354,7 +354,7 @@ def fit(
       evaluate: ``params -> metrics`` run after every epoch.
       config: `TrainConfig`.
       desc: progress bar label.
-      progress: show a tqdm bar.
+      progress: show one tqdm bar for the whole run (the last epoch's eval metrics beside it).
 
     Returns:
       (final state, one dict per epoch with mean train metrics and eval metrics).
@@ -384,11 +384,8 @@ def fit(
         record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
         record.update({f"eval_{k}": v for k, v in evaluate(state.params).items()})
         history.append(record)
+        # one bar per stage: the epoch's held-out numbers ride on it; the history is returned
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("eval_")})
-        if progress:
-            tqdm.write(f"{desc} epoch {epoch + 1}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"
-            ))
     bar.close()
     return state, history
 

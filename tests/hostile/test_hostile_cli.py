@@ -19,10 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-from deepvid_jax import files
-from deepvid_jax.cli import commands as cli
+from deepvid_jax import cli, files
 from deepvid_jax.data import sources as data
-from deepvid_jax.explainers import surrogate
+from deepvid_jax.explainers import registry, surrogate
 from deepvid_jax.explainers.deepvid import core as explain_lib
 from deepvid_jax.models import checkpoint, train, vae
 from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher
@@ -55,7 +54,7 @@ def tripwires(monkeypatch):
 
     for module, name in [(train, "train_teacher"), (train, "train_vae"),
                          (surrogate, "train_surrogate"), (surrogate, "teacher_logits_of"),
-                         (explain_lib, "explain")]:
+                         (explain_lib, "explain"), (registry, "explain")]:
         monkeypatch.setattr(module, name, tripped)
 
 
@@ -89,6 +88,15 @@ def _tmp(tmp_path: Path, what: str) -> str:
 
 TRAIN = ["--quiet", "--out", "{out}"]
 CLI_CASES = {
+    "explain: unknown method": (
+        ["explain", "--checkpoints", "{ckpt:digits}", "--method", "shap", *TRAIN],
+        "--method: invalid choice: 'shap'"),
+    "explain: a DeepVID option for another method": (
+        ["explain", "--checkpoints", "{ckpt:digits}", "--method", "rise", "--smooth", "0",
+         *TRAIN], "--smooth is DeepVID's option; --method rise"),
+    "explain: surrogate without its checkpoints": (
+        ["explain", "--checkpoints", "{ckpt:digits}", "--method", "surrogate", *TRAIN],
+        "needs the attentive surrogate"),
     # name: (argv with {out}/{ckpt:...}/{tmp:...} placeholders, stderr regex)
     "epochs 0": (["train-teacher", "--epochs", "0", *TRAIN], "--epochs: must be >= 1"),
     "epochs -1": (["train-teacher", "--epochs", "-1", *TRAIN], "--epochs: must be >= 1"),
@@ -453,3 +461,79 @@ def test_a_tfds_dataset_offline_is_one_line_without_dependency_logs(tmp_path):
     assert proc.stderr.startswith("deepvid train-vae: error: Could not load 'cifar10'"), \
         proc.stderr
     assert "WARNING" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# --teacher module:function never lets the current folder shadow installed packages
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_teacher_module_named_like_an_installed_package_is_refused(tmp_path, models, capsys,
+                                                                     monkeypatch):
+    import zarr
+
+    (tmp_path / "zarr.py").write_text("def teacher():\n    raise RuntimeError('wrong zarr')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, err = run(["run", "--dataset", "digits", "--split", "test[:4]", "--teacher",
+                     "zarr:teacher", "--checkpoints", str(models["digits"]), "--quiet",
+                     "--out", str(tmp_path / "s.zarr")], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{tmp_path / 'zarr.py'} in the current folder has the name of an installed " \
+           "module 'zarr'" in err, err
+    assert sys.modules["zarr"] is zarr and str(tmp_path) not in (zarr.__file__ or "")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_teacher_module_of_the_current_folder_is_searched_after_installed_ones(
+        tmp_path, models, capsys, monkeypatch):
+    (tmp_path / "my_local_teacher.py").write_text(textwrap.dedent("""
+        import jax.numpy as jnp
+
+        def teacher():
+            apply = lambda p, x: jnp.reshape(x, (x.shape[0], -1))[:, :10] * p
+            return apply, jnp.float32(3.0), 10
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_local_teacher", raising=False)
+    out = tmp_path / "ex"
+    code, err = run(["explain", "--method", "gradient", "--teacher", "my_local_teacher:teacher",
+                     "--checkpoints", str(models["digits"]), "--indices", "0:2", "--figures",
+                     "0", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sys.path[-1] == str(tmp_path) and str(tmp_path) not in sys.path[:-1]
+    summary = json.loads((out / "explanations.json").read_text())
+    images = data.load("digits", "test").images[:2]
+    assert [r["teacher"] for r in summary["per_instance"]] == \
+        np.argmax(images.reshape(2, -1)[:, :10], -1).tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# Ctrl-C during `deepvid explain`: the message, exit code 130, never a crash
+# ------------------------------------------------------------------------------------------
+
+
+def test_sigint_during_explain_exits_130_without_a_crash(tmp_path, models):
+    out = tmp_path / "ex"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepvid_jax.cli", "explain", "--checkpoints",
+         str(models["digits"]), "--indices", "0:300", "--neighbors", "64", "--chunk-size", "8",
+         "--figures", "0", "--out", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    seen = b""
+    deadline = time.monotonic() + 240
+    while b"deepvid:" not in seen and time.monotonic() < deadline:  # its progress bar
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+    assert b"deepvid:" in seen, seen.decode(errors="replace")[-2000:]
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=240)[1]
+    err = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130, err[-2000:]
+    assert "deepvid explain: interrupted" in err
+    assert "Traceback" not in err and "Segmentation" not in err and "Fatal" not in err
+    assert files.read_manifest(out)["status"] == "running"  # never marked complete

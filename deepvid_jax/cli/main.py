@@ -1,0 +1,66 @@
+"""The ``deepvid`` parser and entry point: one subcommand per module of `COMMANDS`, each with
+``add_parser(subparsers)`` and ``run(args) -> exit code``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from deepvid_jax.cli import (
+    bench,
+    demo,
+    explain,
+    report,
+    run,
+    train_surrogate,
+    train_teacher,
+    train_vae,
+)
+from deepvid_jax.data import sources as data
+from deepvid_jax.models import checkpoint
+
+# The subcommands, in the order --help lists them.
+COMMANDS = (train_teacher, train_vae, train_surrogate, demo, explain, bench, run, report)
+INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deepvid`` parser with every subcommand of `COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="deepvid", description="Explain image classifiers by distillation (DeepVID, JAX)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; a problem the user can fix is one line on stderr and exit code 2.
+
+    ``argv`` None: this is the process's own command line. An interrupt then ends the process
+    at once after the message (exit code 130), without unwinding JAX's runtime while its
+    threads are mid-computation; with ``argv`` given the code is returned.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (data.DataNotFoundError, data.CorruptDataError, checkpoint.CheckpointError,
+            ValueError) as e:
+        print(f"deepvid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions, ...: name the file, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"deepvid {args.command}: error: {e.strerror or e}{where}; files written "
+              "before this point are complete, checkpoints are the previous ones.",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deepvid {args.command}: interrupted; checkpoints and result files are the "
+              "previous complete ones.", file=sys.stderr)
+        if argv is None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+        return INTERRUPTED
