@@ -1,29 +1,31 @@
 """Neuron consistency and robustness of (a) a standard teacher, (b) adversarial training,
 (c) adversarial training with the consistent loss (Dong et al. 2017), on MNIST and KMNIST.
 
-Teachers are trained on ``test[:8000]`` (the only split available offline) with the library's
-defaults (`train.TEACHER_TRAIN`, same seed for all three) and measured on ``test[8000:]``:
+Teachers are trained on each setting's fitting split (`common.SETTINGS`: ``test[:8000]``, the
+only split available offline) with the library's defaults (`train.TEACHER_TRAIN`, same seed for
+all three) and measured on its evaluation split (``test[8000:]``):
 
-    python benchmarks/consistency.py --datasets mnist kmnist
+    python benchmarks/consistency.py --settings mnist kmnist
 
-(a) is restored from ``runs/<dataset>/teacher`` when present (``deepvid train-teacher``), else
-trained. Writes ``benchmarks/results/consistency.{json,md}`` and ``docs/consistency_*.png``.
+(a) is restored from ``runs/<setting>/teacher`` when present (``deepvid train-teacher``), else
+trained; (b) and (c) from ``runs/<setting>/teacher_adv[_consistent]``, else trained and saved
+there. Writes ``benchmarks/results/consistency/consistency.{json,md}`` and
+``consistency_*.png`` beside them.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-from common import machine_info
+from common import arguments, checkpoints, dataset, out_dir, setting, write_study
 
-from deepvid_jax import driver, files, viz
-from deepvid_jax.data import sources as data
+import deepvid_jax as dv
+from deepvid_jax import viz
+from deepvid_jax.explainers.registry import predicted_classes
 from deepvid_jax.models import adversarial, checkpoint, consistency, train
 from deepvid_jax.models.adversarial import AttackConfig
 from deepvid_jax.models.networks import TeacherConfig, teacher_logits
@@ -35,7 +37,7 @@ def get_teacher(name: str, variant: str, tr, ev, args) -> tuple[dict, TeacherCon
     """Restores the variant's checkpoint under runs/<dataset>/ or trains and saves it."""
     folder = {"standard": "teacher", "adversarial": "teacher_adv",
               "adversarial+consistency": "teacher_adv_consistent"}[variant]
-    path = Path(args.checkpoints) / name / folder
+    path = checkpoints(name, args.runs) / folder
     cfg = TeacherConfig(num_classes=tr.info.num_classes, image_shape=tr.info.image_shape)
     adv = None
     if variant != "standard":
@@ -50,7 +52,7 @@ def get_teacher(name: str, variant: str, tr, ev, args) -> tuple[dict, TeacherCon
         if meta["metrics"].get("adversarial_training") == record:
             return params, cfg, meta["metrics"]
         print(f"  {path}: trained differently; retraining")
-    tcfg = dataclasses.replace(train.TEACHER_TRAIN, seed=args.seed)
+    tcfg = dataclasses.replace(train.TEACHER_TRAIN, seed=args.seed, epochs=args.epochs)
     start = time.perf_counter()
     params, history = train.train_teacher((tr.images, tr.labels), (ev.images, ev.labels), cfg,
                                           tcfg, adversarial_training=adv,
@@ -58,21 +60,21 @@ def get_teacher(name: str, variant: str, tr, ev, args) -> tuple[dict, TeacherCon
     metrics = {**history[-1], "train_seconds": time.perf_counter() - start,
                "adversarial_training": record}
     checkpoint.save(path, params, kind="teacher", config=cfg, metrics=metrics,
-                    dataset={"name": name, "train_split": "test[:8000]",
-                             "eval_split": "test[8000:]"})
+                    dataset={"name": tr.info.name, "train_split": setting(name).fit_split,
+                             "train_count": len(tr.images),
+                             "eval_split": setting(name).eval_split})
     return params, cfg, metrics
 
 
 def measure(params, cfg, ev, args) -> tuple[dict, dict]:
     """Clean / FGSM / PGD accuracy and per-layer consistency; returns (row, pools for figures)."""
     apply = functools.partial(teacher_logits, config=cfg)
+    models = dv.Models(apply, params, cfg.num_classes, teacher_config=cfg)
     x, y = ev.images, ev.labels
     key = jax.random.PRNGKey(args.seed)
 
-    predict = jax.jit(lambda p, images: apply(p, images).argmax(-1))
-
     def accuracy(images):
-        return float((driver.map_batches(predict, params, images) == y).mean())
+        return float((predicted_classes(images, models) == y).mean())
 
     row = {"clean_accuracy": accuracy(x)}
     pgd_pool = None
@@ -104,33 +106,79 @@ def measure(params, cfg, ev, args) -> tuple[dict, dict]:
     return row, pools
 
 
-def markdown(results: dict, args) -> str:
-    eps_cols = [f"{m}_accuracy@{e:g}" for e in args.epsilons for m in ("fgsm", "pgd")]
+def markdown(result: dict) -> str:
+    a = result["args"]
+    eps_cols = [f"{m}_accuracy@{e:g}" for e in a["epsilons"] for m in ("fgsm", "pgd")]
     head = ["dataset", "teacher", "clean acc.", *[c.replace("_accuracy@", " acc. ε=")
                                                   for c in eps_cols]]
-    for layer in args.layers:
+    for layer in a["layers"]:
         head += [f"consistency {layer} (joint)", f"real/adv agreement {layer}",
                  f"live neurons {layer}"]
     head.append("train s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, rows in results.items():
+    for name, rows in result["results"].items():
         for variant, r in rows.items():
             cells = [name, variant, f"{r['clean_accuracy']:.4f}",
                      *[f"{r[c]:.4f}" for c in eps_cols]]
-            for layer in args.layers:
+            for layer in a["layers"]:
                 c = r[f"consistency_{layer}"]
                 cells += [f"{c['joint_mean']:.3f}", f"{c['agreement_mean']:.3f}",
                           f"{c['alive']}/{c['neurons']}"]
-            cells.append(f"{r.get('train_seconds', float('nan')):.0f}")
+            train_s = r.get("train_seconds")
+            cells.append("–" if train_s is None else f"{train_s:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def run(args) -> dict:
+    figures = out_dir(args, "consistency")
+    results = {}
+    for name in args.settings:
+        tr = dataset(name, "fit", data_dir=args.data_dir, count=args.fit_count)
+        ev = dataset(name, "eval", data_dir=args.data_dir, count=args.count)
+        results[name], hist = {}, {}
+        pools_by_variant = {}
+        layer = args.layers[-1]
+        for variant in VARIANTS:
+            params, cfg, train_metrics = get_teacher(name, variant, tr, ev, args)
+            row, pools = measure(params, cfg, ev, args)
+            row["train_seconds"] = train_metrics.get("train_seconds")
+            results[name][variant] = row
+            pools_by_variant[variant] = pools
+            joint = np.asarray(pools[layer].joint)
+            hist[variant] = joint[~np.isnan(joint)]
+            print(f"{name:7s} {variant:24s} clean {row['clean_accuracy']:.4f} "
+                  + " ".join(f"{k.split('_')[0]}@{k.split('@')[1]} {v:.4f}"
+                             for k, v in row.items() if "@" in k)
+                  + f" consistency[{layer}] {row[f'consistency_{layer}']['joint_mean']:.3f}",
+                  flush=True)
+        n = len(ev.images)
+        viz.consistency_histogram(
+            hist, figures / f"consistency_hist_{name}.png",
+            floor=1.0 / tr.info.num_classes,
+            title=f"{name}: neurons of '{layer}' (top-{args.k} of {n} real + {n} PGD "
+                  f"ε={args.consistency_epsilon:g} images)")
+        for variant in ("standard", "adversarial+consistency"):
+            pl = pools_by_variant[variant]
+            c = pl[layer]
+            order = np.argsort(np.where(c.alive, c.joint, np.inf))[: int(c.alive.sum())]
+            shown = order[:3].tolist() + order[-1:].tolist()  # 3 least, 1 most consistent
+            viz.neuron_top_images_figure(
+                pl["real"], pl["concepts"], pl["adversarial"], pl["concepts"], c.real_top,
+                c.adversarial_top, shown, c.joint,  # NaN for dead neurons
+                figures / f"consistency_neurons_{name}_{variant.replace('+', '_')}.png",
+                title=f"{name}, {variant} teacher, '{layer}' neurons: 3 least and 1 most "
+                      f"consistent of {int(c.alive.sum())} live (score at left)")
+    return {"args": vars(args), "results": results}
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
-    p.add_argument("--checkpoints", default="runs")
-    p.add_argument("--data-dir", default=None)
+    p = arguments(__doc__.split("\n")[0], settings=("mnist", "kmnist"), count=None)
+    p.add_argument("--fit-count", type=int, default=None,
+                   help="Train the teachers on the first this many of the fitting split "
+                   "(default all).")
+    p.add_argument("--epochs", type=int, default=train.TEACHER_TRAIN.epochs,
+                   help="Epochs of the teachers trained here.")
     p.add_argument("--train-epsilon", type=float, default=0.1)
     p.add_argument("--consistency-weight", type=float, default=10.0)
     p.add_argument("--layer", default="dense", help="Layer of the consistent loss.")
@@ -142,57 +190,11 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=20, help="Top images per neuron and pool.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--figures", default="docs")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-
-    results, hists = {}, {}
-    for name in args.datasets:
-        tr = data.load(name, "test[:8000]", data_dir=args.data_dir)
-        ev = data.load(name, "test[8000:]", data_dir=args.data_dir)
-        results[name], hists[name] = {}, {}
-        pools_by_variant = {}
-        for variant in VARIANTS:
-            params, cfg, train_metrics = get_teacher(name, variant, tr, ev, args)
-            row, pools = measure(params, cfg, ev, args)
-            row["train_seconds"] = train_metrics.get("train_seconds")
-            results[name][variant] = row
-            pools_by_variant[variant] = pools
-            layer = args.layers[-1]
-            joint = np.asarray(pools[layer].joint)
-            hists[name][variant] = joint[~np.isnan(joint)]
-            print(f"{name:7s} {variant:24s} clean {row['clean_accuracy']:.4f} "
-                  + " ".join(f"{k.split('_')[0]}@{k.split('@')[1]} {v:.4f}"
-                             for k, v in row.items() if "@" in k)
-                  + f" consistency[{layer}] {row[f'consistency_{layer}']['joint_mean']:.3f}",
-                  flush=True)
-        layer = args.layers[-1]
-        viz.consistency_histogram(
-            hists[name], Path(args.figures) / f"consistency_hist_{name}.png",
-            floor=1.0 / tr.info.num_classes,
-            title=f"{name}: neurons of '{layer}' (top-{args.k} of 2000 real + 2000 PGD "
-                  f"ε={args.consistency_epsilon:g} images)")
-        for variant in ("standard", "adversarial+consistency"):
-            pl = pools_by_variant[variant]
-            c = pl[layer]
-            order = np.argsort(np.where(c.alive, c.joint, np.inf))[: int(c.alive.sum())]
-            shown = order[:3].tolist() + order[-1:].tolist()  # 3 least, 1 most consistent
-            viz.neuron_top_images_figure(
-                pl["real"], pl["concepts"], pl["adversarial"], pl["concepts"], c.real_top,
-                c.adversarial_top, shown, c.joint,  # NaN for dead neurons
-                Path(args.figures) / f"consistency_neurons_{name}_{variant.replace('+', '_')}.png",
-                title=f"{name}, {variant} teacher, '{layer}' neurons: 3 least and 1 most "
-                      f"consistent of {int(c.alive.sum())} live (score at left)")
-
-    text = markdown(results, args)
-    print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_json(out / "consistency.json",
-                     {"results": results, "args": vars(args), "machine": machine_info()})
-    files.write_text(out / "consistency.md", text)
-    print(f"wrote {out}/consistency.{{json,md}} and {args.figures}/consistency_*.png")
+    if args.consistency_epsilon not in args.epsilons:
+        p.error("--consistency-epsilon must be one of --epsilons")
+    write_study(out_dir(args, "consistency"), "consistency", run(args), markdown)
     return 0
 
 
