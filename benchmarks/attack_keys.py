@@ -1,35 +1,34 @@
-"""How much moving `adversarial.attack_dataset` onto the driver moved the consistency benchmark.
+"""How much keying `adversarial.attack_dataset`'s PGD random starts per image moved the
+consistency study.
 
-Before, batch ``j`` of 500 images drew its PGD random starts from ``fold_in(key, j)``; now image
-``i`` draws from ``fold_in(key, i)``. This measures `benchmarks/consistency.py`'s row of the
-standard teachers in ``runs/<dataset>/teacher`` both ways, same teacher, same seed:
+The former loop gave batch ``j`` of 500 images the key ``fold_in(key, j)``; the driver gives
+image ``i`` the key ``fold_in(key, i)``. This measures `consistency.py`'s row of the standard
+teachers in ``runs/<setting>/teacher`` both ways, same teacher, same seed:
 
-    python benchmarks/attack_keys.py   # -> benchmarks/results/attack_keys.json
+    python benchmarks/attack_keys.py --settings mnist kmnist
+
+Writes ``benchmarks/results/attack_keys/attack_keys.{json,md}``.
 """
 
-import argparse
-import json
-import sys
+from __future__ import annotations
 
+import argparse
+
+import consistency
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import arguments, checkpoints, dataset, out_dir, write_study
 
-sys.path.insert(0, "benchmarks")
-import consistency as bench  # noqa: E402
+from deepvid_jax.models import adversarial, checkpoint
+from deepvid_jax.models.networks import TeacherConfig
 
-from deepvid_jax.data import sources as data  # noqa: E402
-from deepvid_jax.models import (
-    adversarial,  # noqa: E402
-    checkpoint,  # noqa: E402
-)
-from deepvid_jax.models.networks import TeacherConfig  # noqa: E402
+LAYERS = ("conv1", "dense")
 
-new_attack_dataset = adversarial.attack_dataset
 
-def old_attack_dataset(images, labels, key, *, teacher_apply, teacher_params, config,
-                       batch_size=500):
-    """The former loop: one key per batch."""
+def batch_keyed_attack_dataset(images, labels, key, *, teacher_apply, teacher_params, config,
+                               batch_size=500):
+    """The former loop: one key per batch of ``batch_size`` images."""
     out = []
     for j, i in enumerate(range(0, len(images), batch_size)):
         out.append(np.asarray(adversarial.attack(
@@ -38,21 +37,53 @@ def old_attack_dataset(images, labels, key, *, teacher_apply, teacher_params, co
             teacher_params=teacher_params, config=config)))
     return np.concatenate(out)
 
-args = argparse.Namespace(seed=0, epsilons=[0.1, 0.2], pgd_steps=20, consistency_epsilon=0.1,
-                          layers=["conv1", "dense"], k=20)
-res = {}
-for name in ("mnist", "kmnist"):
-    ev = data.load(name, "test[8000:]")
-    cfg = TeacherConfig(num_classes=10, image_shape=ev.info.image_shape)
-    params, cfg, _ = checkpoint.restore(f"runs/{name}/teacher", kind="teacher", config=cfg)
-    for label, fn in (("old", old_attack_dataset), ("new", new_attack_dataset)):
-        adversarial.attack_dataset = fn
-        bench.adversarial.attack_dataset = fn
-        row, _ = bench.measure(params, cfg, ev, args)
-        for layer in args.layers:
-            row[f"consistency_{layer}"] = {k: v for k, v in row[f"consistency_{layer}"].items()
-                                           if k != "joint"}
-        res[f"{name}/{label}"] = row
-        print(name, label, json.dumps(row), flush=True)
-with open("benchmarks/results/attack_keys.json", "w") as f:
-    json.dump(res, f, indent=1)
+
+def run(args) -> dict:
+    # consistency.measure's arguments, at that study's defaults
+    measure_args = argparse.Namespace(seed=0, epsilons=[0.1, 0.2], pgd_steps=args.pgd_steps,
+                                      consistency_epsilon=0.1, layers=list(LAYERS), k=20)
+    image_keyed = adversarial.attack_dataset
+    rows = {}
+    for name in args.settings:
+        ev = dataset(name, "eval", data_dir=args.data_dir, count=args.count)
+        cfg = TeacherConfig(num_classes=ev.info.num_classes, image_shape=ev.info.image_shape)
+        params, cfg, _ = checkpoint.restore(checkpoints(name, args.runs) / "teacher",
+                                            kind="teacher", config=cfg)
+        for label, fn in (("old", batch_keyed_attack_dataset), ("new", image_keyed)):
+            consistency.adversarial.attack_dataset = fn  # the study's attack, swapped
+            try:
+                row, _ = consistency.measure(params, cfg, ev, measure_args)
+            finally:
+                consistency.adversarial.attack_dataset = image_keyed
+            for layer in LAYERS:
+                row[f"consistency_{layer}"] = {k: v for k, v in
+                                               row[f"consistency_{layer}"].items()
+                                               if k != "joint"}
+            rows[f"{name}/{label}"] = row
+            print(name, label, row, flush=True)
+    return {"args": vars(args), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    cols = ["clean_accuracy", "fgsm_accuracy@0.1", "pgd_accuracy@0.1", "fgsm_accuracy@0.2",
+            "pgd_accuracy@0.2"]
+    lines = ["| setting / keys | " + " | ".join(c.replace("_accuracy", " acc.") for c in cols)
+             + " | " + " | ".join(f"consistency {layer}" for layer in LAYERS) + " |",
+             "|---" * (1 + len(cols) + len(LAYERS)) + "|"]
+    for name, r in result["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " | "
+                     + " | ".join(f"{r[f'consistency_{layer}']['joint_mean']:.3f}"
+                                  for layer in LAYERS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = arguments(__doc__.split("\n")[0], settings=("mnist", "kmnist"), count=None)
+    p.add_argument("--pgd-steps", type=int, default=20)
+    args = p.parse_args(argv)
+    write_study(out_dir(args, "attack_keys"), "attack_keys", run(args), markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
