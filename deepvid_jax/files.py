@@ -7,7 +7,9 @@ token is not JSON), numpy scalars and arrays become numbers and lists.
 
 An output folder that a command writes into records what it wrote in a manifest
 (`MANIFEST`); the next run into that folder removes exactly those files first, so results of
-two runs are never mixed, and files the library did not write are never touched.
+two runs are never mixed, and files the library did not write are never touched. A single page
+written anywhere (`deepvid report`) carries `GENERATOR` in its head instead: `made_by_library`
+tells the library's own files from a user's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from typing import Any
 import numpy as np
 
 MANIFEST = ".deepvid-run.json"
+# The mark in the first bytes of a text file the library wrote outside a manifest (an HTML
+# head's <meta name="generator">); the second is what report pages carried before it.
+GENERATOR = "deepvid_jax"
+_SIGNATURES = (f'<meta name="generator" content="{GENERATOR}'.encode(),
+               b"<title>deepvid_jax report:")
 
 
 @contextlib.contextmanager
@@ -174,3 +181,30 @@ def finish_output_dir(folder: str | os.PathLike, written: Iterable[str | os.Path
     manifest = read_manifest(folder) or {}
     names = set(manifest.get("files", [])) | {Path(w).name for w in written}
     write_json(folder / MANIFEST, {**manifest, "status": "complete", "files": sorted(names)})
+
+
+def made_by_library(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` was written by the library: listed in its folder's manifest,
+    or carrying `GENERATOR` in its first 4 KiB."""
+    path = Path(path)
+    manifest = read_manifest(path.parent) or {}
+    if path.name in manifest.get("files", []):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return any(sig in head for sig in _SIGNATURES)
+
+
+def check_replaceable(path: str | os.PathLike, what: str = "output") -> Path:
+    """``path`` may be written: absent, or a file the library made (`made_by_library`); else a
+    ValueError naming it (a user's file, or a folder, is never replaced)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name.")
+    if path.exists() and not made_by_library(path):
+        raise ValueError(f"{what} {path} exists and was not written by deepvid_jax: it is never "
+                         "replaced; remove it or choose another path.")
+    return path

@@ -5,7 +5,9 @@ distributions per explainer, the mean attribution per class, and a gallery of th
 and of the misclassified instances with every explainer's map side by side. Figures are PNGs
 embedded as data URLs: the page needs no network and no other file. The input images are read
 back from the dataset the store names (its fingerprint is checked); when that data cannot be
-read, the gallery shows the maps alone and the page says why.
+read, the gallery shows the maps alone and the page says why. Every chunk is first checked
+against its checksums (`integrity`): a damaged chunk is left out of every figure, and the page
+lists it at the top.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from deepvid_jax import files  # noqa: E402
 from deepvid_jax.data import sources as data  # noqa: E402
-from deepvid_jax.runner.run import INPUTS, RunError, _open  # noqa: E402
+from deepvid_jax.runner import integrity  # noqa: E402
+from deepvid_jax.runner.store import INPUTS, RunError, open_store  # noqa: E402
 
 GALLERY = 8  # instances per gallery
 
@@ -67,14 +70,27 @@ def _map(ax, a: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _fidelity_figure(root, explainers: list[str]) -> str | None:
+def _rows(array, ready: np.ndarray) -> np.ndarray:
+    """``array``'s rows where ``ready`` (contiguous runs read at once: a damaged chunk, which
+    may not even decode, is never read)."""
+    idx = np.nonzero(ready)[0]
+    if not len(idx):
+        return np.asarray(array[0:0])
+    breaks = np.nonzero(np.diff(idx) > 1)[0]
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks] + 1, idx[-1] + 1]
+    return np.concatenate([np.asarray(array[int(a):int(b)]) for a, b in zip(starts, ends,
+                                                                            strict=True)])
+
+
+def _fidelity_figure(root, explainers: list[str], ready: np.ndarray) -> str | None:
     panels = [(e, k) for e in explainers for k in ("fidelity_top1", "fidelity_kl",
                                                    "fidelity_r2") if k in root[e]]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
     for ax, (e, k) in zip(axes[0], panels, strict=True):
-        v = np.asarray(root[e][k][:], np.float64)
+        v = _rows(root[e][k], ready).astype(np.float64)
         v = v[np.isfinite(v)]
         ax.hist(v, bins=30, color="#4a7")
         ax.set_title(f"{e}: {k[9:]} (mean {v.mean():.3f})", fontsize=9)
@@ -93,10 +109,12 @@ def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready:
         attr = root[e]["attributions"]
         sums = {k: 0.0 for k in present}
         for start in range(0, len(classes), 512):  # a block at a time: bounded memory
-            a = np.asarray(attr[start : start + 512])
-            cl, ok = classes[start : start + 512], ready[start : start + 512]
+            ok = np.zeros_like(ready)
+            ok[start : start + 512] = ready[start : start + 512]
+            a = _rows(attr, ok)
+            cl = classes[ok]
             for k in present:
-                sums[k] = sums[k] + a[ok & (cl == k)].sum(0)
+                sums[k] = sums[k] + a[cl == k].sum(0)
         for c, k in enumerate(present):
             count = int((ready & (classes == k)).sum())
             _map(axes[r][c], sums[k] / count)
@@ -154,21 +172,30 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
     path = Path(store)
     if not path.is_dir():
         raise RunError(f"{path} is not a store (no such folder).")
-    root, meta = _open(path, mode="r")
+    root, meta = open_store(path, mode="r")
     ident = meta["identity"]
     explainers = list(ident["run"]["explainers"])
-    done = {s: np.asarray(root[f"done/{s}"][:]).astype(bool) for s in (INPUTS, *explainers)}
-    complete = all(d.all() for d in done.values())
     chunk = ident["run"]["chunk_size"]
     n = ident["dataset"]["count"]
+    k = ident["models"]["num_classes"]
+    done, damage = integrity.check(root, path, [INPUTS, *explainers], chunk, n)
+    complete = all(d.all() for d in done.values()) and not damage
     ready = np.repeat(np.logical_and.reduce(list(done.values())), chunk)[:n]
     idx = np.nonzero(ready)[0]
     if not len(idx):
-        raise RunError(f"{path}: no chunk is done yet; nothing to report.")
-    labels = np.asarray(root["labels"][:])
-    classes = np.asarray(root["classes"][:])
-    probs = np.asarray(root["teacher_probs"][:])
-    k = probs.shape[1]
+        raise RunError(f"{path}: no chunk is done and intact yet; nothing to report"
+                       + (f" ({len(damage)} damaged: deepvid verify lists them)." if damage
+                          else "."))
+    # only rows of intact chunks are read; the others stay zero and are never drawn
+    labels, classes = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    probs = np.zeros((n, k), np.float32)
+    for name, values in (("labels", labels), ("classes", classes), ("teacher_probs", probs)):
+        values[ready] = _rows(root[name], ready)
+    for name, values in (("labels", labels), ("classes", classes)):
+        bad = np.nonzero(ready & ((values < 0) | (values >= k)))[0]
+        if len(bad):  # the checksums matched: the run itself recorded them
+            raise RunError(f"{path / name}: image {int(bad[0])} has class {int(values[bad[0]])} "
+                           f"of a {k}-class teacher; the store is not usable for a report.")
     class_names = [str(c) for c in range(k)]
 
     summary = dict(root.attrs).get("summary", {})
@@ -176,8 +203,9 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
     accuracy = float((pred == labels[idx]).mean())
     rows = [("dataset", f"{ident['dataset']['name']} {ident['dataset']['split']} "
                         f"({n} images, {tuple(ident['dataset']['image_shape'])})"),
-            ("explained", f"{len(idx)} of {n} images" + ("" if complete else " (run incomplete:"
-                                                          " re-run to finish)")),
+            ("explained", f"{len(idx)} of {n} images" + (
+                "" if complete else " (damaged chunks left out: see above)" if damage
+                else " (run incomplete: re-run to finish)")),
             ("explainers", ", ".join(explainers)),
             ("class explained", str(ident["run"]["classes"])),
             ("teacher accuracy on them", f"{accuracy:.4f}"),
@@ -194,11 +222,17 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
 
     worst_key = next(((e, "fidelity_kl") for e in explainers if "fidelity_kl" in root[e]),
                      None)
-    parts = [f"<h1>deepvid_jax report: {html.escape(path.name)}</h1>",
-             f"<table>{table}</table>",
+    parts = [f"<h1>deepvid_jax report: {html.escape(path.name)}</h1>"]
+    if damage:
+        items = "".join(f"<li>{html.escape(str(d))}</li>" for d in damage[:50])
+        parts.append(f'<div class="damaged"><p class="note">{len(damage)} damaged chunk(s): '
+                     "their images are left out of every figure below. "
+                     "<code>deepvid run --repair</code> (same options as the run) computes "
+                     f"them again.</p><ul>{items}</ul></div>")
+    parts += [f"<table>{table}</table>",
              f"<details><summary>configuration of every explainer</summary><pre>{configs}"
              "</pre></details>"]
-    fid = _fidelity_figure(root, explainers)
+    fid = _fidelity_figure(root, explainers, ready)
     parts.append("<h2>Fidelity of the students</h2>")
     parts.append(_img(fid, "fidelity histograms") if fid else
                  '<p class="note">None of these explainers reports a fidelity.</p>')
@@ -210,7 +244,7 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
     galleries = []
     if worst_key is not None:
         e, key = worst_key
-        v = np.asarray(root[e][key][:])[idx]
+        v = _rows(root[e][key], ready)
         worst = idx[np.argsort(-v)[:GALLERY]]
         galleries.append((f"Least faithful ({e}: highest held-out KL)", worst))
     wrong = idx[pred != labels[idx]][:GALLERY]
@@ -226,6 +260,7 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
         parts.append(_img(_gallery_figure(root, explainers, sel, images, labels, classes, probs,
                                           class_names, title), title))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f'<meta name="generator" content="{files.GENERATOR} report">'
             f"<title>deepvid_jax report: {html.escape(path.name)}</title>"
             f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
             + "\n".join(parts) + "</body></html>\n")
@@ -234,9 +269,15 @@ def build(store: str | os.PathLike, data_dir=None) -> str:
 def write(store: str | os.PathLike, out: str | os.PathLike | None = None,
           data_dir=None) -> Path:
     """Writes the report of ``store`` to ``out`` (default: ``<store>.html`` beside it),
-    atomically; returns its path."""
+    atomically; returns its path. Refuses, before any work, an ``out`` inside the store (or
+    the store itself) and an existing file that the library did not write."""
+    store = Path(store).expanduser()
+    target = Path(out).expanduser() if out is not None else store.with_suffix(".html")
+    inside = store.resolve()
+    where = target.resolve()
+    if where == inside or inside in where.parents:
+        raise RunError(f"the report {target} would be written inside the store {store} (and "
+                       "replace or add to its files); pass an output path outside it.")
+    files.check_replaceable(target, "report")
     page = build(store, data_dir=data_dir)
-    target = Path(out) if out is not None else Path(store).with_suffix(".html")
-    if target.resolve() == Path(store).resolve():
-        raise RunError("the report would replace the store; pass another output path.")
     return files.write_text(target, page)
