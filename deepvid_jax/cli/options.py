@@ -336,8 +336,10 @@ def models(args: argparse.Namespace, info: data.DatasetInfo, *, vae: bool = Fals
     with --teacher instead of its teacher/; ``vae``: vae/ is required. Every config is checked
     against the dataset before any weights are read."""
     user, folder = _teacher_source(args, info, checkpoints_folder(args), None)
-    if folder is not None and (vae or (folder / "vae").exists()):
-        checkpoint_config(folder, "vae", info)
+    if folder is not None:
+        for kind in ("vae", "surrogate", "explainer"):
+            if (kind == "vae" and vae) or (folder / kind).exists():
+                checkpoint_config(folder, kind, info)
     return Models.load(folder, teacher=user, teacher_name=getattr(args, "teacher", None))
 
 

@@ -242,3 +242,69 @@ def test_gaussian_likelihood_is_the_scaled_squared_error():
     np.testing.assert_allclose(float(loss), (recon + kl).mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="likelihood"):
         dataclasses.replace(cfg, likelihood="poisson")
+
+
+# ------------------------------------------------------------------------------------------
+# Recipes: per-dataset settings and a plan checked before any training
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_recipe_sits_between_the_default_and_the_users_flags():
+    from deepvid_jax.models import recipes
+
+    assert recipes.train_config("mnist", "teacher") == train.TEACHER_TRAIN  # no recipe
+    digits = recipes.train_config("digits", "vae")
+    assert digits == dataclasses.replace(train.VAE_TRAIN, epochs=150)
+    synthetic = recipes.train_config("synthetic", "teacher", recipes.Overrides(seed=3))
+    assert (synthetic.epochs, synthetic.learning_rate, synthetic.blur_augment, synthetic.seed) \
+        == (12, 2e-3, 1.0, 3)
+    mine = recipes.train_config("synthetic", "teacher", recipes.Overrides(
+        epochs=2, learning_rate=1e-4, lr_schedule="cosine"))
+    assert (mine.epochs, mine.learning_rate, mine.lr_schedule, mine.blur_augment) == \
+        (2, 1e-4, "cosine", 1.0)
+    for weight in (0.0, 2.5):  # an explicit 0 stays 0
+        assert recipes.train_config("x", "vae", recipes.Overrides(teacher_weight=weight)) \
+            .teacher_weight == weight
+    with pytest.raises(ValueError, match="kind"):
+        recipes.train_config("digits", "surrogate")
+    with pytest.raises(ValueError, match="epochs"):
+        recipes.Overrides(epochs=0)
+
+
+def test_a_plan_fails_before_any_training(tmp_path):
+    from deepvid_jax.models import checkpoint, recipes
+
+    small = data.load("digits", "train[:10]")
+    with pytest.raises(ValueError, match="10 images, fewer than one batch of 128"):
+        recipes.plan(("teacher",), small, tmp_path, dataset="digits")
+    tr = data.load("digits", "train[:200]")
+    with pytest.raises(ValueError, match="--layer 'conv9' is not one of"):
+        recipes.plan(("teacher",), tr, tmp_path, dataset="digits",
+                     adversarial=train.AdversarialTraining(layer="conv9"))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "notes.txt").write_text("mine")
+    with pytest.raises(checkpoint.CheckpointError, match="notes.txt"):
+        recipes.plan(("teacher", "vae"), tr, tmp_path, dataset="digits")
+    plan = recipes.plan(("vae",), tr, tmp_path / "new", dataset="digits", latent_dim=3,
+                        decoder_blocks=0, overrides=recipes.Overrides(epochs=1))
+    assert plan.teacher_config is None and plan.vae_config.latent_dim == 3
+    assert plan.vae_train.epochs == 1 and plan.kinds == ("vae",)
+
+
+def test_a_trained_teacher_is_saved_with_its_history(tmp_path):
+    from deepvid_jax.models import checkpoint, recipes
+
+    tr, ev = data.load("digits", "train[:128]"), data.load("digits", "test[:32]")
+    plan = recipes.plan(("teacher",), tr, tmp_path, dataset="digits",
+                        overrides=recipes.Overrides(epochs=2))
+    trained = recipes.train_teacher(plan, tr, ev, meta=recipes.dataset_meta("digits", tr, ev),
+                                    progress=False)
+    params, config, meta = checkpoint.restore(trained.path, kind="teacher")
+    assert config == plan.teacher_config
+    assert [h["epoch"] for h in meta["metrics"]["history"]] == [1, 2]
+    assert meta["metrics"]["eval_accuracy"] == trained.metrics["history"][-1]["eval_accuracy"]
+    assert meta["dataset"]["train_split"] == "train[:128]"
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                     jax.tree.leaves(trained.params),
+                                                     strict=True))
+    assert [p.name for p in trained.figures] == ["curves.png"] and trained.figures[0].is_file()
