@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from deepvid_jax.cli.commands import main
+from deepvid_jax.cli import main
 from deepvid_jax.runner import report, run
 
 
@@ -80,5 +80,12 @@ def test_report_errors(tmp_path, run_store):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
     with pytest.raises(run.RunError, match="not one of deepvid_jax"):
         report.build(tmp_path / "other.zarr")
-    with pytest.raises(run.RunError, match="replace the store"):
-        report.write(run_store, run_store)
+    for out in (run_store, run_store / "zarr.json", run_store / "done" / "page.html"):
+        with pytest.raises(run.RunError, match="inside the store"):
+            report.write(run_store, out)
+    assert not (run_store / "done" / "page.html").exists()
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my own page</html>")
+    with pytest.raises(ValueError, match="not written by deepvid_jax"):
+        report.write(run_store, mine)
+    assert mine.read_text() == "<html>my own page</html>"
