@@ -11,17 +11,20 @@ from deepvid_jax.cli import (
     bench,
     demo,
     explain,
+    explore,
     report,
     run,
     train_surrogate,
     train_teacher,
     train_vae,
+    verify,
 )
 from deepvid_jax.data import sources as data
 from deepvid_jax.models import checkpoint
 
 # The subcommands, in the order --help lists them.
-COMMANDS = (train_teacher, train_vae, train_surrogate, demo, explain, bench, run, report)
+COMMANDS = (train_teacher, train_vae, train_surrogate, demo, explain, bench, run, verify, report,
+            explore)
 INTERRUPTED = 130
 
 

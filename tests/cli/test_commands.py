@@ -46,7 +46,7 @@ def test_the_parser_has_every_command_in_order():
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert list(sub.choices) == ["train-teacher", "train-vae", "train-surrogate", "demo",
-                                 "explain", "bench", "run", "report"]
+                                 "explain", "bench", "run", "verify", "report", "explore"]
 
 
 def test_explain_reaches_any_registered_method(tmp_path, checkpoints, capsys):
