@@ -13,7 +13,16 @@ Writes ``benchmarks/results/blocking/blocking_<setting>_<backend>.{json,md}``.
 from __future__ import annotations
 
 import jax
-from common import arguments, deepvid_options, load, out_dir, setting, timing, write_study
+from common import (
+    arguments,
+    deepvid_options,
+    load,
+    out_dir,
+    setting,
+    timing,
+    where,
+    write_study,
+)
 
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
@@ -47,7 +56,7 @@ def run(args, name: str) -> dict:
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{result['dataset']} {result['split']}, {a['neighbors']} VAE neighbours, ridge "
+    lines = [f"{where(result)}, {a['neighbors']} VAE neighbours, ridge "
              "student", "",
              "| block size (rows) | batch | explanations/s | XLA temp memory (MiB) | compile s |",
              "|---|---|---|---|---|"]

@@ -17,7 +17,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,6 +204,7 @@ def deepvid_row(models: dv.Models, images, classes, config: ex.ExplainConfig, se
     fidelity, seed agreement of the class's weight images over ``seeds`` keys (0, 100, ...),
     label-flip fraction, and ms per explanation (`timing` on one chunk of ``chunk_size``
     images). Returns (row, the key-0 `dv.Attribution`)."""
+    validate.integer(seeds, "seeds (seed agreement compares runs)", minimum=2)
     runs = seed_runs("deepvid", models, images, classes, seeds, config=config,
                      chunk_size=chunk_size)
     a = runs[0]
@@ -220,6 +220,13 @@ def deepvid_row(models: dv.Models, images, classes, config: ex.ExplainConfig, se
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
+
+def where(result: dict) -> str:
+    """``"<dataset> <split>"`` of a study's result (results written before `write_study`
+    recorded them in their arguments)."""
+    a = result.get("args", {})
+    return f"{result.get('dataset', a.get('dataset'))} {result.get('split', a.get('split'))}"
 
 
 def fmt_interval(v: dict, digits: int = 3) -> str:
@@ -275,7 +282,7 @@ def write_study(out: str | Path, stem: str, result: dict,
 
 
 # --------------------------------------------------------------------------------------------
-# The former loader, kept while other scripts move to `load`
+# The former loader (8-tuple), kept while other scripts move to `load`
 # --------------------------------------------------------------------------------------------
 
 
@@ -290,47 +297,3 @@ def load_setup(args):
     apply = functools.partial(teacher_logits, config=tcfg)
     cls = np.asarray(apply(tp, jnp.asarray(images))).argmax(-1)
     return tp, tcfg, vp, vcfg, apply, images, cls, ds.info
-
-
-def deepvid_arguments(description: str, tag: str):
-    """The arguments of the DeepVID-variant benchmarks before `arguments`."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--checkpoints", default="runs/mnist")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--split", default=SHARED_TEST_EVAL)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--neighbors", type=int, default=512)
-    p.add_argument("--holdout", type=int, default=128)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--chunk", type=int, default=16)
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tag", default=tag)
-    return p
-
-
-def measure_explain(setup, config, seeds: int) -> tuple[dict, object]:
-    """`deepvid_row` on a `load_setup` tuple (the second of two identical calls timed)."""
-    tp, _, vp, _, apply, images, cls, _ = setup
-
-    def explain(seed):
-        return ex.explain(images, jax.random.PRNGKey(seed), teacher_apply=apply,
-                          teacher_params=tp, vae_params=vp, config=config)
-
-    explain(0)  # compile
-    start = time.perf_counter()
-    e = explain(0)
-    seconds = (time.perf_counter() - start) / len(images)
-    runs = [e.class_weights(cls)] + [explain(s).class_weights(cls)
-                                     for s in range(100, 100 + seeds - 1)]
-    row = {"top1": interval(e.fidelity.top1), "kl": interval(e.fidelity.kl),
-           "seed_agreement": interval(metrics.seed_agreement(jnp.stack(runs))),
-           "flip_fraction": interval(e.flip_fraction), "ms_per_explanation": 1000 * seconds}
-    return row, e
-
-
-def write_results(out, stem: str, result: dict, text: str) -> None:
-    """``<out>/<stem>.json`` and ``.md``, atomically; prints the Markdown."""
-    print("\n" + text)
-    files.write_json(Path(out) / f"{stem}.json", result)
-    files.write_text(Path(out) / f"{stem}.md", text)

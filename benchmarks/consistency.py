@@ -1,9 +1,9 @@
 """Neuron consistency and robustness of (a) a standard teacher, (b) adversarial training,
 (c) adversarial training with the consistent loss (Dong et al. 2017), on MNIST and KMNIST.
 
-Teachers are trained on each setting's fitting split (`common.SETTINGS`: ``test[:8000]``, the
-only split available offline) with the library's defaults (`train.TEACHER_TRAIN`, same seed for
-all three) and measured on its evaluation split (``test[8000:]``):
+Teachers are trained on each setting's fitting split (`common.SETTINGS`) with the library's
+defaults (`train.TEACHER_TRAIN`, same seed for all three) and measured on its evaluation
+split:
 
     python benchmarks/consistency.py --settings mnist kmnist
 

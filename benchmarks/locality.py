@@ -28,6 +28,7 @@ from common import (
     out_dir,
     print_row,
     setting,
+    where,
     write_study,
 )
 
@@ -64,7 +65,8 @@ def neighbours(models: dv.Models, images, i: int, config: ex.ExplainConfig):
                                    config=config))
     e = fn(images[i:i + 1], dv.instance_keys(jax.random.PRNGKey(0), i, 1),
            teacher_params=models.teacher_params, vae_params=models.vae_params)
-    return np.asarray(e.neighbors[0, :10]), np.asarray(e.neighbor_probs[0, :10]).argmax(-1)
+    shown = np.asarray(e.neighbors[0, :10])
+    return shown, predicted_classes(shown, models)
 
 
 def run(args, name: str, stem: str) -> dict:
@@ -99,7 +101,7 @@ def run(args, name: str, stem: str) -> dict:
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{result['dataset']} {result['split']}, {a['count']} images, {a['neighbors']} VAE "
+    lines = [f"{where(result)}, {a['count']} images, {a['neighbors']} VAE "
              f"neighbours ({a['holdout']} held out), ridge student (penalty 0.3 relative), "
              f"{a['seeds']} seeds", "",
              "| neighbourhood | held-out top-1 | held-out KL | seed agreement | label-flip "
@@ -115,7 +117,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = deepvid_options(arguments(__doc__.splitlines()[0], count=64))
-    p.add_argument("--figure-index", type=int, default=10)  # a "3" in MNIST test[8000:]
+    p.add_argument("--figure-index", type=int, default=10)  # a "3" in the mnist setting
     p.add_argument("--only", nargs="*", default=None,
                    help="Only the rows whose names contain one of these strings.")
     p.add_argument("--tag", default=None, help="Written as locality_<tag>_<setting>.")

@@ -1,13 +1,13 @@
 """Attentive surrogate saliency vs the others: quality and maps per second.
 
-On each setting (`common.SETTINGS`: MNIST and KMNIST, models fitted on ``test[:8000]``,
-``--count`` images of ``test[8000:]``, the teacher's predicted class): deletion and insertion
-AUC (zero baseline, 28 steps, as in ``benchmarks/evaluate.py``), and average drop / increase in
-confidence when the teacher sees the image times the min-max-normalised map, by `dv.score`, for
-the attentive surrogate, RISE, gradient, Integrated Gradients, Grad-CAM and DeepVID's weight
-images, by `dv.explain`. With ``--speed-only``: maps per second at each of a few batch sizes
-(`deepvid_jax.runner.bench.measure`, one compiled program per batch, median of the timed calls)
-for the attentive surrogate, RISE and DeepVID.
+On each setting (`common.SETTINGS`: MNIST and KMNIST, ``--count`` images of the evaluation
+split, the teacher's predicted class): deletion and insertion AUC (zero baseline, 28 steps, as
+in ``benchmarks/evaluate.py``), and average drop / increase in confidence when the teacher sees
+the image times the min-max-normalised map, by `dv.score`, for the attentive surrogate, RISE,
+gradient, Integrated Gradients, Grad-CAM and DeepVID's weight images, by `dv.explain`. With
+``--speed-only``: maps per second at each of a few batch sizes (`deepvid_jax.runner.bench.measure`,
+one compiled program per batch, median of the timed calls) for the attentive surrogate, RISE and
+DeepVID.
 
 Needs ``runs/<setting>/{teacher,vae,surrogate,explainer}`` (``deepvid train-teacher``,
 ``train-vae``, ``train-surrogate``):

@@ -23,6 +23,7 @@ from common import (
     out_dir,
     print_row,
     setting,
+    where,
     write_study,
 )
 
@@ -64,7 +65,7 @@ def run(args, name: str) -> dict:
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{result['dataset']} {result['split']}, {a['count']} images, {a['neighbors']} VAE "
+    lines = [f"{where(result)}, {a['count']} images, {a['neighbors']} VAE "
              f"neighbours ({a['holdout']} held out) at latent scale {a['latent_scale']}, "
              f"{a['seeds']} seeds", "",
              "| student | held-out top-1 | held-out KL | seed agreement | label-flip fraction "

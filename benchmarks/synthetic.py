@@ -100,7 +100,8 @@ def run(args) -> dict:
 
 def markdown(result: dict) -> str:
     t, v = result["teacher"], result["vae"]
-    lines = [f"{result['dataset']} {result['split']}: teacher accuracy {t['accuracy']:.3f}, "
+    split = result.get("split", setting(SETTING).eval_split)  # older results lack it
+    lines = [f"{result['dataset']} {split}: teacher accuracy {t['accuracy']:.3f}, "
              f"on the VAE's reconstructions {v['teacher_accuracy_on_reconstructions']:.3f}; "
              f"{result['explained']} images explained for their true class", "",
              "| method | ms / image | share of \\|attribution\\| on the shape |", "|---|---|---|"]
