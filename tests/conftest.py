@@ -34,7 +34,8 @@ def _small_student(name: str) -> ex.ExplainConfig:
 
 
 SMALL = {
-    **{name: _small_student(name) for name in ("deepvid", "noise", "mask")},
+    **{name: _small_student(name)
+       for name in ("deepvid", "noise", "mask", "deepvid_fast", "deepvid_fixed_radius")},
     "lime": superpixel.LimeConfig(num_samples=32, holdout=8, patch=2),
     "rise": rise.RiseConfig(num_masks=24, batch=8, grid=3),
     **{m: attribution.AttributionConfig(ig_steps=4, smoothgrad_samples=3)

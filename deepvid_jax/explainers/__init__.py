@@ -2,7 +2,10 @@
 
 One module per method family: `deepvid` (its neighbours and students), `lime`, `gradients`
 (gradient, gradient x input, integrated gradients, SmoothGrad, Grad-CAM), `rise`, `surrogate`
-(the attentive surrogate); `registry` holds the contract and the entry point.
+(the attentive surrogate). `base` holds the contract every explainer function answers
+(``fn(params, images, classes, keys, *, models, config) -> Attribution``); each family module
+defines its own public, validated function(s) of that contract, and `registry` registers
+exactly those, by name, beside the entry point `explain`.
 """
 
 from deepvid_jax.explainers.deepvid import ExplainConfig, NeighborConfig, StudentConfig
@@ -15,6 +18,7 @@ from deepvid_jax.explainers.registry import (
     explain,
     get,
     register,
+    with_samples,
 )
 from deepvid_jax.explainers.rise import RiseConfig
 
@@ -31,4 +35,5 @@ __all__ = [
     "explain",
     "get",
     "register",
+    "with_samples",
 ]

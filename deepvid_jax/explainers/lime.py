@@ -15,6 +15,9 @@ departures, both so that it can run batched on an accelerator:
 - the hidden value is a constant (default 0, MNIST's background) instead of each segment's mean.
 The benchmark checks that the coefficients agree with the `lime` package given the same
 segmentation and hidden value.
+
+`lime_attribution` is the registered explainer (the contract of `explainers.base`, grid
+segments); `explain_lime` runs any segmentation through the driver.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepvid_jax import validate
-from deepvid_jax.explainers.deepvid.core import map_instances
+from deepvid_jax.driver import map_instances
+from deepvid_jax.explainers.base import Attribution, check_inputs
+from deepvid_jax.models.bundle import Models
 from deepvid_jax.models.networks import TeacherApply
 
 
@@ -65,6 +70,12 @@ class LimeConfig:
     @property
     def num_fit(self) -> int:
         return self.num_samples - self.holdout
+
+    def with_samples(self, num: int) -> LimeConfig:
+        """This config with ``num`` samples, the held-out share kept (at least one held out)."""
+        validate.integer(num, "num", minimum=3)
+        holdout = max(1, round(num * self.holdout / self.num_samples))
+        return dataclasses.replace(self, num_samples=num, holdout=min(holdout, num - 2))
 
 
 class LimeExplanation(NamedTuple):
@@ -198,6 +209,29 @@ def lime_batch(
                            teacher_params=teacher_params, num_segments=num_segments,
                            config=config)
     return jax.vmap(fn)(images, segments, keys)
+
+
+def lime_attribution(params, images, classes, keys, *, models: Models,
+                     config: LimeConfig = LimeConfig()) -> Attribution:
+    """LIME on a grid of ``config.patch`` patches as an explainer: images [B, H, W, C] in
+    [0, 1], classes [B] in [0, K), keys [B] (instance i's samples from ``keys[i]``) ->
+    `Attribution`: [B, H, W, C] the class's segment coefficients painted on their pixels;
+    extras ``coef`` [B, S, K], ``intercept`` [B, K], ``fidelity_top1`` / ``fidelity_r2`` [B]
+    on the held-out samples and LIME's ``score`` [B].
+
+    Raises:
+      ValueError: malformed images, classes, keys or config (values checked when concrete).
+    """
+    images, classes = check_inputs(images, classes, keys, models=models, config=config,
+                                   config_type=LimeConfig)
+    b, h, w, c = images.shape
+    seg = grid_segments(h, w, config.patch)  # numpy: its size is static
+    e = lime_batch(jnp.asarray(images), jnp.broadcast_to(seg, (b, h, w)), keys,
+                   teacher_apply=models.teacher_apply, teacher_params=params["teacher"],
+                   num_segments=int(seg.max()) + 1, config=config)
+    attr = segment_attribution(e.coef, e.segments, jnp.asarray(classes, jnp.int32), c)
+    return Attribution(attr, {"coef": e.coef, "intercept": e.intercept,
+                              "fidelity_top1": e.top1, "fidelity_r2": e.r2, "score": e.score})
 
 
 def explain_lime(

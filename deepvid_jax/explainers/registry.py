@@ -14,6 +14,11 @@ and its fidelity, LIME's held-out fit, ...), all with a leading axis B.
 (`driver.map_instances`): instance ``i`` gets ``fold_in(key, i)``, so results equal a loop over
 instances, whatever the chunk size. A new method plugs into the CLI, the dataset runner, the
 benchmarks and the invariance tests by `register`.
+
+The functions registered here are the method modules' own public explainer functions (the
+contract of `explainers.base`); variants of a method are the same function with another
+config ("noise", "mask", "deepvid_fast" are DeepVID's), and `with_samples` sets any sampled
+method's sample count.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,27 +34,14 @@ import numpy as np
 
 from deepvid_jax import validate
 from deepvid_jax.driver import map_instances
-from deepvid_jax.explainers import gradients as attribution
-from deepvid_jax.explainers import lime as superpixel
-from deepvid_jax.explainers import rise, surrogate
-from deepvid_jax.explainers.deepvid import core as dv_lib
+from deepvid_jax.explainers import gradients, lime, rise, surrogate
+from deepvid_jax.explainers.base import Attribution, jitted
+from deepvid_jax.explainers.deepvid import core as deepvid
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models.bundle import Models
 
 NEEDS = ("vae", "gradients", "teacher_config", "surrogate")
-
-
-class Attribution(NamedTuple):
-    """What every method returns (leading axis B).
-
-    attributions: [B, H, W, C] relevance of each pixel for the requested class.
-    extras: name -> [B, ...] the method's own outputs (e.g. DeepVID's ``weights`` [B, H, W, C,
-      K] and ``fidelity_top1`` [B]).
-    """
-
-    attributions: jax.Array
-    extras: dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +69,17 @@ class Method:
         for n in self.needs:
             validate.choice(n, NEEDS, f"Method {self.name!r} needs")
 
-    @functools.cached_property
+    @property
     def batch(self) -> Callable[..., Attribution]:
-        """``fn`` jitted (``models`` and ``config`` static)."""
-        return jax.jit(self.fn, static_argnames=("models", "config"))
+        """``fn`` jitted (``models`` and ``config`` static; one wrapper per function, shared
+        by the methods that register it with other configs)."""
+        return jitted(self.fn)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether its config has a sample count (neighbours, perturbations, masks) that
+        `with_samples` sets."""
+        return hasattr(self.config, "with_samples")
 
     def check(self, models: Models, config: Any) -> None:
         """A clear error when ``models`` lack what this method needs, or ``config`` is not of
@@ -125,98 +124,51 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def _per_pixel(maps: jax.Array, channels: int) -> jax.Array:
-    """[B, H, W] -> [B, H, W, C]."""
-    return jnp.repeat(maps[..., None], channels, axis=-1)
+def with_samples(config: Any, num: int) -> Any:
+    """A sampled method's config with ``num`` samples (DeepVID's neighbours, LIME's perturbed
+    images, RISE's masks), its held-out share kept: ``config.with_samples(num)``."""
+    if not hasattr(config, "with_samples"):
+        raise ValueError(f"a {type(config).__name__} has no sample count to set.")
+    return config.with_samples(num)
 
 
 # --------------------------------------------------------------------------------------------
-# The methods
+# The methods: each module's explainer function, registered as it is
 # --------------------------------------------------------------------------------------------
-
-
-def _student(params, images, classes, keys, *, models: Models, config: dv_lib.ExplainConfig):
-    """DeepVID and its noise / mask students: the student's weight image of the class."""
-    config = dataclasses.replace(config, num_classes=models.num_classes,
-                                 vae=models.vae_config or config.vae)
-    e = dv_lib.explain_batch(images, keys, teacher_apply=models.teacher_apply,
-                             teacher_params=params["teacher"], vae_params=params["vae"],
-                             config=config)
-    extras = {"weights": e.weights, "bias": e.bias, "teacher_probs": e.teacher_probs,
-              "student_probs": e.student_probs, "flip_fraction": e.flip_fraction,
-              **{f"fidelity_{k}": v for k, v in e.fidelity._asdict().items()}}
-    extras.update({k: v for k, v in (("penalty", e.penalty), ("scale", e.scale))
-                   if v is not None})
-    idx = classes[:, None, None, None, None]
-    return Attribution(jnp.take_along_axis(e.weights, idx, axis=-1)[..., 0], extras)
-
-
-def _lime(params, images, classes, keys, *, models: Models, config: superpixel.LimeConfig):
-    b, h, w, c = images.shape
-    seg = superpixel.grid_segments(h, w, config.patch)  # numpy: its size is static
-    e = superpixel.lime_batch(images, jnp.broadcast_to(seg, (b, h, w)), keys,
-                              teacher_apply=models.teacher_apply,
-                              teacher_params=params["teacher"],
-                              num_segments=int(seg.max()) + 1, config=config)
-    attr = superpixel.segment_attribution(e.coef, e.segments, classes, c)
-    return Attribution(attr, {"coef": e.coef, "intercept": e.intercept,
-                              "fidelity_top1": e.top1, "fidelity_r2": e.r2, "score": e.score})
-
-
-def _gradient(name: str):
-    def fn(params, images, classes, keys, *, models: Models,
-           config: attribution.AttributionConfig):
-        def one(x, c, k):  # per instance, so SmoothGrad's noise is instance i's own
-            return attribution._attribute(
-                name, x[None], c[None], k, teacher_apply=models.teacher_apply,
-                teacher_params=params["teacher"], teacher_config=models.teacher_config,
-                config=config)[0]
-
-        if name == "smoothgrad":
-            return Attribution(jax.vmap(one)(images, classes, keys), {})
-        return Attribution(attribution._attribute(
-            name, images, classes, keys[0], teacher_apply=models.teacher_apply,
-            teacher_params=params["teacher"], teacher_config=models.teacher_config,
-            config=config), {})
-
-    return fn
-
-
-def _rise(params, images, classes, keys, *, models: Models, config: rise.RiseConfig):
-    def one(x, c, k):  # each instance its own masks (the paper's code shares them per batch)
-        return rise._rise(x[None], c[None], k, teacher_apply=models.teacher_apply,
-                          teacher_params=params["teacher"], config=config)[0]
-
-    return Attribution(_per_pixel(jax.vmap(one)(images, classes, keys), images.shape[-1]), {})
-
-
-def _surrogate(params, images, classes, keys, *, models: Models, config: None):
-    maps = surrogate._saliency(images, classes, params["surrogate"], params["explainer"],
-                               models.surrogate_config, models.explainer_config)
-    return Attribution(_per_pixel(maps, images.shape[-1]), {})
-
 
 _STUDENT = "a linear student distilled from the teacher on "
-register(Method("deepvid", _student, dv_lib.ExplainConfig(), ("vae",),
+register(Method("deepvid", deepvid.deepvid_attribution, deepvid.ExplainConfig(), ("vae",),
                 description=_STUDENT + "VAE neighbours (DeepVID)"))
 # The random-perturbation baselines keep the ridge student they were published with.
-register(Method("noise", _student,
-                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="pixel"),
-                                     student=StudentConfig()),
+register(Method("noise", deepvid.deepvid_attribution,
+                deepvid.ExplainConfig(neighbors=NeighborConfig(sampler="pixel"),
+                                      student=StudentConfig()),
                 description=_STUDENT + "Gaussian-noise neighbours"))
-register(Method("mask", _student,
-                dv_lib.ExplainConfig(neighbors=NeighborConfig(sampler="mask"),
-                                     student=StudentConfig()),
+register(Method("mask", deepvid.deepvid_attribution,
+                deepvid.ExplainConfig(neighbors=NeighborConfig(sampler="mask"),
+                                      student=StudentConfig()),
                 description=_STUDENT + "random-mask neighbours"))
-register(Method("lime", _lime, superpixel.LimeConfig(),
+register(Method("deepvid_fast", deepvid.deepvid_attribution, deepvid.FAST, ("vae",),
+                description="DeepVID's fastest preset: ridge over 512 plain VAE neighbours"))
+register(Method("deepvid_fixed_radius", deepvid.deepvid_attribution, deepvid.FIXED_RADIUS,
+                ("vae",), description="deepvid_fast at a fixed latent radius"))
+register(Method("lime", lime.lime_attribution, lime.LimeConfig(),
                 description="LIME on a grid of patches, batched"))
-for _name in attribution.GRADIENT_METHODS:
-    register(Method(_name, _gradient(_name), attribution.AttributionConfig(),
-                    ("gradients", "teacher_config") if _name == "grad_cam" else ("gradients",),
-                    stochastic=_name == "smoothgrad", description=_name.replace("_", " ")))
-register(Method("rise", _rise, rise.RiseConfig(), description="RISE, random smooth masks"))
-register(Method("surrogate", _surrogate, None, ("surrogate",), stochastic=False,
-                description="attentive surrogate saliency, one forward pass"))
+_GRAD = gradients.AttributionConfig()
+register(Method("gradient", gradients.gradient_attribution, _GRAD, ("gradients",),
+                stochastic=False, description="gradient"))
+register(Method("grad_x_input", gradients.grad_x_input_attribution, _GRAD, ("gradients",),
+                stochastic=False, description="grad x input"))
+register(Method("integrated_gradients", gradients.integrated_gradients_attribution, _GRAD,
+                ("gradients",), stochastic=False, description="integrated gradients"))
+register(Method("smoothgrad", gradients.smoothgrad_attribution, _GRAD, ("gradients",),
+                description="smoothgrad"))
+register(Method("grad_cam", gradients.grad_cam_attribution, _GRAD,
+                ("gradients", "teacher_config"), stochastic=False, description="grad cam"))
+register(Method("rise", rise.rise_attribution, rise.RiseConfig(),
+                description="RISE, random smooth masks"))
+register(Method("surrogate", surrogate.surrogate_attribution, None, ("surrogate",),
+                stochastic=False, description="attentive surrogate saliency, one forward pass"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,17 +6,24 @@ random masks, each weighted by how much of the pixel it keeps.
 Masks: a ``grid x grid`` Bernoulli(keep) pattern, bilinearly upsampled to ``(grid + 1) * cell``
 (cell = ceil(H / grid)) and cropped at a random offset in [0, cell), as in the paper, so that
 mask edges fall anywhere.
+
+Each image gets its own N masks, drawn from its own key (instance i: ``fold_in(key, i)``), so a
+batch equals a loop over its images; the paper's implementation shares one set of masks across
+a batch instead. `rise_attribution` is the registered explainer (the contract of
+`explainers.base`); `rise` is the same computation on a bare teacher.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from deepvid_jax import validate
+from deepvid_jax.driver import instance_keys
+from deepvid_jax.explainers.base import Attribution, check_inputs, jitted, per_pixel
+from deepvid_jax.models.bundle import Models
 from deepvid_jax.models.networks import TeacherApply
 
 
@@ -35,6 +42,11 @@ class RiseConfig:
         validate.fields(self, positive_int=("num_masks", "grid", "batch"),
                         open_probability=("keep",))
 
+    def with_samples(self, num: int) -> RiseConfig:
+        """This config with ``num`` masks (evaluated at most ``batch`` at a time)."""
+        validate.integer(num, "num", minimum=1)
+        return dataclasses.replace(self, num_masks=num, batch=min(self.batch, num))
+
 
 def rise_masks(key: jax.Array, num: int, height: int, width: int, grid: int,
                keep: float) -> jax.Array:
@@ -48,13 +60,55 @@ def rise_masks(key: jax.Array, num: int, height: int, width: int, grid: int,
     return jax.vmap(lambda m, y, x: jax.lax.dynamic_slice(m, (y, x), (height, width)))(up, dy, dx)
 
 
+def _saliency_one(image, class_idx, key, teacher_apply: TeacherApply, teacher_params,
+                  config: RiseConfig) -> jax.Array:
+    """RISE of one image [1, H, W, C] for class_idx [1], its masks from ``key``: -> [1, H, W]."""
+    b, h, w, _ = image.shape
+    n_batches = -(-config.num_masks // config.batch)
+    masks = rise_masks(key, n_batches * config.batch, h, w, config.grid, config.keep)
+    masks = masks.reshape(n_batches, config.batch, h, w)
+    valid = (jnp.arange(n_batches * config.batch) < config.num_masks).reshape(n_batches, -1)
+
+    def body(total, mv):
+        m, v = mv
+        x = image[:, None] * m[None, :, :, :, None]  # [1, M, H, W, C]
+        p = jax.nn.softmax(teacher_apply(teacher_params, x.reshape(-1, *image.shape[1:])))
+        p = p.reshape(b, config.batch, -1)
+        pc = jnp.take_along_axis(p, class_idx[:, None, None], axis=2)[..., 0] * v  # [1, M]
+        return total + jnp.einsum("bm,mhw->bhw", pc, m), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((b, h, w)), (masks, valid))
+    return total / (config.num_masks * config.keep)
+
+
+def rise_attribution(params, images, classes, keys, *, models: Models,
+                     config: RiseConfig = RiseConfig()) -> Attribution:
+    """RISE as an explainer: images [B, H, W, C] in [0, 1], classes [B] in [0, K), keys [B]
+    (image i's masks from ``keys[i]``) -> `Attribution` ([B, H, W, C], the map repeated over
+    channels; no extras).
+
+    Raises:
+      ValueError: malformed images, classes, keys or config (values checked when concrete).
+    """
+    images, classes = check_inputs(images, classes, keys, models=models, config=config,
+                                   config_type=RiseConfig)
+    images, classes = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
+
+    def one(x, c, k):
+        return _saliency_one(x[None], c[None], k, models.teacher_apply, params["teacher"],
+                             config)[0]
+
+    maps = jax.vmap(one)(images, classes, keys)
+    return Attribution(per_pixel(maps, images.shape[-1]), {})
+
+
 def rise(
     images: jax.Array, class_idx: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
     teacher_params, config: RiseConfig = RiseConfig(),
 ) -> jax.Array:
-    """RISE saliency: images [B, H, W, C] in [0, 1], class_idx [B] in [0, K) -> [B, H, W].
-
-    The same N masks serve every image of the batch (as in the paper's implementation).
+    """RISE saliency of a bare teacher: images [B, H, W, C] in [0, 1], class_idx [B] in
+    [0, K) -> [B, H, W]. Image i's masks come from ``fold_in(key, i)``: the registered "rise"
+    with the same key gives the same numbers.
 
     Raises:
       ValueError: malformed images or class indices, or a teacher that does not give finite
@@ -63,30 +117,10 @@ def rise(
     validate.config(config, RiseConfig, "config")
     images, class_idx = validate.images_and_classes(images, class_idx, teacher_apply,
                                                     teacher_params)
-    return _rise(images, class_idx, key, teacher_apply=teacher_apply,
-                 teacher_params=teacher_params, config=config)
-
-
-@functools.partial(jax.jit, static_argnames=("teacher_apply", "config"))
-def _rise(
-    images: jax.Array, class_idx: jax.Array, key: jax.Array, *, teacher_apply: TeacherApply,
-    teacher_params, config: RiseConfig = RiseConfig(),
-) -> jax.Array:
-    """`rise` without the checks, jitted."""
-    b, h, w, _ = images.shape
-    n_batches = -(-config.num_masks // config.batch)
-    masks = rise_masks(key, n_batches * config.batch, h, w, config.grid, config.keep)
-    masks = masks.reshape(n_batches, config.batch, h, w)
-    valid = (jnp.arange(n_batches * config.batch) < config.num_masks).reshape(n_batches, -1)
-    class_idx = jnp.asarray(class_idx, jnp.int32)
-
-    def body(total, mv):
-        m, v = mv
-        x = images[:, None] * m[None, :, :, :, None]  # [B, M, H, W, C]
-        p = jax.nn.softmax(teacher_apply(teacher_params, x.reshape(-1, *images.shape[1:])))
-        p = p.reshape(b, config.batch, -1)
-        pc = jnp.take_along_axis(p, class_idx[:, None, None], axis=2)[..., 0] * v  # [B, M]
-        return total + jnp.einsum("bm,mhw->bhw", pc, m), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((b, h, w)), (masks, valid))
-    return total / (config.num_masks * config.keep)
+    k = int(jax.eval_shape(teacher_apply, teacher_params,
+                           jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1])
+    models = Models(teacher_apply, teacher_params, k)
+    out = jitted(rise_attribution)(models.params(), images, class_idx,
+                                   instance_keys(key, 0, images.shape[0]),
+                                   models=models.static(), config=config)
+    return out.attributions[..., 0]

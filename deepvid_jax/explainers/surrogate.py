@@ -1,7 +1,7 @@
 """Attentive surrogate saliency (Sensors 2021, 21(4):1280): train once, then one forward pass
 per saliency map.
 
-Two networks (`models.Surrogate`, `models.Explainer`), trained in turn:
+Two networks (`networks.Surrogate`, `networks.SaliencyNet`), trained in turn:
 
 1. **Surrogate** (student CNN, a spatial attention gate in every stage) distilled from the
    teacher's logits only: ``T^2 KL(softmax(t / T) || softmax(s / T))`` plus an optional
@@ -25,7 +25,8 @@ Two networks (`models.Surrogate`, `models.Explainer`), trained in turn:
    a larger ``area`` weight gives sparser maps.
 
 `saliency` is then a single jitted forward pass of both networks, with no per-image
-optimisation.
+optimisation; `surrogate_attribution` is the same pass as the registered explainer (the
+contract of `explainers.base`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ import numpy as np
 import optax
 
 from deepvid_jax import driver, validate
+from deepvid_jax.explainers.base import Attribution, check_inputs, per_pixel
 from deepvid_jax.explainers.deepvid.student import distillation_loss
 from deepvid_jax.models import train
+from deepvid_jax.models.bundle import Models
 from deepvid_jax.models.networks import (
-    Explainer,
     ExplainerConfig,
+    SaliencyNet,
     SurrogateConfig,
     TeacherApply,
     init_explainer,
@@ -163,8 +166,8 @@ def saliency_maps(explainer_params, surrogate_params, images, *, surrogate_confi
                   explainer_config: ExplainerConfig) -> jax.Array:
     """All classes' maps: images [B, H, W, C] -> [B, H, W, K] in [0, 1]."""
     _, maps = surrogate_forward(surrogate_params, images, surrogate_config)
-    return jax.nn.sigmoid(Explainer(explainer_config).apply({"params": explainer_params},
-                                                            images, maps))
+    return jax.nn.sigmoid(SaliencyNet(explainer_config).apply({"params": explainer_params},
+                                                              images, maps))
 
 
 def total_variation(m: jax.Array) -> jax.Array:
@@ -262,8 +265,8 @@ def _saliency(images, class_idx, surrogate_params, explainer_params, surrogate_c
     logits, maps = surrogate_forward(surrogate_params, images, surrogate_config)
     if class_idx is None:
         class_idx = jnp.argmax(logits, -1)
-    out = jax.nn.sigmoid(Explainer(explainer_config).apply({"params": explainer_params},
-                                                           images, maps))
+    out = jax.nn.sigmoid(SaliencyNet(explainer_config).apply({"params": explainer_params},
+                                                             images, maps))
     return jnp.take_along_axis(out, class_idx[:, None, None, None], axis=-1)[..., 0]
 
 
@@ -287,3 +290,28 @@ def saliency(
             class_idx, batch=len(arr), num_classes=surrogate_config.num_classes))
     return _saliency(jnp.asarray(arr), class_idx, surrogate_params, explainer_params,
                      surrogate_config, explainer_config)
+
+
+def surrogate_attribution(params, images, classes, keys, *, models: Models,
+                          config: None = None) -> Attribution:
+    """The attentive surrogate as an explainer: one forward pass of ``models``' surrogate and
+    explanation network (``params["surrogate"]``, ``params["explainer"]``) on images
+    [B, H, W, C] for classes [B] in [0, K) (keys unused, no config) -> `Attribution`
+    ([B, H, W, C] in [0, 1], the map repeated over channels; no extras).
+
+    Raises:
+      ValueError: models without the surrogate, or malformed images, classes or keys.
+    """
+    if models.surrogate_config is None or models.explainer_config is None:
+        raise ValueError("the surrogate explainer needs the attentive surrogate and its "
+                         "explainer network: Models(surrogate_config=..., explainer_config=...) "
+                         "(deepvid train-surrogate).")
+    if config is not None:
+        raise ValueError(f"the surrogate explainer takes no config, got {config!r}.")
+    images, classes = check_inputs(images, classes, keys, models=models, config=None,
+                                   config_type=None,
+                                   image_shape=models.surrogate_config.image_shape,
+                                   expected_by="the surrogate")
+    maps = _saliency(jnp.asarray(images), jnp.asarray(classes, jnp.int32), params["surrogate"],
+                     params["explainer"], models.surrogate_config, models.explainer_config)
+    return Attribution(per_pixel(maps, images.shape[-1]), {})

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
+
+import jax
 
 from deepvid_jax import validate
 from deepvid_jax.models import checkpoint
@@ -16,8 +17,14 @@ from deepvid_jax.models.networks import (
     TeacherApply,
     TeacherConfig,
     VAEConfig,
-    teacher_logits,
+    init_explainer,
+    init_surrogate,
+    init_teacher,
+    teacher_apply_for,
+    teacher_config_for,
+    vae_config_for,
 )
+from deepvid_jax.models.vae import init_vae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +63,37 @@ class Models:
                              "logits.")
 
     @classmethod
+    def ours(cls, teacher_params: Any, teacher_config: TeacherConfig, **parts: Any) -> Models:
+        """Our `models.Teacher` of ``teacher_config`` with its parameters (Grad-CAM can read
+        its conv maps); ``parts``: the other fields (``vae_params=..., vae_config=...``)."""
+        validate.config(teacher_config, TeacherConfig, "teacher_config")
+        return cls(teacher_apply_for(teacher_config), teacher_params,
+                   teacher_config.num_classes, teacher_config=teacher_config, **parts)
+
+    @classmethod
+    def untrained(cls, image_shape: tuple[int, int, int], num_classes: int, *,
+                  key: jax.Array | None = None) -> Models:
+        """Freshly initialised models for images of ``image_shape`` (H, W, C) and
+        ``num_classes`` classes: our teacher (`networks.teacher_config_for`), the VAE
+        (`networks.vae_config_for`) and an attentive surrogate of the default size with its
+        explanation network, each from its own split of ``key`` (default PRNGKey(0)). What
+        speed measurements and tests use: time does not depend on the weights."""
+        validate.integer(num_classes, "num_classes", minimum=2)
+        shape = validate.image_shape(image_shape, "image_shape")
+        key = jax.random.PRNGKey(0) if key is None else key
+        k_teacher, k_vae, k_surrogate, k_explainer = jax.random.split(key, 4)
+        tcfg = teacher_config_for(shape, num_classes)
+        vcfg = vae_config_for(shape)
+        scfg = SurrogateConfig(num_classes=num_classes, image_shape=shape)
+        ecfg = ExplainerConfig(num_classes=num_classes, num_stages=len(scfg.features),
+                               image_shape=shape)
+        return cls.ours(init_teacher(k_teacher, tcfg), tcfg,
+                        vae_params=init_vae(k_vae, vcfg), vae_config=vcfg,
+                        surrogate_params=init_surrogate(k_surrogate, scfg), surrogate_config=scfg,
+                        explainer_params=init_explainer(k_explainer, ecfg),
+                        explainer_config=ecfg)
+
+    @classmethod
     def load(cls, folder: str | Path | None, teacher: tuple | None = None,
              teacher_name: str | None = None) -> Models:
         """Restores ``folder/{teacher,vae,surrogate,explainer}`` (the CLI's layout); the teacher
@@ -75,8 +113,7 @@ class Models:
         if folder is None:
             raise ValueError("Models.load needs a checkpoint folder or a teacher.")
         tp, tcfg, _ = checkpoint.restore(folder / "teacher", kind="teacher")
-        return cls(functools.partial(teacher_logits, config=tcfg), tp, tcfg.num_classes,
-                   teacher_config=tcfg, **parts)
+        return cls.ours(tp, tcfg, **parts)
 
     @property
     def black_box(self) -> bool:

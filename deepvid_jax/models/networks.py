@@ -7,6 +7,7 @@ pytrees and every use goes through a pure function (`teacher_logits`, `vae.encod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -95,6 +96,15 @@ def teacher_logits(params: dict, images: jax.Array, config: TeacherConfig = Teac
     """
     _check_input_shape(images, config.image_shape, "teacher")
     return Teacher(config).apply({"params": params}, images)
+
+
+@functools.cache
+def teacher_apply_for(config: TeacherConfig) -> TeacherApply:
+    """Our teacher of ``config`` as a pure ``(params, images) -> logits``: `teacher_logits`
+    bound to the config, one function object per config, so that jitted programs taking it as
+    a static argument compile once per architecture."""
+    validate.config(config, TeacherConfig, "config")
+    return functools.partial(teacher_logits, config=config)
 
 
 def _check_input_shape(images, image_shape, what: str) -> None:
@@ -419,8 +429,9 @@ class ExplainerConfig:
             raise ValueError(f"ExplainerConfig.num_classes must be >= 2, got {self.num_classes}.")
 
 
-class Explainer(nn.Module):
-    """(images [B, H, W, C], attention maps) -> saliency logits [B, H, W, K] (sigmoid: maps)."""
+class SaliencyNet(nn.Module):
+    """The explanation network: (images [B, H, W, C], attention maps) -> saliency logits
+    [B, H, W, K] (sigmoid: maps). Its parameters are the ``explainer`` checkpoint's."""
 
     config: ExplainerConfig
 
@@ -438,4 +449,4 @@ def init_explainer(key: jax.Array, config: ExplainerConfig) -> dict:
     """Fresh explanation-network parameters."""
     h, w, _ = config.image_shape
     maps = tuple(jnp.zeros((1, h >> i, w >> i)) for i in range(config.num_stages))
-    return Explainer(config).init(key, jnp.zeros((1, *config.image_shape)), maps)["params"]
+    return SaliencyNet(config).init(key, jnp.zeros((1, *config.image_shape)), maps)["params"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import SMALL, TINY_TEACHER
 
+from deepvid_jax import driver
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import gradients as attribution
 from deepvid_jax.explainers import lime as superpixel
@@ -36,13 +37,12 @@ B = 5
 
 @pytest.fixture(scope="module")
 def models(tiny_teacher) -> E.Models:
-    return E.Models(functools.partial(teacher_logits, config=TINY_TEACHER), tiny_teacher, 10,
-                    teacher_config=TINY_TEACHER,
-                    vae_params=init_vae(jax.random.PRNGKey(1), VCFG), vae_config=VCFG,
-                    surrogate_params=init_surrogate(jax.random.PRNGKey(2), SCFG),
-                    surrogate_config=SCFG,
-                    explainer_params=init_explainer(jax.random.PRNGKey(3), ECFG),
-                    explainer_config=ECFG)
+    return E.Models.ours(tiny_teacher, TINY_TEACHER,
+                         vae_params=init_vae(jax.random.PRNGKey(1), VCFG), vae_config=VCFG,
+                         surrogate_params=init_surrogate(jax.random.PRNGKey(2), SCFG),
+                         surrogate_config=SCFG,
+                         explainer_params=init_explainer(jax.random.PRNGKey(3), ECFG),
+                         explainer_config=ECFG)
 
 
 IMAGES = data.load("digits", "test[:5]").images
@@ -121,7 +121,7 @@ def test_registry_equals_the_methods_own_function(name, models, explained):
     x, c, tp = IMAGES, CLASSES, models.teacher_params
     apply = models.teacher_apply
     cfg = SMALL[name]
-    if name in ("deepvid", "noise", "mask"):
+    if isinstance(cfg, ex.ExplainConfig):  # DeepVID and its variants
         e = ex.explain(x, KEY, teacher_apply=apply, teacher_params=tp,
                        vae_params=models.vae_params,
                        config=dataclasses.replace(cfg, vae=VCFG, chunk_size=2))
@@ -129,22 +129,150 @@ def test_registry_equals_the_methods_own_function(name, models, explained):
     elif name == "lime":
         want = superpixel.explain_lime(x, KEY, teacher_apply=apply, teacher_params=tp,
                                        config=cfg, chunk_size=2).attribution(c)
-    elif name == "smoothgrad":  # instance i's noise from fold_in(key, i)
-        want = np.concatenate([attribution.attribute(
-            name, x[i : i + 1], c[i : i + 1], jax.random.fold_in(KEY, i), teacher_apply=apply,
-            teacher_params=tp, config=cfg) for i in range(B)])
-    elif name in attribution.GRADIENT_METHODS:
+    elif name in attribution.GRADIENT_METHODS:  # SmoothGrad: instance i's noise from fold_in
         want = attribution.attribute(name, x, c, KEY, teacher_apply=apply, teacher_params=tp,
                                      teacher_config=TINY_TEACHER, config=cfg)
     elif name == "rise":  # instance i's masks from fold_in(key, i)
-        want = np.concatenate([rise.rise(x[i : i + 1], c[i : i + 1], jax.random.fold_in(KEY, i),
-                                         teacher_apply=apply, teacher_params=tp, config=cfg)
-                               for i in range(B)])[..., None]
+        want = rise.rise(x, c, KEY, teacher_apply=apply, teacher_params=tp, config=cfg)[..., None]
     else:
         want = surrogate.saliency(x, surrogate_params=models.surrogate_params,
                                   explainer_params=models.explainer_params, class_idx=c,
                                   surrogate_config=SCFG, explainer_config=ECFG)[..., None]
     _close(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# One face per method: the registered functions are the modules' public, validated ones
+# --------------------------------------------------------------------------------------------
+
+MODULE_FUNCTIONS = {"deepvid": ex.deepvid_attribution, "lime": superpixel.lime_attribution,
+                    **attribution.ATTRIBUTIONS, "rise": rise.rise_attribution,
+                    "surrogate": surrogate.surrogate_attribution}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_registered_function_is_its_modules_public_one(name):
+    fn = E.get(name).fn
+    assert not fn.__name__.startswith("_")
+    assert fn is MODULE_FUNCTIONS.get(name, ex.deepvid_attribution)
+
+
+BAD_INPUTS = {  # what -> (images, classes, keys, config or None for the method's), message
+    "class K": (IMAGES, np.array([10, 1, 4, 1, 5]), None, None, r"\[0, 10\)"),
+    "negative class": (IMAGES, np.array([3, -1, 4, 1, 5]), None, None, "negative"),
+    "one class for all": (IMAGES, np.int32(3), None, None, r"shape \[B\] = \[5\]"),
+    "a single image": (IMAGES[0], CLASSES, None, None, r"\[B, H, W, C\]"),
+    "0-255 pixels": (IMAGES * 255, CLASSES, None, None, r"\[0, 1\]"),
+    "NaN pixels": (np.full_like(IMAGES, np.nan), CLASSES, None, None, "NaN"),
+    "wrong image shape": (np.zeros((B, 6, 6, 1), np.float32), CLASSES, None, None, "mismatch"),
+    "one key": (IMAGES, CLASSES, KEY, None, "one PRNG key per image"),
+    "a config of another method": (IMAGES, CLASSES, None, "other", "must be a"),
+}
+# Pixel-sampling, LIME, RISE and gradient methods take any image shape (the teacher then
+# fails); the others check theirs.
+SHAPE_AGNOSTIC = {"noise", "mask", "lime", "rise", "gradient", "grad_x_input",
+                  "integrated_gradients", "smoothgrad"}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_explainer_function_validates_its_inputs(name, bad, models):
+    images, classes, keys, config, message = BAD_INPUTS[bad]
+    if bad == "wrong image shape" and name in SHAPE_AGNOSTIC:
+        pytest.skip("no configured image shape")
+    if config == "other":
+        if SMALL[name] is None:
+            config, message = SMALL["lime"], "takes no config"
+        else:
+            config = SMALL["lime" if not isinstance(SMALL[name], superpixel.LimeConfig)
+                           else "rise"]
+    config = SMALL[name] if config is None else config
+    keys = driver.instance_keys(KEY, 0, B) if keys is None else keys
+    with pytest.raises(ValueError, match=message):
+        E.get(name).fn(models.params(), images, classes, keys, models=models, config=config)
+
+
+def test_the_gradient_functions_of_a_bare_teacher_check_class_indices(models):
+    apply, tp = models.teacher_apply, models.teacher_params
+    x = IMAGES[:2]
+    calls = {
+        "gradient": lambda c: attribution.gradient(apply, tp, x, c),
+        "grad_x_input": lambda c: attribution.grad_x_input(apply, tp, x, c),
+        "integrated_gradients": lambda c: attribution.integrated_gradients(apply, tp, x, c),
+        "smoothgrad": lambda c: attribution.smoothgrad(apply, tp, x, c, KEY),
+        "grad_cam": lambda c: attribution.grad_cam(tp, x, c, config=TINY_TEACHER),
+        "class_score": lambda c: attribution.class_score(apply, tp, x, c),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=r"\[0, 10\)"):  # the teacher's 10 classes
+            call(np.array([10, 10]))
+        assert np.shape(call(np.array([3, 1])))[0] == 2, what
+    with pytest.raises(ValueError, match="ig_steps"):
+        attribution.integrated_gradients(apply, tp, x, np.array([3, 1]), steps=0)
+    with pytest.raises(ValueError, match="smoothgrad_sigma"):
+        attribution.smoothgrad(apply, tp, x, np.array([3, 1]), KEY, sigma=-1.0)
+
+
+def test_one_rise_batch_equals_loop_and_the_registered(models):
+    apply, tp, cfg = models.teacher_apply, models.teacher_params, SMALL["rise"]
+    whole = np.asarray(rise.rise(IMAGES, CLASSES, KEY, teacher_apply=apply, teacher_params=tp,
+                                 config=cfg))
+    registered = E.explain("rise", IMAGES, CLASSES, KEY, models=models, config=cfg, chunk_size=2)
+    _close(registered.attributions[..., 0], whole)
+    keys = driver.instance_keys(KEY, 0, B)
+    for i in range(B):  # image i's masks from its own key, whatever the batch
+        one = rise.rise_attribution(models.params(), IMAGES[i : i + 1], CLASSES[i : i + 1],
+                                    keys[i : i + 1], models=models, config=cfg)
+        _close(one.attributions[0, ..., 0], whole[i])
+    _close(rise.rise(IMAGES[:2], CLASSES[:2], KEY, teacher_apply=apply, teacher_params=tp,
+                     config=cfg), whole[:2])
+
+
+def test_smoothgrad_of_a_bare_teacher_equals_the_registered(models):
+    cfg = SMALL["smoothgrad"]
+    got = attribution.smoothgrad(models.teacher_apply, models.teacher_params, IMAGES, CLASSES,
+                                 KEY, samples=cfg.smoothgrad_samples,
+                                 sigma=cfg.smoothgrad_sigma)
+    want = E.explain("smoothgrad", IMAGES, CLASSES, KEY, models=models, config=cfg)
+    _close(got, want.attributions)
+
+
+def test_with_samples_sets_the_count_and_keeps_the_held_out_share():
+    sampled = [n for n, m in E.METHODS.items() if m.sampled]
+    assert set(sampled) == {"deepvid", "noise", "mask", "deepvid_fast",
+                            "deepvid_fixed_radius", "lime", "rise"}
+    for name in sampled:
+        config = E.get(name).config
+        count = {ex.ExplainConfig: lambda c: c.neighbors.num,
+                 superpixel.LimeConfig: lambda c: c.num_samples,
+                 rise.RiseConfig: lambda c: c.num_masks}[type(config)]
+        assert E.with_samples(config, count(config)) == config, name
+        assert count(E.with_samples(config, 64)) == 64, name
+    assert E.with_samples(ex.ExplainConfig(), 512).holdout == 64  # 1 in 8, as at 1,024
+    assert E.with_samples(superpixel.LimeConfig(), 16).holdout == 4
+    assert E.with_samples(rise.RiseConfig(), 16) == rise.RiseConfig(num_masks=16, batch=16)
+    with pytest.raises(ValueError, match="no sample count"):
+        E.with_samples(attribution.AttributionConfig(), 16)
+
+
+def test_the_default_config_is_deepvids_and_the_presets_sit_beside_it():
+    assert E.get("deepvid").config == ex.ExplainConfig()
+    assert E.get("deepvid_fast").config == ex.FAST
+    assert E.get("deepvid_fixed_radius").config == ex.FIXED_RADIUS
+    default = ex.ExplainConfig()
+    assert default.neighbors.num == 1024 and default.holdout == 128
+    assert default.neighbors.patch_mix == 4 and default.student.method == "lasso"
+    assert ex.FAST.student.method == "ridge" and ex.FAST.neighbors.calibrated
+    assert ex.FIXED_RADIUS.neighbors.latent_scale == 1.0
+
+
+def test_our_teacher_is_one_function_per_config(tiny_teacher):
+    a = E.Models.ours(tiny_teacher, TINY_TEACHER)
+    b = E.Models.ours(tiny_teacher, TINY_TEACHER)
+    assert a.teacher_apply is b.teacher_apply and a.static() == b.static()
+    assert a.num_classes == 10 and a.teacher_config == TINY_TEACHER
+    np.testing.assert_array_equal(a.teacher_apply(tiny_teacher, IMAGES),
+                                  teacher_logits(tiny_teacher, IMAGES, TINY_TEACHER))
 
 
 def test_default_class_is_the_teachers(models):
@@ -189,7 +317,7 @@ def test_black_box_teacher_runs_the_sampling_methods(models):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(evaluation.METRICS))
+@pytest.mark.parametrize("name", ["auc_blur", "auc_mean", "auc_zero", "average_drop"])
 def test_metric_registry_equals_the_metric_function_and_ignores_chunking(name, models):
     attr = np.asarray(jax.random.normal(KEY, IMAGES.shape))
     m = evaluation.get(name)

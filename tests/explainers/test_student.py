@@ -351,10 +351,10 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
         fits = {"lasso": student.fit_lasso(fit, jnp.asarray(teacher(mixed[:n_fit])), 0.02, 500),
                 "the default without smoothness": student.fit_student(
                     fit, jnp.asarray(teacher(mixed[:n_fit])),
-                    dataclasses.replace(ex.DEFAULT_STUDENT, lasso_smooth=0.0))}
+                    dataclasses.replace(ex.ExplainConfig().student, lasso_smooth=0.0))}
         if name == "smooth":  # the default student, as DeepVID fits it
             fits["default"] = student.fit_student(fit, jnp.asarray(teacher(mixed[:n_fit])),
-                                                  ex.DEFAULT_STUDENT, (h, w, 1))
+                                                  ex.ExplainConfig().student, (h, w, 1))
         for which, (w_s, b_s, _) in fits.items():
             share = mass(w_s)[hidden].sum()
             if which == "default":
@@ -406,7 +406,7 @@ def test_the_defaults_smoothness_keeps_both_of_two_adjacent_correlated_pixels():
     a = rng.normal(size=(n, 1))
     x = np.concatenate([a, a + 0.05 * rng.normal(size=(n, 1)), rng.normal(size=(n, 6))], 1)
     y = x[:, :1] * np.array([[2.0, -1.0, -1.0]]) + 0.01 * rng.normal(size=(n, 3))
-    default = ex.DEFAULT_STUDENT
+    default = ex.ExplainConfig().student
     assert default.steps == 30 and default.lasso_reweight == 3 and default.lasso_smooth > 0
 
     def rows(**fields):

@@ -1,16 +1,20 @@
 """DeepVID (Wang et al., IEEE TVCG 2019): VAE neighbours around an image's latent code, labelled
 by the teacher, distilled into a linear student whose weight images are the explanation.
 
-- `core`: the explanation of one image and of a batch (`explain_batch`), its config and presets;
+- `core`: the explanation of one image and of a batch (`explain_batch`), its config (whose
+  default is DeepVID's) and presets (`FAST`, `FIXED_RADIUS`), and the registered explainer
+  function `deepvid_attribution`;
 - `neighbors`: where neighbours come from (VAE latent bands, pixel noise, masks);
 - `student`: the linear students (exact ridge, the sparse lasso, the KD student).
 """
 
 from deepvid_jax.explainers.deepvid.core import (
     FAST,
+    FIXED_RADIUS,
     ExplainConfig,
     Explanation,
     callback_teacher,
+    deepvid_attribution,
     explain_batch,
     explain_instance,
 )
@@ -19,11 +23,13 @@ from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student
 
 __all__ = [
     "FAST",
+    "FIXED_RADIUS",
     "ExplainConfig",
     "Explanation",
     "NeighborConfig",
     "StudentConfig",
     "callback_teacher",
+    "deepvid_attribution",
     "explain_batch",
     "explain_instance",
     "fit_student",

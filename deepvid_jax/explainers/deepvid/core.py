@@ -4,6 +4,9 @@
 instances (pure, jittable); `explain` is the driver that validates input, splits any number of
 images into fixed-size chunks (padding the last one, so one compiled program serves all), shards
 each chunk's instance axis over the available devices, and gathers the result on the host.
+`deepvid_attribution` is the registered explainer (the contract of `explainers.base`): the
+student's weight image of the requested class, for "deepvid" and every variant of it ("noise",
+"mask", `FAST`, ...), which differ only in their `ExplainConfig`.
 
 Instance ``i`` of a call always uses the key ``fold_in(key, i)``, so a result does not depend on
 the chunk size, the device count, or which other images share the batch.
@@ -22,6 +25,7 @@ import numpy as np
 
 from deepvid_jax import validate
 from deepvid_jax.driver import map_instances
+from deepvid_jax.explainers.base import Attribution, check_inputs
 from deepvid_jax.explainers.deepvid.neighbors import (
     NeighborConfig,
     bisect_scale,
@@ -35,43 +39,36 @@ from deepvid_jax.explainers.deepvid.neighbors import (
 from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student
 from deepvid_jax.metrics import fidelity as metrics
 from deepvid_jax.models import vae
+from deepvid_jax.models.bundle import Models
 from deepvid_jax.models.networks import TeacherApply, VAEConfig
-
-# DeepVID's default neighbours and student (the ground-truth remedy of issue 15; README, "Ground
-# truth"; this form since 2026-11-25, second version). 1,024 neighbours (896 to fit); 35 % of
-# those fitted on take random 4x4 patches from the instance on a grid shifted per neighbour, so
-# pixels that move together in VAE decodings come apart; the student is the group lasso over
-# classes (a pixel is kept or dropped for every class), penalty 0.02, reweighted three times
-# (small weights, which on unread pixels are sampling noise, penalised more; large ones less),
-# each of the four fits stopped after 30 FISTA iterations, with a smoothness penalty (0.2 of the
-# mean pixel variance) on adjacent pixels' weights, and finally rescaled by the one factor that
-# fits the teacher best. The early stop and the smoothness are for stability: run to
-# convergence, without them, the lasso keeps a different one of two adjacent pixels that move
-# together for each seed (seed agreement 0.64 on MNIST with two rounds and no smoothness); the
-# smoothness shares their weight, at the price of some weight one pixel beyond the evidence,
-# which the third round takes back. Measured: relevance on a region the teacher never sees
-# <= 0.10 for halves, quadrants and patches on MNIST and KMNIST (ridge: 0.28-0.57), held-out
-# top-1 within 0.02 of ridge's, seed agreement >= 0.7, at about 2.5x the time of `FAST` on a
-# CPU (twice the neighbours and a costlier student). `NeighborConfig()` and `StudentConfig()`
-# alone are the plain VAE sampler and the ridge student (`FAST`).
-DEFAULT_NEIGHBORS = NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.35,
-                                   patch_mix_shift=True)
-DEFAULT_STUDENT = StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=3,
-                                steps=30, lasso_smooth=0.2, lasso_rescale=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExplainConfig:
     """Everything that shapes an explanation (hashable: it is a static argument of `jit`).
 
+    ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 1,024 VAE neighbours
+    (896 to fit), 35 % of those fitted on taking random 4x4 patches from the instance on a grid
+    shifted per neighbour, so that pixels which move together in VAE decodings come apart; the
+    student is the group lasso over classes (a pixel is kept or dropped for every class),
+    penalty 0.02, reweighted three times (small weights, which on unread pixels are sampling
+    noise, penalised more; large ones less), each of the four fits stopped after 30 FISTA
+    iterations, with a smoothness penalty (0.2 of the mean pixel variance) on adjacent pixels'
+    weights, and finally rescaled by the one factor that fits the teacher best. The early stop
+    and the smoothness are for stability: run to convergence without them, the lasso keeps a
+    different one of two adjacent pixels that move together for each seed; the smoothness
+    shares their weight, at the price of some weight one pixel beyond the evidence, which the
+    third round takes back. On a teacher blind to a region, this puts at most 0.10 of the
+    relevance there (ridge: 0.28-0.57), at about 2.5x the time of `FAST` on a CPU.
+    `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
+    student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
+
     Attributes:
       num_classes: K; the teacher must output K logits.
       vae: architecture of the VAE whose parameters are passed (image shape included).
-      neighbors: how neighbours are drawn, and how many (`NeighborConfig.num`); default
-        `DEFAULT_NEIGHBORS` (VAE neighbours with patches of the instance mixed in).
-      student: distillation settings; default `DEFAULT_STUDENT` (the reweighted group lasso).
-        Giving ``neighbors`` alone keeps this student (the pixel and mask samplers included);
-        `FAST` is the former default (ridge, 512 plain neighbours).
+      neighbors: how neighbours are drawn, and how many (`NeighborConfig.num`).
+      student: distillation settings. Giving ``neighbors`` alone keeps the default student
+        (the pixel and mask samplers included).
       holdout: of the ``neighbors.num`` neighbours, the last ``holdout`` are not used to fit the
         student and measure its fidelity instead.
       chunk_size: instances per compiled call; bounds device memory whatever the batch.
@@ -86,8 +83,11 @@ class ExplainConfig:
 
     num_classes: int = 10
     vae: VAEConfig = VAEConfig()
-    neighbors: NeighborConfig = DEFAULT_NEIGHBORS
-    student: StudentConfig = DEFAULT_STUDENT
+    neighbors: NeighborConfig = NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.35,
+                                               patch_mix_shift=True)
+    student: StudentConfig = StudentConfig(method="lasso", lasso=0.02, lasso_group=True,
+                                           lasso_reweight=3, steps=30, lasso_smooth=0.2,
+                                           lasso_rescale=True)
     holdout: int = 128
     chunk_size: int = 64
     block_size: int | None = 1024
@@ -117,17 +117,29 @@ class ExplainConfig:
         """Neighbours used to fit the student."""
         return self.neighbors.num - self.holdout
 
+    def with_samples(self, num: int) -> ExplainConfig:
+        """This config with ``num`` neighbours, the held-out share kept (at least one)."""
+        validate.integer(num, "num", minimum=2)
+        holdout = max(1, round(num * self.holdout / self.neighbors.num))
+        return dataclasses.replace(self, neighbors=dataclasses.replace(self.neighbors, num=num),
+                                   holdout=min(holdout, num - 1))
+
 
 Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
-
-# The former default, ridge over 512 plain VAE neighbours (until 2026-11-25): 40 % of the
-# time on a CPU, but on a teacher blind to a region it puts 0.28-0.57 of its relevance there
-# (README, "Ground truth"). For users who want DeepVID's fastest explanations, not its most
-# truthful ones.
+# Presets beside the default `ExplainConfig()`.
+# Ridge over 512 plain VAE neighbours, radius calibrated: 40 % of the default's time on a CPU,
+# but on a teacher blind to a region it puts 0.28-0.57 of its relevance there. For users who
+# want DeepVID's fastest explanations, not its most truthful ones (registered "deepvid_fast").
 FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
-# The ground-truth remedy's former name: it is the default now.
-SPARSE = ExplainConfig()
+# `FAST` with the latent radius fixed at 1 prior std instead of calibrated per instance
+# (registered "deepvid_fixed_radius"): no probe decodes, but the share of neighbours the
+# teacher relabels then varies with the data set.
+FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0), student=StudentConfig())
+# The default's neighbours and student on their own, for configs built around them.
+DEFAULT_NEIGHBORS = ExplainConfig().neighbors
+DEFAULT_STUDENT = ExplainConfig().student
+SPARSE = ExplainConfig()  # the default's name when it was an option
 
 
 class Explanation(NamedTuple):
@@ -366,6 +378,50 @@ def explain_batch(
                                    config.block_size)
     return jax.vmap(lambda im, n, ti, tl, s: _distil(im, n, ti, tl, s, config))(
         images, nb, t_instance, t_logits, scale)
+
+
+def deepvid_attribution(params, images, classes, keys, *, models: Models,
+                        config: ExplainConfig = ExplainConfig()) -> Attribution:
+    """DeepVID (and its noise / mask / `FAST` variants) as an explainer: the student's weight
+    image of the requested class.
+
+    Args:
+      params: ``{"teacher": ..., "vae": ...}`` (`Models.params`).
+      images: [B, H, W, C] in [0, 1] (the VAE's image shape for the "vae" sampler).
+      classes: [B] in [0, K), K = ``models.num_classes``.
+      keys: [B] PRNG keys, instance i's neighbours from ``keys[i]``.
+      models: `Models` (its ``num_classes`` and VAE config replace ``config``'s).
+      config: `ExplainConfig`.
+
+    Returns:
+      `Attribution`: [B, H, W, C]; extras ``weights`` [B, H, W, C, K], ``bias``,
+      ``teacher_probs``, ``student_probs`` [B, K], ``flip_fraction``, ``fidelity_*`` [B] and,
+      when the student or sampler gives them, ``penalty`` and ``scale`` [B].
+
+    Raises:
+      ValueError: a "vae" sampler without a VAE in ``models``, or malformed images, classes,
+        keys or config (values checked when concrete).
+    """
+    validate.config(config, ExplainConfig, "config")
+    vae_sampler = config.neighbors.sampler == "vae"
+    if vae_sampler and models.vae_config is None:
+        raise ValueError("DeepVID's 'vae' sampler needs a VAE: Models(vae_params=..., "
+                         "vae_config=...) (deepvid train-vae).")
+    images, classes = check_inputs(
+        images, classes, keys, models=models, config=config, config_type=ExplainConfig,
+        image_shape=models.vae_config.image_shape if vae_sampler else None,
+        expected_by="the VAE")
+    config = dataclasses.replace(config, num_classes=models.num_classes,
+                                 vae=models.vae_config or config.vae)
+    e = explain_batch(jnp.asarray(images), keys, teacher_apply=models.teacher_apply,
+                      teacher_params=params["teacher"], vae_params=params["vae"], config=config)
+    extras = {"weights": e.weights, "bias": e.bias, "teacher_probs": e.teacher_probs,
+              "student_probs": e.student_probs, "flip_fraction": e.flip_fraction,
+              **{f"fidelity_{k}": v for k, v in e.fidelity._asdict().items()}}
+    extras.update({k: v for k, v in (("penalty", e.penalty), ("scale", e.scale))
+                   if v is not None})
+    idx = jnp.asarray(classes, jnp.int32)[:, None, None, None, None]
+    return Attribution(jnp.take_along_axis(e.weights, idx, axis=-1)[..., 0], extras)
 
 
 def label_in_blocks(

@@ -31,7 +31,7 @@ import optax
 
 from deepvid_jax import validate
 
-METHODS = ("adam", "ridge", "kd", "lasso")
+SOLVERS = ("adam", "ridge", "kd", "lasso")  # `StudentConfig.method`: how the student is fitted
 # A grid of relative penalties for generalised cross-validation: StudentConfig(penalties=...).
 GCV_PENALTIES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -94,7 +94,7 @@ class StudentConfig:
     lasso_rescale: bool = False
 
     def __post_init__(self):
-        validate.choice(self.method, METHODS, "StudentConfig.method")
+        validate.choice(self.method, SOLVERS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
                         nonneg=("hard_label_weight", "l1", "l2", "lasso_smooth"),
                         nonneg_int=("lasso_refit", "lasso_reweight"),
@@ -234,7 +234,7 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     Few ``steps`` stop FISTA before it converges, which shrinks more than the penalty alone:
     of two pixels that move together the converged fit keeps one (which one depends on the
     draw), the early-stopped fit both, shrunk (each reweighting round shrinks the second
-    further); `deepvid.DEFAULT_STUDENT` stops at 30 for that stability (README, "Ground truth").
+    further); the default `ExplainConfig().student` stops at 30 for that stability.
 
     With ``smooth`` (and the image ``shape`` (H, W, C) of the D columns), a spatial smoothness
     penalty mu/2 sum over 4-adjacent pixels p, q of |W_p - W_q|^2 is added to the smooth part
