@@ -29,7 +29,7 @@ from common import arguments, command, dataset, out_dir, setting, write_study
 
 import deepvid_jax as dv
 from deepvid_jax import driver
-from deepvid_jax.cli import commands as cli
+from deepvid_jax.cli import main as deepvid
 from deepvid_jax.explainers.registry import predicted_classes
 from deepvid_jax.models import checkpoint, vae
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     flags = [f for f in args.train_flags if f != "--"]
     s = setting(SETTING)
     if not (folder / "vae" / "meta.json").exists():
-        code = cli.main(["train-vae", "--dataset", s.dataset, "--train-split", s.fit_split,
+        code = deepvid(["train-vae", "--dataset", s.dataset, "--train-split", s.fit_split,
                          "--eval-split", s.eval_split, "--seed", "0", "--quiet", "--out",
                          str(folder), *flags])
         if code:

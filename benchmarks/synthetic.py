@@ -23,7 +23,7 @@ from common import arguments, checkpoints, load, out_dir, setting, timing, to_jp
 
 import deepvid_jax as dv
 from deepvid_jax import driver, viz
-from deepvid_jax.cli import commands as cli
+from deepvid_jax.cli import main as deepvid
 from deepvid_jax.explainers.registry import predicted_classes
 from deepvid_jax.metrics import localisation
 from deepvid_jax.models import checkpoint, vae
@@ -38,7 +38,7 @@ def train_if_missing(folder: Path, args) -> None:
                   ["--quiet"] if args.quiet else [])
     for kind, epochs in (("teacher", args.teacher_epochs), ("vae", args.vae_epochs)):
         if not (folder / kind / "meta.json").exists():
-            code = cli.main([f"train-{kind}", *common, "--epochs", str(epochs)])
+            code = deepvid([f"train-{kind}", *common, "--epochs", str(epochs)])
             if code:
                 raise SystemExit(f"train-{kind} failed ({code})")
 
