@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo test notebooks lint bench evaluate consistency install clean
+.PHONY: demo test notebooks docs docs-test lint bench evaluate consistency install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,24 @@ test: lint
 notebooks: $(BIN)/.installed
 	$(BIN)/pytest -q -m notebooks tests/test_notebooks.py $(ARGS)
 
+# The documentation (docs/): HTML with warnings as errors, the notebooks executed on their small
+# settings (once: the doctest pass reuses jupyter-cache's outputs), then the doctests of the
+# pages and docstrings. Offline: no intersphinx, CDN or web fonts. `make docs-test` then checks
+# the built site in headless Chromium and runs every example of README.md and docs/.
+$(BIN)/.docs: $(BIN)/.installed docs/constraints.txt
+	$(BIN)/python -m pip install -q -e '.[test,docs]' -c docs/constraints.txt
+	touch $@
+
+docs: $(BIN)/.docs
+	rm -rf docs/_build/html docs/_build/doctest  # no stale pages; the notebooks stay cached
+	DEEPVID_NOTEBOOK_QUICK=1 $(BIN)/sphinx-build -b html -W --keep-going -q \
+		-d docs/_build/doctrees docs docs/_build/html
+	DEEPVID_NOTEBOOK_QUICK=1 $(BIN)/sphinx-build -b doctest -W --keep-going -q \
+		-d docs/_build/doctrees docs docs/_build/doctest
+
+docs-test: $(BIN)/.docs
+	$(BIN)/pytest -q -m docs tests/test_docs.py $(ARGS)
+
 $(BIN)/.bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $@
@@ -42,4 +60,4 @@ consistency: $(BIN)/.installed
 	$(BIN)/python benchmarks/consistency.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache docs/_build docs/_generated docs/notebooks
