@@ -31,8 +31,10 @@ notebooks: $(BIN)/.installed
 # settings (once: the doctest pass reuses jupyter-cache's outputs), then the doctests of the
 # pages and docstrings. Offline: no intersphinx, CDN or web fonts. `make docs-test` then checks
 # the built site in headless Chromium and runs every example of README.md and docs/.
+# docs/constraints.txt is the pinned working set (installed as requirements, so the pins hold
+# with or without the `docs` extra).
 $(BIN)/.docs: $(BIN)/.installed docs/constraints.txt
-	$(BIN)/python -m pip install -q -e '.[test,docs]' -c docs/constraints.txt
+	$(BIN)/python -m pip install -q -e '.[test,docs]' -r docs/constraints.txt
 	touch $@
 
 docs: $(BIN)/.docs
