@@ -18,7 +18,6 @@ table (``bench.md``) and one figure per device (``bench_<device>.png``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -27,44 +26,26 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deepvid_jax import driver, files, validate
-from deepvid_jax.explainers import gradients as attribution
-from deepvid_jax.explainers import lime as superpixel
-from deepvid_jax.explainers import registry as explainers
-from deepvid_jax.explainers import rise
-from deepvid_jax.explainers.deepvid import core as ex
-from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, latent_codes
-from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.explainers import registry
+from deepvid_jax.explainers.deepvid import core as deepvid
+from deepvid_jax.explainers.deepvid.neighbors import latent_codes
 from deepvid_jax.models import vae
-from deepvid_jax.models.networks import (
-    ExplainerConfig,
-    SurrogateConfig,
-    TeacherConfig,
-    VAEConfig,
-    init_explainer,
-    init_surrogate,
-    teacher_logits,
-)
+from deepvid_jax.models.bundle import Models
 
-STUDENT_METHODS = {  # name -> (neighbours, student) for `ex.explain_batch`, at the run's count
-    "deepvid": (ex.DEFAULT_NEIGHBORS, ex.DEFAULT_STUDENT),  # patches mixed in, the group lasso
-    # the former default (`ex.FAST`: ridge over plain VAE neighbours) and variants of it
-    "deepvid_fast": (ex.FAST.neighbors, ex.FAST.student),
-    "deepvid_fixed_radius": (NeighborConfig(latent_scale=1.0), StudentConfig()),
-    "deepvid_16x6_probes": (NeighborConfig(calibration_probes=16, calibration_steps=6),
-                            StudentConfig()),
-    "deepvid_adam": (NeighborConfig(latent_scale=1.0), StudentConfig(method="adam")),
-    "noise": (NeighborConfig(sampler="pixel"), StudentConfig()),
-    "mask": (NeighborConfig(sampler="mask"), StudentConfig()),
-}
-METHODS = (*STUDENT_METHODS, "decode_classify", "lime", "rise", *attribution.GRADIENT_METHODS,
-           "surrogate", "lime_image")
-SAMPLED = (*STUDENT_METHODS, "decode_classify", "lime", "rise", "lime_image")
+# The two references beside the registered explainers: decoding and classifying DeepVID's
+# neighbours (the floor of its time), and the `lime` package on the host.
+REFERENCES = ("decode_classify", "lime_image")
+ROWS = (*registry.METHODS, *REFERENCES)
+# Rows that take the sample count: the sampled methods (`registry.with_samples`) and both
+# references.
+SAMPLED = (*(n for n, m in registry.METHODS.items() if m.sampled), *REFERENCES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +53,24 @@ class BenchConfig:
     """What `run` measures.
 
     Attributes:
-      methods: names from `METHODS`.
+      methods: names from `ROWS` (the registered explainers and the references).
       batch_sizes: explanations per timed call (images are repeated when the split is smaller).
       samples: neighbours / perturbations / masks per explanation for the sampling methods
         (`SAMPLED`); the gradient methods and the surrogate run once per batch size.
       repeats: timed calls per row after the compile (at least; short calls repeat until
         ``min_seconds`` have passed, at most 50); the median is reported.
       lime_images: images explained by the `lime` package per sample count.
-      block_size: `ExplainConfig.block_size` of the DeepVID rows.
+      block_size: the ``block_size`` of the configs that have one (DeepVID's) and of
+        ``decode_classify``.
     """
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ROWS
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     samples: tuple[int, ...] = (512,)
     repeats: int = 1
     min_seconds: float = 0.5
     lime_images: int = 4
-    block_size: int = ex.ExplainConfig.block_size
+    block_size: int = deepvid.ExplainConfig.block_size
 
     def __post_init__(self):
         validate.fields(self, positive_ints=("batch_sizes", "samples"),
@@ -97,38 +79,9 @@ class BenchConfig:
         if not self.methods:
             raise ValueError("BenchConfig.methods is empty.")
         for m in self.methods:
-            validate.choice(m, METHODS, "BenchConfig.methods")
+            validate.choice(m, ROWS, "BenchConfig.methods")
         if min(self.samples) < 2:
             raise ValueError(f"BenchConfig.samples must be >= 2, got {self.samples}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Models:
-    """The teacher and VAE benchmarked (trained or not: speed does not depend on it)."""
-
-    teacher_params: dict
-    teacher_config: TeacherConfig
-    vae_params: dict
-    vae_config: VAEConfig
-    trained: bool
-
-    @property
-    def apply(self) -> Callable:
-        return functools.partial(teacher_logits, config=self.teacher_config)
-
-    def registered(self) -> explainers.Models:
-        """These models for the explainer registry, with an untrained attentive surrogate of
-        the default size (its speed does not depend on training)."""
-        tc = self.teacher_config
-        scfg = SurrogateConfig(num_classes=tc.num_classes, image_shape=tc.image_shape)
-        ecfg = ExplainerConfig(num_classes=tc.num_classes, num_stages=len(scfg.features),
-                               image_shape=tc.image_shape)
-        return explainers.Models(
-            self.apply, self.teacher_params, tc.num_classes, teacher_config=tc,
-            vae_params=self.vae_params, vae_config=self.vae_config,
-            surrogate_params=init_surrogate(jax.random.PRNGKey(0), scfg), surrogate_config=scfg,
-            explainer_params=init_explainer(jax.random.PRNGKey(1), ecfg),
-            explainer_config=ecfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,38 +141,39 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def sampled_config(method: str, samples: int, block_size: int):
-    """The registered method's default config with ``samples`` neighbours / samples / masks."""
-    if method in STUDENT_METHODS:
-        nc, sc = STUDENT_METHODS[method]
-        return ex.ExplainConfig(neighbors=dataclasses.replace(nc, num=samples), student=sc,
-                                holdout=max(1, samples // 4), block_size=block_size)
-    if method == "lime":
-        return superpixel.LimeConfig(num_samples=samples, holdout=max(1, samples // 4))
-    if method == "rise":
-        return rise.RiseConfig(num_masks=samples, batch=min(samples, rise.RiseConfig.batch))
-    return explainers.get(method).config
+def bench_config(method: registry.Method, samples: int, block_size: int) -> Any:
+    """``method``'s registered config with ``samples`` samples when it is sampled, and
+    ``block_size`` when the config has one."""
+    config = registry.with_samples(method.config, samples) if method.sampled else method.config
+    if dataclasses.is_dataclass(config) and hasattr(config, "block_size"):
+        config = dataclasses.replace(config, block_size=block_size)
+    return config
 
 
 def program(method: str, models: Models, samples: int, block_size: int) -> Callable:
-    """``fn(images, classes, keys) -> pytree`` of one method, unjitted: the registered
-    explainer's batched function (`explainers.Method.fn`; the DeepVID variants are the
-    "deepvid" method with another config), or the ``decode_classify`` reference."""
+    """``fn(images, classes, keys) -> pytree`` of one row, unjitted: the registered explainer's
+    function (`registry.Method.fn`) at `bench_config`, or the ``decode_classify`` reference.
+
+    Raises:
+      ValueError: ``models`` lack what the method needs (`registry.Method.check`).
+    """
     if method == "decode_classify":
-        apply, tp, vp, vcfg = (models.apply, models.teacher_params, models.vae_params,
+        if models.vae_config is None:
+            raise ValueError("decode_classify needs a VAE: Models(vae_params=..., vae_config=...).")
+        apply, tp, vp, vcfg = (models.teacher_apply, models.teacher_params, models.vae_params,
                                models.vae_config)
 
         def decode_classify(x, c, keys):
             z = jax.vmap(lambda im, key: latent_codes(vp, im, key, num=samples, scale=1.0,
                                                       vae_config=vcfg))(x, keys)
-            return ex.label_in_blocks(z, lambda r: vae.decode(vp, r, config=vcfg), apply, tp,
-                                      block_size)[1]
+            return deepvid.label_in_blocks(z, lambda r: vae.decode(vp, r, config=vcfg), apply,
+                                           tp, block_size)[1]
         return decode_classify
-    registered = models.registered()
-    name = method if method in explainers.METHODS else "deepvid"  # the DeepVID variants
-    fn, config = explainers.get(name).fn, sampled_config(method, samples, block_size)
-    params, static = registered.params(), registered.static()
-    return lambda x, c, keys: fn(params, x, c, keys, models=static, config=config)
+    m = registry.get(method)
+    config = bench_config(m, samples, block_size)
+    m.check(models, config)
+    params, static = models.params(), models.static()
+    return lambda x, c, keys: m.fn(params, x, c, keys, models=static, config=config)
 
 
 def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
@@ -275,7 +229,8 @@ def measure_lime_image(models: Models, images: np.ndarray, samples: int) -> dict
     """The `lime` package on ``images`` one at a time, ``samples`` perturbations each."""
     from lime import lime_image
 
-    predict = jax.jit(lambda x: jax.nn.softmax(models.apply(models.teacher_params, x)))
+    apply, params = models.teacher_apply, models.teacher_params
+    predict = jax.jit(lambda x: jax.nn.softmax(apply(params, x)))
     channels = images.shape[-1]
 
     def classifier_fn(batch):  # lime passes RGB [n, H, W, 3]
@@ -324,14 +279,25 @@ def batch_of(images: np.ndarray, classes: np.ndarray, b: int) -> tuple[np.ndarra
 
 
 def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(), *,
-        log: Callable[[str], None] = print) -> dict:
+        trained: bool, log: Callable[[str], None] = print) -> dict:
     """Measures every (method, batch size, sample count) of ``config`` on ``images`` [N, H, W,
-    C]; returns {"device", "matmul_flops_per_s", "rows", "config", "models_trained"}."""
+    C] (the first 256 are used) with ``models`` (`Models.load` or `Models.untrained`; speed
+    does not depend on the weights, and ``trained`` records which). A method whose needs
+    ``models`` lack (a VAE, the surrogate, ...) is skipped with a log line.
+
+    Returns:
+      {"device", "matmul_flops_per_s", "rows", "config", "models_trained", "image_shape"}.
+    """
     validate.config(config, BenchConfig, "config")
-    images = validate.images(images, image_shape=models.vae_config.image_shape,
-                             expected_by="the VAE")
-    classes = np.asarray(models.apply(models.teacher_params, jnp.asarray(images[:256]))).argmax(-1)
-    images = images[: len(classes)]
+    validate.config(models, Models, "models")
+    validate.boolean(trained, "trained")
+    shape = (models.vae_config.image_shape if models.vae_config is not None
+             else models.teacher_config.image_shape if models.teacher_config is not None
+             else None)
+    images = validate.images(images, image_shape=shape, expected_by="the models")[:256]
+    validate.teacher(models.teacher_apply, models.teacher_params, images,
+                     num_classes=models.num_classes)
+    classes = registry.predicted_classes(images, models)
     device = device_info()
     peak = matmul_flops_per_second()
     log(f"device: {device['name']}; float32 2048^2 matmul {peak / 1e9:.1f} GFLOP/s")
@@ -347,7 +313,11 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
                 rows.append({"method": method, "batch": 1, "samples": s, **r})
                 log(f"{method:22s} B=    1 S={s}: {r['explanations_per_s']:9.2f} expl/s")
                 continue
-            fn = program(method, models, s or 0, config.block_size)
+            try:
+                fn = program(method, models, s or 0, config.block_size)
+            except ValueError as e:  # models without what it needs
+                log(f"{method}: skipped ({e})")
+                break
             for b in config.batch_sizes:
                 x, c = batch_of(images, classes, b)
                 try:
@@ -364,7 +334,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
                     f"({100 * r['fraction_of_matmul']:.0f} % of matmul), "
                     f"{r.get('memory_mib', float('nan')):.0f} MiB")
     return {"device": device, "matmul_flops_per_s": peak, "rows": rows,
-            "config": dataclasses.asdict(config), "models_trained": models.trained,
+            "config": dataclasses.asdict(config), "models_trained": trained,
             "image_shape": list(images.shape[1:])}
 
 
