@@ -1,4 +1,4 @@
-"""Ground truth (issue 15): do explanations point at the evidence the classifier really uses?
+"""Ground truth: do explanations point at the evidence the classifier really uses?
 
 Two kinds of known evidence, every registered explainer through the same protocol:
 
@@ -13,7 +13,10 @@ Two kinds of known evidence, every registered explainer through the same protoco
 
     python benchmarks/ground_truth.py --count 500
 
-Mean and 95 % interval (1.96 standard errors) over the images; DeepVID's held-out top-1 on its
+The settings (dataset, split, checkpoints) are `common.SETTINGS`', the models loaded by
+`common.load`; explanations by `dv.explain`, the metrics by `dv.score` (the registered
+localisation metrics, each map against its region). Mean and 95 % interval (1.96 standard
+errors) over the images; DeepVID's held-out top-1 on its
 own VAE neighbours beside it. Grad-CAM reads the teacher's conv maps, so for a masked teacher it
 runs on the masked images (exactly what the masked teacher computes). The attentive surrogate is
 left out: it is distilled from one teacher and would need a surrogate per masked teacher.
@@ -29,8 +32,8 @@ import json
 import time
 from pathlib import Path
 
+import common
 import jax
-import jax.numpy as jnp
 import numpy as np
 from common import fmt_interval, interval, machine_info, to_jpeg
 
@@ -38,16 +41,13 @@ import deepvid_jax as dv
 from deepvid_jax import files, viz
 from deepvid_jax.data.sources import open_source
 from deepvid_jax.explainers.deepvid import core as deepvid
-from deepvid_jax.metrics import groundtruth, localisation
+from deepvid_jax.metrics import groundtruth
 
-SETTINGS = {  # name -> (dataset, split, checkpoints)
-    "mnist": ("mnist", "test[8000:]", "runs/mnist"),
-    "kmnist": ("kmnist", "test[8000:]", "runs/kmnist"),
-    "synthetic": ("synthetic", "test", "runs/synthetic"),
-}
-CLASS_MASK_METRICS = {"mass": localisation.relevance_mass,
-                      "rank": localisation.relevance_rank_accuracy,
-                      "pointing": localisation.pointing_game}
+# The registered localisation metrics of the synthetic setting, under the column names its
+# results have always been stored with.
+CLASS_MASK_METRICS = {"mass": "relevance_mass", "rank": "relevance_rank",
+                      "pointing": "pointing_game"}
+HIDDEN_SETTINGS = ("mnist", "kmnist")
 
 
 # Rows beside the registered methods: (method, its config) (DeepVID's former default).
@@ -74,15 +74,13 @@ def explain_all(methods, models, images, classes, key, masked_images=None):
     return out
 
 
-def blind_setting(name: str, mask: str, count: int, data_dir=None):
+def blind_setting(name: str, mask: str, count: int, data_dir=None, runs="runs"):
     """The first ``count`` images of setting ``name`` and its teacher blind to ``mask``:
     (base models, models with the masked teacher, images [N, H, W, C], the classes the masked
     teacher predicts [N], hidden [H, W] bool)."""
-    dataset, split, folder = SETTINGS[name]
-    base = dv.Models.load(folder)
-    source = open_source(dataset, split, data_dir=data_dir)
-    x, _ = source.read(0, min(count, len(source)))
-    h, w, _ = source.info.image_shape
+    base, ds = common.load(name, runs=runs, data_dir=data_dir, count=count)
+    x = ds.images
+    h, w, _ = ds.info.image_shape
     hidden = groundtruth.region_mask(mask, h, w)
     teacher = groundtruth.masked_teacher(dv.Teacher(base.teacher_apply, base.teacher_params,
                                                     base.num_classes), hidden)
@@ -92,16 +90,18 @@ def blind_setting(name: str, mask: str, count: int, data_dir=None):
 
 
 def hidden_setting(name: str, args, methods) -> dict:
-    dataset, split, _ = SETTINGS[name]
-    base, models, x, classes, hidden = blind_setting(name, args.mask, args.count, args.data_dir)
+    s = common.setting(name)
+    dataset, split = s.dataset, s.eval_split
+    base, models, x, classes, hidden = blind_setting(name, args.mask, args.count, args.data_dir,
+                                                     args.runs)
     h, w = hidden.shape
     filled = np.where(hidden[None, :, :, None], 0.0, x).astype(np.float32)
     results = explain_all(methods, models, x, classes, jax.random.PRNGKey(args.seed),
                           masked_images=(base, filled))
-    region = jnp.broadcast_to(jnp.asarray(hidden), (len(x), h, w))
+    region = np.broadcast_to(hidden, (len(x), h, w))
     rows = {}
     for method, (attr, seconds) in results.items():
-        leak = np.asarray(localisation.relevance_mass(jnp.asarray(attr.attributions), region))
+        leak = dv.score("relevance_mass", x, attr.attributions, regions=region)["relevance_mass"]
         rows[method] = {"hidden_mass": interval(leak), "seconds_per_image": seconds / len(x)}
         if "fidelity_top1" in attr.extras:  # the students' and LIME's held-out fit
             rows[method]["heldout_top1"] = interval(attr.extras["fidelity_top1"])
@@ -119,8 +119,9 @@ def hidden_setting(name: str, args, methods) -> dict:
 
 
 def class_mask_setting(args, methods) -> dict:
-    dataset, split, folder = SETTINGS["synthetic"]
-    models = dv.Models.load(folder)
+    s = common.setting("synthetic")
+    dataset, split = s.dataset, s.eval_split
+    models = dv.Models.load(common.checkpoints("synthetic", args.runs))
     source = open_source(dataset, split)
     n = min(args.count, len(source))
     x, y = source.read(0, n)
@@ -128,9 +129,8 @@ def class_mask_setting(args, methods) -> dict:
     results = explain_all(methods, models, x, y, jax.random.PRNGKey(args.seed))
     rows = {}
     for method, (attr, seconds) in results.items():
-        a = jnp.asarray(attr.attributions)
-        rows[method] = {k: interval(fn(a, jnp.asarray(masks)))
-                        for k, fn in CLASS_MASK_METRICS.items()}
+        rows[method] = {k: interval(dv.score(metric, x, attr.attributions, regions=masks)[metric])
+                        for k, metric in CLASS_MASK_METRICS.items()}
         rows[method]["seconds_per_image"] = seconds / n
         print(f"{method:22s} " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in rows[method].items()
                                           if isinstance(v, dict)), flush=True)
@@ -172,7 +172,12 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=[*HIDDEN_SETTINGS, "synthetic"],
+                   choices=[*HIDDEN_SETTINGS, "synthetic"],
+                   help="mnist, kmnist: a teacher blind to --mask; synthetic: the shapes' masks "
+                        "(datasets, splits, checkpoints: common.SETTINGS).")
+    p.add_argument("--runs", default="runs",
+                   help="The folder holding each setting's checkpoints (runs/mnist, ...).")
     p.add_argument("--count", type=int, default=500)
     p.add_argument("--mask", default="left", choices=groundtruth.MASKS)
     p.add_argument("--methods", nargs="+", default=None)
