@@ -1,31 +1,137 @@
-"""Checking a store against the checksums its runs recorded (`verify`, `deepvid verify`).
+"""Opening a dataset store and checking it against the checksums its runs recorded
+(`verify`, `deepvid verify`, `deepvid report`); the store's layout is `store`'s.
 
 Every chunk of a stage that is marked done has, in its row of ``done/<stage>``, the checksum of
-each of the stage's arrays over the chunk's rows and the size of each one's chunk file
-(`store`). `check` reads the arrays back and names each chunk that differs: its file missing,
-shorter than written (truncated), unreadable, or values other than those written (non-finite
-ones, or a checksum mismatch). `explain_dataset(..., repair=True)` recomputes exactly those.
+each of the stage's arrays over the chunk's rows and the size of each one's chunk file. `check`
+reads the arrays back and names each chunk that differs: its file missing, shorter than written
+(truncated), unreadable, or values other than those written (non-finite ones, or a checksum
+mismatch). `explain_dataset(..., repair=True)` recomputes exactly those. Opening names the file
+of every damaged piece of metadata (`open_store`, `open_array`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from deepvid_jax.runner.store import (
-    INPUTS,
-    RunError,
-    checksum,
-    chunk_file,
-    open_array,
-    open_store,
-    stage_arrays,
-)
+INPUTS = "inputs"  # the stage that writes indices, labels, classes, teacher_probs
+INPUT_ARRAYS = ("indices", "labels", "classes", "teacher_probs")
+FORMAT = 2  # stores without checksums and a probe (format 1) are refused
+# Marks the `done` group of a store of ours: a store whose root metadata is damaged is still
+# recognised (and may be replaced with overwrite).
+GROUP_MARK = "deepvid_jax_store"
 
+
+class RunError(ValueError):
+    """A store that cannot be used for this run: named path, what is wrong, what to do."""
+
+
+OVERWRITE = "pass overwrite=True (deepvid run --overwrite) to replace it"
 REASONS = ("missing", "truncated", "unreadable", "non-finite", "checksum mismatch")
+
+
+def zarr_module():
+    try:
+        import zarr
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise RunError("the dataset runner needs zarr>=3 (pip install 'zarr>=3').") from e
+    return zarr
+
+
+def chunk_file(array, root_path: Path, name: str, chunk: int) -> Path:
+    """The file of chunk ``chunk`` (rows) of the array ``name``."""
+    coords = (chunk,) + (0,) * (len(array.shape) - 1)
+    return root_path / name / array.metadata.encode_chunk_key(coords)
+
+
+def checksum(values: np.ndarray) -> int:
+    """A nonzero 64-bit hash of an array's bytes (its rows of one chunk, C order)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(values).data, digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def _attributes(meta_file: Path) -> dict | None:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return (meta.get("attributes") or {}) if isinstance(meta, dict) else None
+
+
+def is_store(path: Path) -> bool:
+    """Whether ``path`` is a store the runner made, even a damaged one: its root metadata, or
+    that of its ``done`` group, names us."""
+    root = _attributes(path / "zarr.json")
+    done = _attributes(path / "done" / "zarr.json")
+    return bool((isinstance(root, dict) and "deepvid_jax" in root)
+                or (isinstance(done, dict) and done.get(GROUP_MARK)))
+
+
+def open_store(path: Path, mode: str = "r+"):
+    """The store's root group and its deepvid_jax attributes; a RunError naming the file when
+    it is not a readable store of ours of this format."""
+    zarr = zarr_module()
+    meta_file = path / "zarr.json"
+    ours = is_store(path)
+    if not meta_file.exists():
+        if ours:
+            raise RunError(f"{meta_file} is missing: the store's root metadata is lost; "
+                           f"{OVERWRITE}.")
+        raise RunError(f"{path} is not a deepvid_jax store (no zarr.json); choose another "
+                       "output path.")
+    try:
+        json.loads(meta_file.read_text())
+        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        attrs = dict(root.attrs)
+    except Exception as e:  # zarr and json raise many kinds for a damaged store
+        if not ours:
+            raise RunError(f"{path} is not a readable Zarr store ({meta_file}: "
+                           f"{type(e).__name__}: {e}); choose another output path.") from e
+        raise RunError(f"{meta_file} is damaged ({type(e).__name__}: {e}); {OVERWRITE}.") from e
+    meta = attrs.get("deepvid_jax")
+    if not isinstance(meta, dict) or "identity" not in meta:
+        raise RunError(f"{path} is a Zarr store but not one of deepvid_jax explanations (no "
+                       "'deepvid_jax' attributes); choose another output path.")
+    if meta.get("format") != FORMAT:
+        raise RunError(f"{path} was made by an earlier version of deepvid_jax (store format "
+                       f"{meta.get('format', 1)}, without checksums; this version writes "
+                       f"format {FORMAT}): it cannot be verified or resumed; {OVERWRITE} "
+                       "(recomputing it), or choose another output path.")
+    return root, meta
+
+
+def open_array(root, path: Path, name: str, shape=None, dtype=None):
+    """``root[name]``, or a RunError naming its metadata file; checks shape and dtype when
+    given."""
+    meta_file = path / name / "zarr.json"
+    try:
+        array = root[name]
+        if not hasattr(array, "shape"):
+            raise TypeError("it is a group, not an array")
+    except Exception as e:  # zarr raises many kinds for damaged metadata
+        why = "missing" if not meta_file.exists() else f"damaged ({type(e).__name__}: {e})"
+        raise RunError(f"{meta_file} is {why}; {OVERWRITE}.") from e
+    if shape is not None and (tuple(array.shape) != tuple(shape)
+                              or np.dtype(array.dtype) != np.dtype(dtype)):
+        raise RunError(f"{meta_file} describes {array.dtype} {list(array.shape)}, not this run's "
+                       f"{np.dtype(dtype)} {list(shape)}: the store was altered; {OVERWRITE}.")
+    return array
+
+
+def stage_arrays(root, path: Path, stage: str) -> list[str]:
+    """The arrays of ``stage`` in the order of its checksums."""
+    marker = open_array(root, path, f"done/{stage}")
+    names = dict(marker.attrs).get("arrays")
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+            or marker.shape[1:] != (2 * len(names),)):
+        raise RunError(f"{path / 'done' / stage / 'zarr.json'} does not name the arrays of its "
+                       f"stage; {OVERWRITE}.")
+    return names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from deepvid_jax import files  # noqa: E402
 from deepvid_jax.data import sources as data  # noqa: E402
 from deepvid_jax.runner import integrity  # noqa: E402
-from deepvid_jax.runner.store import INPUTS, RunError, open_store  # noqa: E402
+from deepvid_jax.runner.integrity import INPUTS, RunError, open_store  # noqa: E402
 
 GALLERY = 8  # instances per gallery
 

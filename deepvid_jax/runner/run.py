@@ -45,7 +45,7 @@ from deepvid_jax.data.sources import Source
 from deepvid_jax.explainers import registry as explainers
 from deepvid_jax.runner import integrity
 from deepvid_jax.runner import store as store_lib
-from deepvid_jax.runner.store import INPUTS, RunError
+from deepvid_jax.runner.integrity import INPUTS, RunError
 
 CLASS_CHOICES = ("predicted", "label")
 
@@ -204,11 +204,11 @@ def _marker_row(arrays: dict, writes: list[tuple[str, int, np.ndarray]], chunk: 
                 path: Path) -> np.ndarray:
     """A done marker [1, 2 A]: the checksum of each array's rows, then its chunk file's size
     (0: no file; Zarr writes no chunk that is all zeros)."""
-    sums = [store_lib.checksum(v) for _, _, v in writes]
+    sums = [integrity.checksum(v) for _, _, v in writes]
     sizes = []
     for name, _, _ in writes:
         try:
-            sizes.append(store_lib.chunk_file(arrays[name], path, name, chunk).stat().st_size)
+            sizes.append(integrity.chunk_file(arrays[name], path, name, chunk).stat().st_size)
         except FileNotFoundError:
             sizes.append(0)
     return np.array([sums + sizes], np.uint64)
@@ -230,6 +230,33 @@ def _runs(pieces: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+
+
+def _layout(source: Source, models: explainers.Models, config: Any,
+           configs: dict[str, Any]) -> tuple[dict[str, tuple[tuple[int, ...], str]],
+                                             dict[str, list[str]]]:
+    """Every data array of the store, path -> (shape, dtype), from one traced chunk per method;
+    and each stage's arrays in the order of its checksums."""
+    n, shape = len(source), tuple(source.info.image_shape)
+    k = models.num_classes
+    arrays = {"indices": ((n,), "int64"), "labels": ((n,), "int32"),
+              "classes": ((n,), "int32"), "teacher_probs": ((n, k), "float32")}
+    stages = {INPUTS: list(integrity.INPUT_ARRAYS)}
+    x = jax.ShapeDtypeStruct((1, *shape), np.float32)
+    c = jax.ShapeDtypeStruct((1,), np.int32)
+    keys = jax.ShapeDtypeStruct((1, *jax.random.PRNGKey(0).shape), np.uint32)
+    static = models.static()
+    for name in config.explainers:
+        m = explainers.get(name)
+        out = jax.eval_shape(lambda p, x, c, k, m=m, name=name: m.fn(
+            p, x, c, k, models=static, config=configs[name]), models.params(), x, c, keys)
+        arrays[f"{name}/attributions"] = ((n, *out.attributions.shape[1:]), "float32")
+        for extra, s in out.extras.items():
+            if extra == "weights" and not config.save_weights:
+                continue
+            arrays[f"{name}/{extra}"] = ((n, *s.shape[1:]), str(np.dtype(s.dtype)))
+        stages[name] = [a for a in arrays if a.startswith(f"{name}/")]
+    return arrays, stages
 
 
 class _Stages:
@@ -320,7 +347,7 @@ def explain_dataset(
     proc = jax.process_index()
     ident = store_lib.identity(source, models, config, configs)
     probed = store_lib.probe(source, models)
-    arrays, stages = store_lib.layout(source, models, config, configs)
+    arrays, stages = _layout(source, models, config, configs)
     if path.exists() and not path.is_dir():
         raise RunError(f"output {path} exists and is not a folder.")
     files.check_writable_dir(path.parent, "folder of the output store")

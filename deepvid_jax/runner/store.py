@@ -31,29 +31,39 @@ import dataclasses
 import errno
 import fcntl
 import functools
-import hashlib
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from deepvid_jax import __version__, files
+from deepvid_jax import files
 from deepvid_jax.data import sources as data
 from deepvid_jax.data.sources import Source
-from deepvid_jax.explainers import registry as explainers
+from deepvid_jax.runner.integrity import (
+    FORMAT,
+    GROUP_MARK,
+    OVERWRITE,
+    RunError,
+    is_store,
+    open_array,
+    open_store,
+    stage_arrays,
+    zarr_module,
+)
 
-INPUTS = "inputs"  # the stage that writes indices, labels, classes, teacher_probs
-INPUT_ARRAYS = ("indices", "labels", "classes", "teacher_probs")
-FORMAT = 2  # stores without checksums and a probe (format 1) are refused
+if TYPE_CHECKING:  # the run's types; the store itself needs no explainer
+    from deepvid_jax.explainers import registry as explainers
+
 PROBE_IMAGES = 8  # the teacher is fingerprinted on the first images of the dataset
 # Logits of the same teacher agree far closer than this on the same images (float rounding of
 # another compilation or device); another model or preprocessing differs by far more.
@@ -61,18 +71,6 @@ PROBE_TOLERANCE = 1e-3
 # Chunk files under this size are stored uncompressed: compressing a few hundred bytes saves
 # nothing and costs Zarr a thread hop per file (markers, classes, labels, probabilities).
 SMALL_CHUNK_BYTES = 16 << 10
-# Marks the `done` group of a store of ours: a store whose root metadata is damaged is still
-# recognised (and may be replaced with overwrite).
-GROUP_MARK = "deepvid_jax_store"
-
-
-class RunError(ValueError):
-    """A store that cannot be used for this run: named path, what is wrong, what to do."""
-
-
-OVERWRITE = "pass overwrite=True (deepvid run --overwrite) to replace it"
-
-
 # --------------------------------------------------------------------------------------------
 # What a store records
 # --------------------------------------------------------------------------------------------
@@ -174,6 +172,11 @@ def probe_difference(stored: dict, new: dict) -> str | None:
             "model, weights or preprocess")
 
 
+def _version() -> str:
+    """The library's version: the package (always imported before this module) says it."""
+    return sys.modules["deepvid_jax"].__version__
+
+
 def _commit() -> str | None:
     """The git commit of the library's checkout, when it is one."""
     try:
@@ -194,53 +197,6 @@ def _device() -> dict:
 # --------------------------------------------------------------------------------------------
 # Layout
 # --------------------------------------------------------------------------------------------
-
-
-def zarr_module():
-    try:
-        import zarr
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise RunError("the dataset runner needs zarr>=3 (pip install 'zarr>=3').") from e
-    return zarr
-
-
-def layout(source: Source, models: explainers.Models, config: Any,
-           configs: dict[str, Any]) -> tuple[dict[str, tuple[tuple[int, ...], str]],
-                                             dict[str, list[str]]]:
-    """Every data array of the store, path -> (shape, dtype), from one traced chunk per method;
-    and each stage's arrays in the order of its checksums."""
-    n, shape = len(source), tuple(source.info.image_shape)
-    k = models.num_classes
-    arrays = {"indices": ((n,), "int64"), "labels": ((n,), "int32"),
-              "classes": ((n,), "int32"), "teacher_probs": ((n, k), "float32")}
-    stages = {INPUTS: list(INPUT_ARRAYS)}
-    x = jax.ShapeDtypeStruct((1, *shape), np.float32)
-    c = jax.ShapeDtypeStruct((1,), np.int32)
-    keys = jax.ShapeDtypeStruct((1, *jax.random.PRNGKey(0).shape), np.uint32)
-    static = models.static()
-    for name in config.explainers:
-        m = explainers.get(name)
-        out = jax.eval_shape(lambda p, x, c, k, m=m, name=name: m.fn(
-            p, x, c, k, models=static, config=configs[name]), models.params(), x, c, keys)
-        arrays[f"{name}/attributions"] = ((n, *out.attributions.shape[1:]), "float32")
-        for extra, s in out.extras.items():
-            if extra == "weights" and not config.save_weights:
-                continue
-            arrays[f"{name}/{extra}"] = ((n, *s.shape[1:]), str(np.dtype(s.dtype)))
-        stages[name] = [a for a in arrays if a.startswith(f"{name}/")]
-    return arrays, stages
-
-
-def chunk_file(array, root_path: Path, name: str, chunk: int) -> Path:
-    """The file of chunk ``chunk`` (rows) of the array ``name``."""
-    coords = (chunk,) + (0,) * (len(array.shape) - 1)
-    return root_path / name / array.metadata.encode_chunk_key(coords)
-
-
-def checksum(values: np.ndarray) -> int:
-    """A nonzero 64-bit hash of an array's bytes (its rows of one chunk, C order)."""
-    digest = hashlib.blake2b(np.ascontiguousarray(values).data, digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
 
 
 def create(path: Path, arrays: dict, stages: dict[str, list[str]], attrs: dict,
@@ -274,90 +230,6 @@ def create(path: Path, arrays: dict, stages: dict[str, list[str]], attrs: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files.fsync_dir(path.parent)
-
-
-# --------------------------------------------------------------------------------------------
-# Opening
-# --------------------------------------------------------------------------------------------
-
-
-def _attributes(meta_file: Path) -> dict | None:
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError):
-        return None
-    return (meta.get("attributes") or {}) if isinstance(meta, dict) else None
-
-
-def is_store(path: Path) -> bool:
-    """Whether ``path`` is a store this module made, even a damaged one: its root metadata, or
-    that of its ``done`` group, names us."""
-    root = _attributes(path / "zarr.json")
-    done = _attributes(path / "done" / "zarr.json")
-    return bool((isinstance(root, dict) and "deepvid_jax" in root)
-                or (isinstance(done, dict) and done.get(GROUP_MARK)))
-
-
-def open_store(path: Path, mode: str = "r+"):
-    """The store's root group and its deepvid_jax attributes; a RunError naming the file when
-    it is not a readable store of ours of this format."""
-    zarr = zarr_module()
-    meta_file = path / "zarr.json"
-    ours = is_store(path)
-    if not meta_file.exists():
-        if ours:
-            raise RunError(f"{meta_file} is missing: the store's root metadata is lost; "
-                           f"{OVERWRITE}.")
-        raise RunError(f"{path} is not a deepvid_jax store (no zarr.json); choose another "
-                       "output path.")
-    try:
-        json.loads(meta_file.read_text())
-        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
-        attrs = dict(root.attrs)
-    except Exception as e:  # zarr and json raise many kinds for a damaged store
-        if not ours:
-            raise RunError(f"{path} is not a readable Zarr store ({meta_file}: "
-                           f"{type(e).__name__}: {e}); choose another output path.") from e
-        raise RunError(f"{meta_file} is damaged ({type(e).__name__}: {e}); {OVERWRITE}.") from e
-    meta = attrs.get("deepvid_jax")
-    if not isinstance(meta, dict) or "identity" not in meta:
-        raise RunError(f"{path} is a Zarr store but not one of deepvid_jax explanations (no "
-                       "'deepvid_jax' attributes); choose another output path.")
-    if meta.get("format") != FORMAT:
-        raise RunError(f"{path} was made by an earlier version of deepvid_jax (store format "
-                       f"{meta.get('format', 1)}, without checksums; this version writes "
-                       f"format {FORMAT}): it cannot be verified or resumed; {OVERWRITE} "
-                       "(recomputing it), or choose another output path.")
-    return root, meta
-
-
-def open_array(root, path: Path, name: str, shape=None, dtype=None):
-    """``root[name]``, or a RunError naming its metadata file; checks shape and dtype when
-    given."""
-    meta_file = path / name / "zarr.json"
-    try:
-        array = root[name]
-        if not hasattr(array, "shape"):
-            raise TypeError("it is a group, not an array")
-    except Exception as e:  # zarr raises many kinds for damaged metadata
-        why = "missing" if not meta_file.exists() else f"damaged ({type(e).__name__}: {e})"
-        raise RunError(f"{meta_file} is {why}; {OVERWRITE}.") from e
-    if shape is not None and (tuple(array.shape) != tuple(shape)
-                              or np.dtype(array.dtype) != np.dtype(dtype)):
-        raise RunError(f"{meta_file} describes {array.dtype} {list(array.shape)}, not this run's "
-                       f"{np.dtype(dtype)} {list(shape)}: the store was altered; {OVERWRITE}.")
-    return array
-
-
-def stage_arrays(root, path: Path, stage: str) -> list[str]:
-    """The arrays of ``stage`` in the order of its checksums."""
-    marker = open_array(root, path, f"done/{stage}")
-    names = dict(marker.attrs).get("arrays")
-    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-            or marker.shape[1:] != (2 * len(names),)):
-        raise RunError(f"{path / 'done' / stage / 'zarr.json'} does not name the arrays of its "
-                       f"stage; {OVERWRITE}.")
-    return names
 
 
 def differences(a: Any, b: Any, where: str = "") -> list[str]:
@@ -423,7 +295,7 @@ def prepare(path: Path, ident: dict, probed: dict, arrays: dict, stages: dict, c
             path.rmdir()  # an empty folder: take its place
         if not path.exists():
             attrs = {"deepvid_jax": {"format": FORMAT, "identity": ident, "probe": probed,
-                                     "version": __version__, "commit": _commit(),
+                                     "version": _version(), "commit": _commit(),
                                      "device": _device(),
                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
             create(path, arrays, stages, attrs, chunk)

@@ -140,12 +140,12 @@ def test_damaged_chunks_are_found_refused_and_repaired_exactly(tmp_path, gradien
     store = _copy(gradient_store, tmp_path)
     root = zarr.open_group(str(store), mode="r+")
     attr = root["gradient/attributions"]
-    flipped = store_lib.chunk_file(attr, store, "gradient/attributions", 0)
+    flipped = integrity.chunk_file(attr, store, "gradient/attributions", 0)
     raw = bytearray(flipped.read_bytes())
     raw[100:116] = bytes(b ^ 0xFF for b in raw[100:116])
     flipped.write_bytes(bytes(raw))
-    store_lib.chunk_file(root["classes"], store, "classes", 1).unlink()
-    cut = store_lib.chunk_file(root["teacher_probs"], store, "teacher_probs", 1)
+    integrity.chunk_file(root["classes"], store, "classes", 1).unlink()
+    cut = integrity.chunk_file(root["teacher_probs"], store, "teacher_probs", 1)
     cut.write_bytes(cut.read_bytes()[:40])
     attr[8:9] = np.full((1, 8, 8, 1), np.nan, np.float32)  # NaN written into chunk 1
 
@@ -234,7 +234,7 @@ def test_a_garbled_root_metadata_is_named_and_overwrite_works(tmp_path, gradient
 
 def test_an_empty_marker_is_named_and_repaired(tmp_path, gradient_store, source, models):
     store = _copy(gradient_store, tmp_path)
-    marker = store_lib.chunk_file(zarr.open_array(str(store / "done" / "gradient")), store,
+    marker = integrity.chunk_file(zarr.open_array(str(store / "done" / "gradient")), store,
                                   "done/gradient", 1)
     marker.write_bytes(b"")
     with pytest.raises(run_lib.RunError, match=f"done/gradient chunk 1 \\({marker}\\): "
