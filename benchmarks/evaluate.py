@@ -1,28 +1,30 @@
 """Every explainer x every metric on one protocol (issue 4): MNIST and KMNIST, 500 images each.
 
-Models are trained on ``test[:8000]`` (the only split available offline) and explanations are
-of ``test[8000:][:count]``, for the class the teacher predicts. Run, after training checkpoints
-into ``runs/<dataset>/{teacher,vae}`` (``deepvid train-teacher`` / ``train-vae`` with
-``--train-split 'test[:8000]' --eval-split 'test[8000:]' --out runs/<dataset>``):
+The settings are `common.SETTINGS`' (models trained on ``test[:8000]``, the only split available
+offline; explanations of ``test[8000:][:count]``, for the class the teacher predicts), loaded by
+`common.load`. Run, after training checkpoints into ``runs/<dataset>/{teacher,vae}``
+(``deepvid train-teacher`` / ``train-vae`` with ``--train-split 'test[:8000]' --eval-split
+'test[8000:]' --out runs/<dataset>``):
 
-    python benchmarks/evaluate.py --datasets mnist kmnist --count 500
+    python benchmarks/evaluate.py --settings mnist kmnist --count 500
 
 Writes, per dataset, ``benchmarks/results/evaluate_<dataset>.{json,md}`` (mean and 95 % interval
 of every metric, seconds per explanation) and figures ``docs/evaluate_*.png``.
 
-Metrics (all in `deepvid_jax.metrics.fidelity`):
+Every explainer runs by `dv.explain`, every metric by the registry (`deepvid_jax.metrics`):
 - fidelity of the pixel students (DeepVID = VAE neighbours, noise, mask) on held-out neighbours of
   every kind (fresh draws, not the ones fitted), and LIME's on its own held-out samples;
-- the registered metrics (`deepvid_jax.metrics.registry`): deletion and insertion AUC of the class
-  probability (zero and blur baselines), average drop / increase in confidence;
-- max-sensitivity under uniform noise of radius 0.05 (fixed seed), and agreement across seeds;
-- cascading randomisation (Adebayo et al.): Spearman correlation of |attribution| with the
-  original as the teacher's layers are re-initialised from the top.
+- the registered metrics of explanations (`dv.score`, each at its registered config): deletion
+  and insertion AUC of the class probability (zero and blur baselines), average drop / increase
+  in confidence;
+- the registered metrics of an explainer (`metrics.score_explainer`) on the first ``--subset``
+  images: max-sensitivity under uniform noise of radius 0.05, agreement across seeds (stochastic
+  methods), and cascading randomisation (Adebayo et al.): Spearman correlation of |attribution|
+  with the original as the teacher's layers are re-initialised from the top.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -39,22 +41,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
+import common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from common import interval, machine_info  # noqa: E402
 
-from deepvid_jax import driver, files
-from deepvid_jax.data import sources as data
-from deepvid_jax.explainers import lime as superpixel
-from deepvid_jax.explainers import registry as explainers
+import deepvid_jax as dv  # noqa: E402
+from deepvid_jax import driver, files  # noqa: E402
+from deepvid_jax import metrics as evaluation  # noqa: E402
+from deepvid_jax.explainers import lime as superpixel  # noqa: E402
 from deepvid_jax.explainers.deepvid import core as ex  # noqa: E402
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, sample_neighbors  # noqa: E402
-from deepvid_jax.metrics import fidelity as metrics
-from deepvid_jax.metrics import registry as evaluation
-from deepvid_jax.models import checkpoint, consistency
-from deepvid_jax.models.networks import init_teacher  # noqa: E402
+from deepvid_jax.metrics import randomisation  # noqa: E402
+from deepvid_jax.models import checkpoint  # noqa: E402
 
 # The pixel students, each with the registered config (neighbours and student) it is fitted with.
-SAMPLERS = {name: explainers.get(name).config for name in ("deepvid", "noise", "mask")}
+SAMPLERS = {name: dv.get(name).config for name in ("deepvid", "noise", "mask")}
 
 
 def fmt(s: dict | None, digits: int = 3) -> str:
@@ -68,49 +69,28 @@ def fmt(s: dict | None, digits: int = 3) -> str:
     return text
 
 
-class Models:
-    """The restored models of one dataset, and the registered explainers run on them."""
-
-    def __init__(self, root: Path, chunk: int):
-        self.models = explainers.Models.load(root)
-        self.tp, self.tcfg = self.models.teacher_params, self.models.teacher_config
-        self.vp, self.vcfg = self.models.vae_params, self.models.vae_config
-        self.apply = self.models.teacher_apply
-        self.tmeta = checkpoint.read_meta(root / "teacher")
-        self.vmeta = checkpoint.read_meta(root / "vae")
-        self.chunk = chunk
-
-    def explain_config(self, config: ex.ExplainConfig, holdout: int = 128) -> ex.ExplainConfig:
-        return dataclasses.replace(config, num_classes=self.tcfg.num_classes, vae=self.vcfg,
-                                   chunk_size=self.chunk, holdout=holdout)
-
-    def methods(self, tp=None) -> dict[str, Callable]:
-        """name -> fn(images, class_idx, key) -> `explainers.Attribution`: every registered
-        explainer these models can run (the surrogate when its checkpoints are there), and
-        a random map as the control."""
-        models = self.models if tp is None else dataclasses.replace(self.models,
-                                                                    teacher_params=tp)
-        configs = {s: self.explain_config(c) for s, c in SAMPLERS.items()}
-        out = {}
-        for name, method in explainers.METHODS.items():
-            try:
-                method.check(models, method.config)
-            except ValueError:
-                continue
-            out[name] = functools.partial(explainers.explain, name, models=models,
-                                          config=configs.get(name, method.config),
-                                          chunk_size=self.chunk)
-        out["random"] = lambda x, c, key: explainers.Attribution(
-            np.asarray(jax.random.normal(key, x.shape)), {})
-        return out
+def methods(models: dv.Models) -> dict[str, Callable]:
+    """name -> fn(images, class_idx, key) -> `dv.Attribution`: every registered explainer these
+    models can run (the surrogate when its checkpoints are there), each at its registered
+    config by `dv.explain`, and a random map as the control."""
+    out = {}
+    for name, method in dv.METHODS.items():
+        try:
+            method.check(models, method.config)
+        except ValueError:
+            continue
+        out[name] = functools.partial(dv.explain, name, models=models)
+    out["random"] = lambda x, c, key, chunk_size=None: dv.Attribution(
+        np.asarray(jax.random.normal(key, x.shape)), {})
+    return out
 
 
-def timed(fn: Callable, images, cls, key, warm: int) -> tuple[np.ndarray, dict, float]:
+def timed(fn: Callable, images, cls, key, warm: int, chunk: int) -> tuple[np.ndarray, dict, float]:
     """Runs fn once on ``warm`` images (compilation), then on all: attributions, extras and
     seconds per explanation."""
-    fn(images[:warm], cls[:warm], key)
+    fn(images[:warm], cls[:warm], key, chunk_size=chunk)
     start = time.perf_counter()
-    out = fn(images, cls, key)
+    out = fn(images, cls, key, chunk_size=chunk)
     attr = np.asarray(out.attributions)
     return attr, out.extras, (time.perf_counter() - start) / len(images)
 
@@ -126,7 +106,8 @@ def held_out_neighbors(images, keys, scales, vae_params, teacher_params, *, mode
     return nb, logits
 
 
-def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=None) -> dict:
+def cross_fidelity(models: dv.Models, images, students: dict, key, count: int, chunk: int,
+                   scales=None) -> dict:
     """{student: {neighbour kind: {top1, kl, r2: interval}}} on ``count`` fresh held-out
     neighbours per image and kind; VAE neighbours at the latent scales [B] calibrated by the
     DeepVID explanations (``scales``; default: the "deepvid" student's)."""
@@ -137,15 +118,17 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
         # fresh plain draws of each kind: patches are mixed into the fitted rows only
         cfg = dataclasses.replace(explain_cfg.neighbors, num=count, patch_mix=0)
         per = {s: [] for s in students}
-        for i in range(0, len(images), m.chunk):
-            x = jnp.asarray(images[i : i + m.chunk])
+        for i in range(0, len(images), chunk):
+            x = jnp.asarray(images[i : i + chunk])
             keys = driver.instance_keys(jax.random.fold_in(key, j), i, len(x))
-            sc = (jnp.asarray(scales[i : i + m.chunk])
+            sc = (jnp.asarray(scales[i : i + chunk])
                   if cfg.calibrated and scales is not None else None)
-            nb, logits = held_out_neighbors(x, keys, sc, m.vp, m.tp, models_apply=m.apply,
-                                            config=cfg, vcfg=m.vcfg)
+            nb, logits = held_out_neighbors(x, keys, sc, models.vae_params,
+                                            models.teacher_params,
+                                            models_apply=models.teacher_apply, config=cfg,
+                                            vcfg=models.vae_config)
             for s, e in students.items():
-                f = ex.student_fidelity(e["weights"][i : i + m.chunk], e["bias"][i : i + m.chunk],
+                f = ex.student_fidelity(e["weights"][i : i + chunk], e["bias"][i : i + chunk],
                                         nb, logits)
                 per[s].append(jax.tree.map(np.asarray, f))
         for s in students:
@@ -154,23 +137,14 @@ def cross_fidelity(m: Models, images, students: dict, key, count: int, scales=No
     return result
 
 
-def metric_config(name: str, args):
-    """The registered metric's config with this run's settings (curve steps)."""
-    config = evaluation.get(name).config
-    if isinstance(config, evaluation.DeletionConfig):
-        config = dataclasses.replace(config, steps=args.steps)
-    return config
-
-
-def score(m: Models, name: str, images, attr, cls, args) -> dict:
-    """One registered metric of attributions: {scalar output: interval, curve output: mean
-    curve}."""
-    out = evaluation.score(name, images, attr, cls, models=m.models,
-                           config=metric_config(name, args), chunk_size=m.chunk)
+def score(models: dv.Models, name: str, images, attr, cls, chunk: int) -> dict:
+    """One registered metric of attributions at its registered config (`dv.score`): {scalar
+    output: interval, curve output: mean curve}."""
+    out = dv.score(name, images, attr, cls, models=models, chunk_size=chunk)
     return {k: interval(v) if v.ndim == 1 else v.mean(0).tolist() for k, v in out.items()}
 
 
-def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -> dict:
+def lime_reference_agreement(models: dv.Models, images, cls, count: int, samples: int) -> dict:
     """Pearson correlation of our batched LIME's segment coefficients with the `lime` package's
     (same grid segmentation, hide value 0, kernel, ridge; independent random samples)."""
     try:
@@ -180,9 +154,10 @@ def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -
     cfg = dataclasses.replace(superpixel.LimeConfig(), num_samples=samples + 1, holdout=1)
     h, w, _ = images.shape[1:]
     seg = superpixel.grid_segments(h, w, cfg.patch)
-    ours = superpixel.explain_lime(images[:count], jax.random.PRNGKey(7), teacher_apply=m.apply,
-                                   teacher_params=m.tp, config=cfg)
-    predict = jax.jit(lambda x: jax.nn.softmax(m.apply(m.tp, x)))
+    apply, tp = models.teacher_apply, models.teacher_params
+    ours = superpixel.explain_lime(images[:count], jax.random.PRNGKey(7), teacher_apply=apply,
+                                   teacher_params=tp, config=cfg)
+    predict = jax.jit(lambda x: jax.nn.softmax(apply(tp, x)))
     corr = []
     quiet = contextlib.redirect_stderr(io.StringIO())  # lime 0.2 always draws a progress bar
     for i in range(count):
@@ -201,44 +176,42 @@ def lime_reference_agreement(m: Models, images, cls, count: int, samples: int) -
     return {"pearson": interval(corr), "images": count, "samples": samples}
 
 
-def stability(fn: Callable, method: str, sub, sub_cls, reference, key, args) -> dict:
-    """Max-sensitivity (fixed seed) and, for stochastic methods, agreement across seeds."""
-    ms = metrics.max_sensitivity(
-        lambda x: jnp.asarray(fn(np.asarray(x), sub_cls, key).attributions), jnp.asarray(sub),
-        jax.random.fold_in(key, 2), radius=args.radius, samples=args.sensitivity_samples,
-        reference=jnp.asarray(reference))
-    out = {"max_sensitivity": interval(ms)}
-    if method in explainers.METHODS and explainers.get(method).stochastic:
-        runs = [reference] + [np.asarray(fn(sub, sub_cls, jax.random.PRNGKey(s)).attributions)
-                              for s in range(100, 100 + args.seeds - 1)]
-        out["seed_agreement"] = interval(metrics.seed_agreement(jnp.asarray(np.stack(runs))))
+def subset_metrics(models: dv.Models, method: str, sub, sub_cls, reference, key, args) -> dict:
+    """The registered metrics of an explainer (`metrics.score_explainer`) of one method on the
+    first ``len(sub)`` images, with the explanations' key (``reference``: its attributions of
+    ``sub``): max-sensitivity, agreement across ``--seeds`` runs (stochastic methods) and the
+    per-stage Spearman correlations of cascading randomisation."""
+    m = dv.get(method)
+
+    def run(metric: str, config) -> dict:
+        return evaluation.score_explainer(metric, m, sub, sub_cls, key, models=models,
+                                          config=config, reference=reference,
+                                          chunk_size=args.chunk)
+
+    out = {"max_sensitivity": interval(run("max_sensitivity", evaluation.SensitivityConfig(
+        radius=args.radius, samples=args.sensitivity_samples))["max_sensitivity"])}
+    if m.stochastic:
+        out["seed_agreement"] = interval(run("seed_agreement", evaluation.SeedConfig(
+            runs=args.seeds))["seed_agreement"])
+    rho = run("randomisation", evaluation.RandomisationConfig(seed=args.seed + 1))["spearman"]
+    out["sanity_spearman"] = [interval(rho[:, s]) for s in range(rho.shape[1])]
+    out["subset_images"] = len(sub)
     return out
 
 
-def sanity(m: Models, method: str, sub, sub_cls, reference, key, args) -> list[dict]:
-    """Cascading randomisation of the teacher, top layer first: per stage, Spearman rho of
-    |attribution| with |reference| (interval over images)."""
-    fresh = init_teacher(jax.random.PRNGKey(args.seed + 1), m.tcfg)
-    rows = []
-    for layers in metrics.cascading_layers(teacher_layers(m)):
-        fn = m.methods(metrics.randomize_layers(m.tp, fresh, layers))[method]
-        a = np.asarray(fn(sub, sub_cls, key).attributions)
-        rows.append(interval(metrics.spearman(jnp.abs(jnp.asarray(a)),
-                                              jnp.abs(jnp.asarray(reference)))))
-    return rows
+def sanity_stages(models: dv.Models) -> list[str]:
+    """The cascading randomisation's stages, top layer first, as "layer+layer+..."."""
+    layers = randomisation.teacher_layers(models.teacher_config)
+    return ["+".join(s) for s in randomisation.cascading_layers(layers)]
 
 
-def teacher_layers(m: Models) -> list[str]:
-    """The teacher's parameterised layers, input to output."""
-    return [*consistency.layer_names(m.tcfg), "logits"]
-
-
-def subset_metrics(m: Models, method: str, fn: Callable, sub, sub_cls, reference, key,
-                   args) -> dict:
-    """Stability and the sanity check of one method on the first ``len(sub)`` images."""
-    return {**stability(fn, method, sub, sub_cls, reference, key, args),
-            "sanity_spearman": sanity(m, method, sub, sub_cls, reference, key, args),
-            "subset_images": len(sub)}
+def load(name: str, args) -> tuple[dv.Models, np.ndarray, np.ndarray, np.ndarray]:
+    """Setting ``name``'s models (`common.load`), its first ``--count`` evaluation images, their
+    labels and the classes the teacher predicts."""
+    models, ds = common.load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
+    cls = np.asarray(jnp.argmax(models.teacher_apply(models.teacher_params,
+                                                     jnp.asarray(ds.images)), -1))
+    return models, ds.images, ds.labels, cls
 
 
 def update_subset(name: str, methods_to_update: list[str], args) -> None:
@@ -249,18 +222,15 @@ def update_subset(name: str, methods_to_update: list[str], args) -> None:
     run keeps what it finished."""
     path = Path(args.out) / f"evaluate_{name}.json"
     result = json.loads(path.read_text())
-    m = Models(Path(args.checkpoints) / name, args.chunk)
-    ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
-    sub = ds.images[: result["count"]][: args.subset]
-    sub_cls = np.asarray(jnp.argmax(m.apply(m.tp, jnp.asarray(sub)), -1))
+    models, images, _, cls = load(name, args)
+    sub, sub_cls = images[: result["count"]][: args.subset], cls[: result["count"]][: args.subset]
     key = jax.random.PRNGKey(args.seed)
-    methods = m.methods()
-    for method in methods_to_update or [k for k in methods if k != "random"]:
+    fns = methods(models)
+    for method in methods_to_update or [k for k in fns if k != "random"]:
         start = time.perf_counter()
-        fn = methods[method]
-        ref = np.asarray(fn(sub, sub_cls, key).attributions)
+        ref = np.asarray(fns[method](sub, sub_cls, key, chunk_size=args.chunk).attributions)
         result["methods"][method].update(
-            subset_metrics(m, method, fn, sub, sub_cls, ref, key, args))
+            subset_metrics(models, method, sub, sub_cls, ref, key, args))
         seconds = time.perf_counter() - start
         result.setdefault("updated", []).append(
             f"stability and sanity of {method} on {len(sub)} images ({seconds:.0f} s)")
@@ -276,21 +246,21 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
     """Every metric of every method (or of the methods ``only`` names, written into the
     existing ``result`` of the same settings; the pixel students go together, because their
     fidelity is one table)."""
-    m = Models(Path(args.checkpoints) / name, args.chunk)
-    ds = data.load(name, "test[8000:]", data_dir=args.data_dir)
-    images, labels = ds.images[: args.count], ds.labels[: args.count]
-    cls = np.asarray(jnp.argmax(m.apply(m.tp, jnp.asarray(images)), -1))
+    models, images, labels, cls = load(name, args)
     key = jax.random.PRNGKey(args.seed)
-    print(f"== {name}: {len(images)} images of test[8000:], teacher accuracy on them "
+    split = common.setting(name).eval_split
+    print(f"== {name}: {len(images)} images of {split}, teacher accuracy on them "
           f"{(cls == labels).mean():.4f}")
     if result is None:
         result = {"dataset": name, "count": len(images), "methods": {}}
-    result.update(teacher=m.tmeta.get("metrics"), vae=m.vmeta.get("metrics"))
+    folder = common.checkpoints(name, args.runs)
+    result.update(teacher=checkpoint.read_meta(folder / "teacher").get("metrics"),
+                  vae=checkpoint.read_meta(folder / "vae").get("metrics"))
 
     attrs, extras = {}, {}
-    methods = {k: fn for k, fn in m.methods().items() if only is None or k in only}
-    for method, fn in tqdm(methods.items(), desc=f"{name}: explain", disable=args.quiet):
-        attrs[method], extras[method], sec = timed(fn, images, cls, key, args.chunk)
+    fns = {k: fn for k, fn in methods(models).items() if only is None or k in only}
+    for method, fn in tqdm(fns.items(), desc=f"{name}: explain", disable=args.quiet):
+        attrs[method], extras[method], sec = timed(fn, images, cls, key, args.chunk, args.chunk)
         # update, not replace: --skip-stability keeps a method's stored stability and sanity
         result["methods"].setdefault(method, {})["seconds_per_explanation"] = sec
         if method == "deepvid":
@@ -298,12 +268,13 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
             result["methods"].setdefault("deepvid_x_input", {})["seconds_per_explanation"] = sec
         print(f"  {method:22s} {sec * 1e3:9.2f} ms/explanation", flush=True)
 
-    if "deepvid" in methods:
+    if "deepvid" in fns:
         students = {s: extras[s] for s in SAMPLERS}
-        fid = cross_fidelity(m, images, students, jax.random.fold_in(key, 1), args.holdout)
+        fid = cross_fidelity(models, images, students, jax.random.fold_in(key, 1), args.holdout,
+                             args.chunk)
         for s in SAMPLERS:
             result["methods"][s]["fidelity"] = fid[s]
-    if "lime" in methods:
+    if "lime" in fns:
         lime_e = extras["lime"]
         result["methods"]["lime"]["fidelity"] = {
             "own": {"top1": interval(lime_e["fidelity_top1"]),
@@ -311,41 +282,38 @@ def evaluate_dataset(name: str, args, only: list[str] | None = None,
 
     for method, a in tqdm(attrs.items(), desc=f"{name}: metrics", disable=args.quiet):
         for metric in args.metrics:
-            result["methods"][method][metric] = score(m, metric, images, a, cls, args)
+            result["methods"][method][metric] = score(models, metric, images, a, cls, args.chunk)
 
-    # Stability (max-sensitivity, agreement across seeds) and the sanity check, on a subset.
+    # The metrics of an explainer (stability, the sanity check), on a subset.
     k = args.subset
-    sub, sub_cls = images[:k], cls[:k]
-    for method, fn in tqdm(methods.items(), desc=f"{name}: stability, sanity",
-                           disable=args.quiet):
+    for method in tqdm(fns, desc=f"{name}: stability, sanity", disable=args.quiet):
         if method != "random" and not args.skip_stability:
-            result["methods"][method].update(
-                subset_metrics(m, method, fn, sub, sub_cls, attrs[method][:k], key, args))
-    result["sanity_stages"] = [
-        "+".join(s) for s in metrics.cascading_layers(teacher_layers(m))]
-    if "lime" in methods:
-        result["lime_reference"] = lime_reference_agreement(m, images, cls, args.lime_images,
+            result["methods"][method].update(subset_metrics(
+                models, method, images[:k], cls[:k], attrs[method][:k], key, args))
+    result["sanity_stages"] = sanity_stages(models)
+    if "lime" in fns:
+        result["lime_reference"] = lime_reference_agreement(models, images, cls, args.lime_images,
                                                             args.lime_samples)
-    return result, m, images, cls
+    return result, models, images, cls
 
 
-def sweep(m: Models, images, cls, args) -> list[dict]:
+def sweep(models: dv.Models, images, cls, args) -> list[dict]:
     """DeepVID's fidelity and deletion AUC as the neighbour count and latent scale vary, with
-    the ridge student over plain VAE neighbours (`ex.FAST`, the default until 2026-11-25)."""
+    the ridge student over plain VAE neighbours (`ex.FAST`)."""
     rows = []
     # neighbour counts at the default (calibrated) radius; fixed latent scales at 512
     grid = [(n, None) for n in args.sweep_neighbors] + [(512, s) for s in args.sweep_scales]
     for n, s in tqdm(grid, desc="sweep", disable=args.quiet):
-        cfg = m.explain_config(dataclasses.replace(ex.FAST, neighbors=NeighborConfig(
-            num=n, latent_scale=s)), holdout=max(1, n // 4))
+        cfg = dataclasses.replace(ex.FAST, neighbors=NeighborConfig(num=n, latent_scale=s),
+                                  holdout=max(1, n // 4))
         start = time.perf_counter()
-        e = explainers.explain("deepvid", images, cls, jax.random.PRNGKey(args.seed),
-                               models=m.models, config=cfg, chunk_size=m.chunk)
+        e = dv.explain("deepvid", images, cls, jax.random.PRNGKey(args.seed), models=models,
+                       config=cfg, chunk_size=args.chunk)
         sec = (time.perf_counter() - start) / len(images)
         scales = e.extras["scale"] if s is None else np.full(len(images), s, np.float32)
-        vae_hold = cross_fidelity(m, images, {"s": e.extras}, jax.random.PRNGKey(5),
-                                  args.holdout, scales=scales)["s"]
-        auc = score(m, "auc_zero", images, e.attributions, cls, args)
+        vae_hold = cross_fidelity(models, images, {"s": e.extras}, jax.random.PRNGKey(5),
+                                  args.holdout, args.chunk, scales=scales)["s"]
+        auc = score(models, "auc_zero", images, e.attributions, cls, args.chunk)
         rows.append({"neighbors": n, "latent_scale": s, "seconds_per_explanation": sec,
                      "fidelity": vae_hold, "deletion": auc["deletion"],
                      "insertion": auc["insertion"]})
@@ -375,9 +343,9 @@ def markdown(result: dict) -> str:
     lf = ms["lime"]["fidelity"]["own"]
     lines += ["", f"LIME (ours, batched) on its own held-out samples: top-1 {fmt(lf['top1'])}, "
               f"R² {fmt(lf['r2'])}.", ""]
-    # one column per scalar output of every registered metric this run measured
+    # one column per scalar output of every registered metric of explanations this run measured
     cols = [(name, out, evaluation.get(name)) for name in evaluation.METRICS
-            if any(name in r for r in ms.values())
+            if evaluation.get(name).kind == "explanation" and any(name in r for r in ms.values())
             for out in evaluation.get(name).better]
     arrow = {"lower": "↓", "higher": "↑"}
     head = " | ".join(f"{out.replace('_', ' ')} {arrow[mt.better[out]]}"
@@ -463,22 +431,20 @@ def figures(results: list[dict], sweep_rows: list[dict], out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist", "kmnist"])
-    p.add_argument("--checkpoints", default="runs", help="Folder with <dataset>/{teacher,vae}.")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--count", type=int, default=500)
+    p = common.arguments(__doc__.split("\n")[0], settings=("mnist", "kmnist"), count=500,
+                         seeds=3)
     p.add_argument("--subset", type=int, default=None,
                    help="Images for stability, seed agreement and the sanity check "
                         "(default: all --count; they cost ~10 more explanations per image).")
     p.add_argument("--chunk", type=int, default=50)
     p.add_argument("--holdout", type=int, default=128, help="Fresh neighbours per kind.")
-    p.add_argument("--steps", type=int, default=28, help="Deletion/insertion curve steps.")
     p.add_argument("--metrics", nargs="+", default=["auc_zero", "auc_blur", "average_drop"],
-                   choices=sorted(evaluation.METRICS), help="Registered metrics to compute.")
+                   choices=sorted(n for n, m in evaluation.METRICS.items()
+                                  if m.kind == "explanation"),
+                   help="Registered metrics of explanations to compute (each at its registered "
+                        "config).")
     p.add_argument("--radius", type=float, default=0.05)
     p.add_argument("--sensitivity-samples", type=int, default=3)
-    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lime-images", type=int, default=8)
     p.add_argument("--lime-samples", type=int, default=1000)
     p.add_argument("--sweep-dataset", default="mnist")
@@ -486,7 +452,6 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-neighbors", type=int, nargs="*", default=[64, 128, 256, 512, 1024])
     p.add_argument("--sweep-scales", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0, 4.0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--figures", default="docs")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--replot", action="store_true",
@@ -502,17 +467,18 @@ def main(argv=None) -> int:
                    help="With --methods: keep the stored stability and sanity results of these "
                         "methods (recompute the rest).")
     args = p.parse_args(argv)
+    args.out = args.out or "benchmarks/results"
     args.subset = args.count if args.subset is None else args.subset
     if args.skip_stability and args.methods is None:
         p.error("--skip-stability only applies to --methods updates")
     if args.methods is not None:
-        known = [*explainers.METHODS, "random"]
+        known = [*dv.METHODS, "random"]
         unknown = sorted(set(args.methods) - set(known))
         if unknown:
             p.error(f"--methods: unknown {unknown}; known: {known}")
         if set(SAMPLERS) & set(args.methods) and not set(SAMPLERS) <= set(args.methods):
             p.error(f"--methods: {', '.join(SAMPLERS)} go together (one fidelity table)")
-        for name in args.datasets:
+        for name in args.settings:
             path = Path(args.out) / f"evaluate_{name}.json"
             if not path.is_file():
                 p.error(f"--methods updates existing results, and {path} does not exist")
@@ -521,14 +487,14 @@ def main(argv=None) -> int:
                 p.error(f"--methods: {path} has --count {old}; pass the same")
     if args.replot:
         results = [json.loads((Path(args.out) / f"evaluate_{n}.json").read_text())
-                   for n in args.datasets]
+                   for n in args.settings]
         for r in results:
             (Path(args.out) / f"evaluate_{r['dataset']}.md").write_text(markdown(r))
         sweep_rows = next((r["sweep"] for r in results if "sweep" in r), [])
         figures(results, sweep_rows, Path(args.figures))
         return 0
     if args.update_subset is not None:
-        for name in args.datasets:
+        for name in args.settings:
             update_subset(name, args.update_subset, args)
         return 0
 
@@ -536,7 +502,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, sweep_rows = [], []
-    for name in args.datasets:
+    for name in args.settings:
         start = time.perf_counter()
         previous = None
         if args.methods is not None:
