@@ -13,6 +13,7 @@ const S = {
   order: null, selection: null, filter: null, colour: "label", sort: "index", desc: false,
   page: 0, edited: null, lastExplain: null, lastMorph: null, lastStability: null,
   lastMethods: null, lastEdit: null, student: "lasso", errors: [], ready: false,
+  sent: {}, timings: [], paintedAt: null,
 };
 window.__explore = S;
 S.scatterXY = () => scatter.xy;
@@ -41,7 +42,12 @@ function connect() {
     if (reply.op && reply.seq !== seq[reply.op]) return; // an older answer: a newer one comes
     $("status").textContent = "";
     if (reply.error) { message(reply.error, true); return; }
-    if (reply.op && handlers[reply.op]) handlers[reply.op](reply.result);
+    if (reply.op && handlers[reply.op]) {
+      handlers[reply.op](reply.result);
+      const t0 = S.sent[`${reply.op}:${reply.seq}`];
+      // answer drawn: request -> result on screen, in ms (what a person waits)
+      if (t0 !== undefined) S.timings.push({ op: reply.op, full: !!reply.result.full, ms: performance.now() - t0 });
+    }
   });
   ws.addEventListener("close", () => message("the server closed the connection; reload.", true));
 }
@@ -50,6 +56,7 @@ async function request(op, payload) {
   seq[op] = (seq[op] || 0) + 1;
   await wsReady;
   $("status").textContent = "computing…";
+  S.sent[`${op}:${seq[op]}`] = performance.now();
   ws.send(JSON.stringify({ op, seq: seq[op], ...payload }));
 }
 
@@ -690,6 +697,7 @@ async function main() {
   setupDatasetControls();
   layoutScatter();
   drawScatter();
+  requestAnimationFrame(() => { S.paintedAt = performance.now(); });
   drawConfusion();
   setupScatter();
   if (S.meta.live) { setupLatent(); } else {
