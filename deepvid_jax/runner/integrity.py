@@ -181,8 +181,36 @@ def _read_markers(root, path: Path, stage: str, chunks: list[int]) -> tuple[dict
     return out, damage
 
 
+READ_BYTES = 64 << 20  # chunks read back together, at most (one Zarr call, bounded memory)
+
+
+def _blocks(array, chunks: list[int], chunk_size: int) -> list[list[int]]:
+    """``chunks`` (sorted) cut into runs of consecutive chunks of at most `READ_BYTES`."""
+    per_chunk = chunk_size * int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    most = max(1, READ_BYTES // max(per_chunk, 1))
+    out: list[list[int]] = []
+    for j in chunks:
+        if out and out[-1][-1] == j - 1 and len(out[-1]) < most:
+            out[-1].append(j)
+        else:
+            out.append([j])
+    return out
+
+
+def _read(array, block: list[int], chunk_size: int, n: int) -> dict[int, np.ndarray] | None:
+    """The rows of consecutive chunks in one read, by chunk; None when any cannot be read."""
+    lo, hi = block[0] * chunk_size, min(n, (block[-1] + 1) * chunk_size)
+    try:
+        values = np.asarray(array[lo:hi])
+    except Exception:  # noqa: BLE001 - a damaged chunk: each is then read alone
+        return None
+    return {j: values[j * chunk_size - lo : min(n, (j + 1) * chunk_size) - lo] for j in block}
+
+
 def _check_chunk(array, path: Path, name: str, stage: str, j: int, rows: slice, digest: int,
-                 size: int) -> Damage | None:
+                 size: int, values: np.ndarray | None = None) -> Damage | None:
+    """One chunk of one array against its checksum and file size (``values``: its rows, when
+    already read)."""
     f = chunk_file(array, path, name, j)
     try:
         actual = f.stat().st_size
@@ -193,7 +221,7 @@ def _check_chunk(array, path: Path, name: str, stage: str, j: int, rows: slice, 
     if actual < size:
         return Damage(name, j, stage, "truncated", str(f), f"{actual} of {size} bytes")
     try:
-        values = np.asarray(array[rows])
+        values = np.asarray(array[rows]) if values is None else values
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged file
         return Damage(name, j, stage, "unreadable", str(f), f"{type(e).__name__}: {e}"[:200])
     if checksum(values) == digest:
@@ -226,17 +254,21 @@ def check(root, path: Path, stages: list[str], chunk_size: int, n: int,
         rows, bad = _read_markers(root, path, stage, chunks)
         damage += bad
         flags = np.zeros(count, bool)
-        arrays = {name: open_array(root, path, name) for name in names}
         a = len(names)
-        for j, row in rows.items():
-            if not row[:a].all():
-                continue  # not done (yet)
-            found = [d for d in (_check_chunk(arrays[name], path, name, stage, j,
-                                              slice(j * chunk_size, min(n, (j + 1) * chunk_size)),
-                                              int(row[i]), int(row[a + i]))
-                                 for i, name in enumerate(names)) if d is not None]
-            damage += found
-            flags[j] = not found
+        marked = sorted(j for j, row in rows.items() if row[:a].all())  # the others: not done
+        bad_chunks: set[int] = set()
+        for i, name in enumerate(names):
+            array = open_array(root, path, name)
+            for block in _blocks(array, marked, chunk_size):
+                values = _read(array, block, chunk_size, n) or {}
+                for j in block:
+                    d = _check_chunk(array, path, name, stage, j,
+                                     slice(j * chunk_size, min(n, (j + 1) * chunk_size)),
+                                     int(rows[j][i]), int(rows[j][a + i]), values.get(j))
+                    if d is not None:
+                        damage.append(d)
+                        bad_chunks.add(j)
+        flags[[j for j in marked if j not in bad_chunks]] = True
         done[stage] = flags
     return done, damage
 
