@@ -1,5 +1,4 @@
 import dataclasses
-import functools
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from deepvid_jax.explainers.deepvid import neighbors, student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import VAEConfig, teacher_logits
+from deepvid_jax.models.networks import VAEConfig, teacher_apply_for
 
 TCFG = TINY_TEACHER
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
@@ -25,7 +24,7 @@ SMALL = ex.ExplainConfig(
     vae=VCFG, neighbors=NeighborConfig(num=64), holdout=16,
     student=StudentConfig(steps=20), chunk_size=3,
 )
-APPLY = functools.partial(teacher_logits, config=TCFG)
+APPLY = teacher_apply_for(TCFG)
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +160,24 @@ def test_callback_teacher_matches_jax_teacher(setup):
 
 
 SHARD_SCRIPT = textwrap.dedent("""
-    import functools, sys, jax, numpy as np
-    from deepvid_jax import data, deepvid as ex, driver, vae
-    from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, teacher_logits
+    import sys, jax, numpy as np
+    from deepvid_jax import driver
+    from deepvid_jax.data import sources as data
+    from deepvid_jax.explainers.deepvid import core as ex
+    from deepvid_jax.models import train
+    from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for
     from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
     from deepvid_jax.explainers.deepvid.student import StudentConfig
     assert jax.device_count() == 4 and not driver._shardable(jax.devices()), jax.devices()
     t = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     v = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
-    from deepvid_jax import train
     tr, te = data.load("digits", "train"), data.load("digits", "test[:7]")
     fast = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
     tp, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), t, fast,
                                 progress=False)
     vp, _ = train.train_vae(tr.images, te.images, v, fast, progress=False)
     images = te.images
-    apply = functools.partial(teacher_logits, config=t)
+    apply = teacher_apply_for(t)
     # The default (calibrated) config on 4 CPU devices: not sharded there, and completes.
     default = ex.explain(images, jax.random.PRNGKey(0), config=ex.ExplainConfig(
         vae=v, neighbors=NeighborConfig(num=64), holdout=16, chunk_size=5), vae_params=vp,
@@ -190,14 +191,14 @@ SHARD_SCRIPT = textwrap.dedent("""
                                student=StudentConfig(method="adam", steps=20), chunk_size=5,
                                shard=shard)
         outs.append(ex.explain(images, jax.random.PRNGKey(0), config=cfg, vae_params=vp,
-                    teacher_apply=functools.partial(teacher_logits, config=t), teacher_params=tp))
+                    teacher_apply=apply, teacher_params=tp))
     for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-3 * max(np.abs(b).max(), 1e-6))
     # LIME goes through the same chunked, sharded driver.
-    from deepvid_jax import superpixel
+    from deepvid_jax.explainers import lime as superpixel
     lcfg = superpixel.LimeConfig(num_samples=64, holdout=16, patch=2)
     limes = [superpixel.explain_lime(images, jax.random.PRNGKey(0), config=lcfg,
-                                     teacher_apply=functools.partial(teacher_logits, config=t),
+                                     teacher_apply=apply,
                                      teacher_params=tp, chunk_size=5, shard=shard)
              for shard in (True, False)]
     for a, b in zip(jax.tree_util.tree_leaves(limes[0]), jax.tree_util.tree_leaves(limes[1])):

@@ -2,7 +2,6 @@
 fraction every explanation reports."""
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -15,7 +14,7 @@ from deepvid_jax.explainers.deepvid import neighbors
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import VAEConfig, teacher_logits
+from deepvid_jax.models.networks import VAEConfig, teacher_apply_for
 
 VCFG = VAEConfig(latent_dim=3, features=(4,), hidden=8, image_shape=(8, 8, 1))
 VP = vae.init_vae(jax.random.PRNGKey(0), VCFG)
@@ -57,7 +56,7 @@ def test_band_count_must_match_the_latent_size():
 
 
 def test_flip_fraction_is_reported_and_correct(tiny_teacher):
-    apply = functools.partial(teacher_logits, config=TINY_TEACHER)
+    apply = teacher_apply_for(TINY_TEACHER)
     cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=64, latent_scale=2.0),
                            holdout=16, student=StudentConfig(method="ridge"),
                            return_neighbors=True)
@@ -86,8 +85,8 @@ def _calibrated(tiny_teacher, trained_vae, target, images):
                         calibration_steps=8)
     cfg = ex.ExplainConfig(vae=vcfg, neighbors=nc, holdout=64,
                            student=StudentConfig(method="ridge"))
-    return ex.explain(images, jax.random.PRNGKey(0), teacher_apply=functools.partial(
-        teacher_logits, config=TINY_TEACHER), teacher_params=tiny_teacher, vae_params=vp,
+    return ex.explain(images, jax.random.PRNGKey(0), teacher_apply=teacher_apply_for(
+        TINY_TEACHER), teacher_params=tiny_teacher, vae_params=vp,
         config=cfg)
 
 
@@ -98,7 +97,7 @@ def test_calibrated_radius_hits_its_target_flip_fraction(tiny_teacher, trained_v
     # At scale 0 the neighbours are the VAE's reconstruction: no radius can flip fewer than
     # that does, so the images are ones whose reconstruction keeps the teacher's label.
     vcfg, vp = trained_vae
-    apply = functools.partial(teacher_logits, config=TINY_TEACHER)
+    apply = teacher_apply_for(TINY_TEACHER)
     pool = data.load("digits", "test").images
     keeps = (np.asarray(apply(tiny_teacher, vae.reconstruct(vp, pool, config=vcfg))).argmax(-1)
              == np.asarray(apply(tiny_teacher, pool)).argmax(-1))
