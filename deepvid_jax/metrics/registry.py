@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepvid_jax import validate
-from deepvid_jax.driver import map_instances
+from deepvid_jax.driver import map_batches, map_instances
 from deepvid_jax.metrics import fidelity, localisation, randomisation, stability
 from deepvid_jax.models.bundle import Models
 from deepvid_jax.models.networks import init_teacher
@@ -286,6 +286,17 @@ def _config(m: Metric, config: Any) -> Any:
     return config
 
 
+@functools.partial(jax.jit, static_argnames="teacher_apply")
+def _argmax(params, images, teacher_apply):
+    return jnp.argmax(teacher_apply(params, images), -1)
+
+
+def _teacher_classes(images: np.ndarray, models: Models) -> np.ndarray:
+    """The teacher's argmax [B] on checked images, in chunks by the one driver."""
+    return map_batches(lambda p, x: _argmax(p, x, models.teacher_apply), models.teacher_params,
+                       images, batch_size=256)
+
+
 def score(
     name: str,
     images,
@@ -322,8 +333,6 @@ def score(
         wrong type, malformed images, attributions, classes or regions, a missing teacher or
         regions, or a teacher that returns NaN or inf on the perturbed images (naming them).
     """
-    from deepvid_jax.explainers import registry as explainers  # it imports metrics.fidelity
-
     m = get(name)
     if m.kind == "explainer":
         raise ValueError(f"{name!r} measures an explainer, not attributions: use "
@@ -350,7 +359,7 @@ def score(
         validate.config(models, Models, "models")
         validate.teacher(models.teacher_apply, models.teacher_params, arr,
                          num_classes=models.num_classes)
-        third = (explainers.predicted_classes(arr, models) if classes is None else
+        third = (_teacher_classes(arr, models) if classes is None else
                  validate.class_indices(classes, batch=len(arr), num_classes=models.num_classes))
         third = np.asarray(third, np.int32)
         params, static = models.params(), models.static()
@@ -369,7 +378,7 @@ def score(
 
 def score_explainer(
     name: str,
-    method: str,
+    method: Any,
     images,
     classes=None,
     key: jax.Array | None = None,
@@ -381,16 +390,19 @@ def score_explainer(
     chunk_size: int = 64,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The explainer metric called ``name`` of the registered explainer ``method``.
+    """The explainer metric called ``name`` of the explainer ``method``.
 
     The explainer runs as `explainers.explain` runs it: image i with the key
     ``fold_in(key, i)``, so ``reference`` (its attributions of ``images``, if already computed)
-    is ``dv.explain(method, images, classes, key, models=models, config=method_config)``'s.
+    is ``dv.explain(method.name, images, classes, key, models=models, config=method_config)``'s.
+    Metrics sit below explainers, so the method is passed as the registered object
+    (``dv.get("deepvid")``), not by name.
 
     Args:
       name: a metric in `METRICS` of kind "explainer" ("max_sensitivity", "seed_agreement",
         "randomisation").
-      method: a name in `explainers.METHODS`.
+      method: a registered explainer, `explainers.Method` (``dv.get(name)``; anything with its
+        ``name``, ``config``, ``needs``, ``check`` and jitted ``batch``).
       images: [B, H, W, C] float in [0, 1].
       classes: [B] ints in [0, K), the class explained per image (default: the teacher's).
       key: PRNG key (default PRNGKey(0)).
@@ -406,19 +418,22 @@ def score_explainer(
       output name -> numpy [B, ...].
 
     Raises:
-      ValueError: unknown metric or method, a metric of attributions (`score`), configs of the
-        wrong type, models lacking what the method or metric needs, malformed images, classes
-        or reference, or non-finite attributions (naming the images).
+      ValueError: unknown metric, a method that is not a registered explainer, a metric of
+        attributions (`score`), configs of the wrong type, models lacking what the method or
+        metric needs, malformed images, classes or reference, or non-finite attributions
+        (naming the images).
     """
-    from deepvid_jax.explainers import registry as explainers  # it imports metrics.fidelity
-
     m = get(name)
     if m.kind != "explainer":
         raise ValueError(f"{name!r} is a metric of attributions, not of an explainer: use "
                          f"score({name!r}, images, attributions, ...).")
     config = _config(m, config)
     validate.config(models, Models, "models")
-    meth = explainers.get(method)
+    if not all(hasattr(method, a) for a in ("name", "config", "needs", "check", "batch")):
+        raise ValueError(f"method must be a registered explainer (dv.get(name), an "
+                         f"explainers.Method), got {type(method).__name__}"
+                         + (f": use dv.get({method!r})." if isinstance(method, str) else "."))
+    meth = method
     method_config = meth.config if method_config is None else method_config
     meth.check(models, method_config)
     if "teacher_config" in m.needs and models.teacher_config is None:
@@ -429,7 +444,7 @@ def score_explainer(
     validate.integer(chunk_size, "chunk_size", minimum=1)
     validate.teacher(models.teacher_apply, models.teacher_params, arr,
                      num_classes=models.num_classes)
-    cls = (explainers.predicted_classes(arr, models) if classes is None
+    cls = (_teacher_classes(arr, models) if classes is None
            else validate.class_indices(classes, batch=len(arr), num_classes=models.num_classes))
     ref = (None if reference is None else
            np.asarray(validate.array(reference, "reference", shape=arr.shape), np.float32))
@@ -444,7 +459,7 @@ def score_explainer(
             rows = validate.nonfinite_rows(a)
             if rows:
                 raise ValueError(
-                    f"{method} attributions of images {np.asarray(index)[rows][:10].tolist()} "
+                    f"{meth.name} attributions of images {np.asarray(index)[rows][:10].tolist()} "
                     f"are not finite while measuring {name}: the teacher returned NaN or inf "
                     "on some inputs it was shown.")
             return a
