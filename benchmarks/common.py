@@ -30,7 +30,7 @@ from deepvid_jax import files, validate
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import registry as explainers
 from deepvid_jax.explainers.deepvid import core as ex
-from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.metrics import stability
 from deepvid_jax.models import checkpoint
 from deepvid_jax.models.networks import teacher_logits
 from deepvid_jax.runner import bench
@@ -126,7 +126,7 @@ def arguments(description: str, *, settings: tuple[str, ...] = ("mnist",),
                         help="Images per setting" + (" (default all)." if count is None
                                                      else "."))
     parent.add_argument("--seeds", type=int, default=seeds,
-                        help="Keys 0, 100, 101, ...: seed agreement over this many.")
+                        help="Runs (keys) that seed agreement is measured over.")
     parent.add_argument("--out", default=None,
                         help="Output folder (default benchmarks/results/<study>).")
     parent.add_argument("--note", default=None,
@@ -210,7 +210,7 @@ def deepvid_row(models: dv.Models, images, classes, config: ex.ExplainConfig, se
     a = runs[0]
     t = timing("deepvid", models, images[:chunk_size], classes[:chunk_size], config=config)
     row = {"top1": interval(a.extras["fidelity_top1"]), "kl": interval(a.extras["fidelity_kl"]),
-           "seed_agreement": interval(metrics.seed_agreement(
+           "seed_agreement": interval(stability.seed_agreement(
                jnp.stack([r.attributions for r in runs]))),
            "flip_fraction": interval(a.extras["flip_fraction"]),
            "ms_per_explanation": 1000 * t["seconds"] / min(chunk_size, len(images))}

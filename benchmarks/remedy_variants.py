@@ -28,8 +28,7 @@ from deepvid_jax.explainers.deepvid import core as deepvid
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.explainers.registry import predicted_classes
-from deepvid_jax.metrics import fidelity as metrics
-from deepvid_jax.metrics import groundtruth, localisation
+from deepvid_jax.metrics import groundtruth, localisation, stability
 
 STUDENT_FIELDS = tuple(f.name for f in dataclasses.fields(StudentConfig) if f.name != "method")
 
@@ -73,7 +72,7 @@ def run(args, name: str, variants: dict) -> dict:
                "ms_per_image": 1e3 * timing("deepvid", models, x[:b], classes[:b],
                                             config=config)["seconds"] / b}
         if args.seeds > 1:
-            row["seed_agreement"] = float(jnp.mean(metrics.seed_agreement(
+            row["seed_agreement"] = float(jnp.mean(stability.seed_agreement(
                 jnp.asarray(np.stack([r.attributions for r in runs])))))
         rows[variant] = row
         print(f"{name} {args.mask} {variant:24s} {row}", flush=True)

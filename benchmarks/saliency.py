@@ -51,11 +51,10 @@ def configs(args) -> dict:
 
 
 def quality(models: dv.Models, x, cls, maps, chunk: int) -> dict:
-    """Deletion / insertion (zero baseline, 28 steps as in evaluate.py) and average drop /
-    increase of maps [B, H, W], by the registered metrics."""
+    """Deletion / insertion (zero baseline, the library's default steps, as in evaluate.py) and
+    average drop / increase of maps [B, H, W], by the registered metrics."""
     attr = maps[..., None]
-    auc = dv.score("auc_zero", x, attr, cls, models=models, chunk_size=chunk,
-                   config=dv.DeletionConfig(steps=28))
+    auc = dv.score("auc_zero", x, attr, cls, models=models, chunk_size=chunk)
     drop = dv.score("average_drop", x, attr, cls, models=models, chunk_size=chunk)
     return {"deletion": interval(auc["deletion"]), "insertion": interval(auc["insertion"]),
             "average_drop_pct": interval(100 * drop["average_drop"]),

@@ -14,7 +14,7 @@ SNAPSHOT = Path(__file__).with_name("api_surface.json")
 
 
 def _cli_surface() -> dict:
-    from deepvid_jax.cli.commands import build_parser
+    from deepvid_jax.cli import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

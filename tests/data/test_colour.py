@@ -117,9 +117,9 @@ def test_odd_sizes_are_a_clear_error_for_the_vae():
 
 
 def test_decoder_blocks_and_lr_schedule_reach_the_trained_configs(tmp_path):
-    from deepvid_jax.cli import commands as cli
+    from deepvid_jax.cli import build_parser, options
     from deepvid_jax.data import sources as data
-    from deepvid_jax.models import train
+    from deepvid_jax.models import recipes, train
     from deepvid_jax.models.networks import DECODER_BLOCKS, vae_config_for
 
     assert vae_config_for((32, 32, 3)).decoder_blocks == DECODER_BLOCKS["colour"]
@@ -127,15 +127,15 @@ def test_decoder_blocks_and_lr_schedule_reach_the_trained_configs(tmp_path):
     assert vae_config_for((32, 32, 3), decoder_blocks=2).decoder_blocks == 2
     tr = data.load("synthetic", "train[:256]")
     for flags, blocks, schedule in (
-            ([], DECODER_BLOCKS["colour"], cli.RECIPES["synthetic"]["vae"].get(
+            ([], DECODER_BLOCKS["colour"], recipes.RECIPES["synthetic"]["vae"].get(
                 "lr_schedule", train.VAE_TRAIN.lr_schedule)),
             (["--decoder-blocks", "2", "--lr-schedule", "constant"], 2, "constant"),
             (["--decoder-blocks", "0", "--lr-schedule", "cosine"], 0, "cosine")):
-        args = cli.build_parser().parse_args(["train-vae", "--dataset", "synthetic", "--out",
+        args = build_parser().parse_args(["train-vae", "--dataset", "synthetic", "--out",
                                                  str(tmp_path), *flags])
-        plan = cli._plan_training(args, ("vae",), tr)
-        assert plan["vae_config"].decoder_blocks == blocks
-        assert plan["vae_train"].lr_schedule == schedule
+        plan = options.plan(args, ("vae",), tr)
+        assert plan.vae_config.decoder_blocks == blocks
+        assert plan.vae_train.lr_schedule == schedule
 
 
 def test_a_spatial_latent_is_a_grid_of_local_codes():

@@ -124,7 +124,7 @@ def test_any_named_dataset_can_be_resized():
 def test_the_command_line_trains_runs_and_reports_on_a_folder(tmp_path, capsys):
     """A folder of mixed sizes through train-teacher, run and report: the store records the
     resize, so the report reopens the same images."""
-    from deepvid_jax.cli import commands as cli
+    from deepvid_jax import cli
     from deepvid_jax.runner import report
 
     images = tmp_path / "images"

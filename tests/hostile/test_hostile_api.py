@@ -25,6 +25,7 @@ from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.metrics import fidelity as metrics
+from deepvid_jax.metrics import stability
 from deepvid_jax.models import adversarial, consistency, train, vae
 from deepvid_jax.models.networks import (
     ExplainerConfig,
@@ -102,7 +103,7 @@ IMAGE_ENTRY_POINTS = {
         x, _zeros_like(x), CLS, teacher_apply=linear, teacher_params=A),
     "average_drop_increase": lambda x: metrics.average_drop_increase(
         x, _zeros_like(x)[..., 0], CLS, teacher_apply=linear, teacher_params=A),
-    "max_sensitivity": lambda x: metrics.max_sensitivity(lambda v: v, x, KEY),
+    "max_sensitivity": lambda x: stability.max_sensitivity(lambda v: v, x, KEY),
     "saliency": lambda x: surrogate.saliency(x, surrogate_params=SP, explainer_params=EP,
                                              surrogate_config=SCFG, explainer_config=ECFG),
     "teacher_logits_of": lambda x: surrogate.teacher_logits_of(linear, A, x),
@@ -472,15 +473,15 @@ def test_deletion_insertion_settings(kwargs, message):
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda: metrics.pearson(GOOD, GOOD[:2]), "same shape"),
-    (lambda: metrics.spearman(GOOD, GOOD[..., 0]), "same shape"),
-    (lambda: metrics.relative_change(GOOD, GOOD[:3]), "same shape"),
-    (lambda: metrics.seed_agreement(GOOD[:1]), ">= 2 runs"),
-    (lambda: metrics.seed_agreement(np.zeros(3)), r"\[R, B, ...\]"),
+    (lambda: stability.pearson(GOOD, GOOD[:2]), "same shape"),
+    (lambda: stability.spearman(GOOD, GOOD[..., 0]), "same shape"),
+    (lambda: stability.relative_change(GOOD, GOOD[:3]), "same shape"),
+    (lambda: stability.seed_agreement(GOOD[:1]), ">= 2 runs"),
+    (lambda: stability.seed_agreement(np.zeros(3)), r"\[R, B, ...\]"),
     (lambda: metrics.fidelity(jnp.zeros((2, 5, K)), jnp.zeros((2, 5, 3))), "one shape"),
-    (lambda: metrics.max_sensitivity(lambda v: v, GOOD, KEY, radius=-0.1), "radius"),
-    (lambda: metrics.max_sensitivity(lambda v: v, GOOD, KEY, samples=0), "samples"),
-    (lambda: metrics.max_sensitivity("saliency", GOOD, KEY), "callable"),
+    (lambda: stability.max_sensitivity(lambda v: v, GOOD, KEY, radius=-0.1), "radius"),
+    (lambda: stability.max_sensitivity(lambda v: v, GOOD, KEY, samples=0), "samples"),
+    (lambda: stability.max_sensitivity("saliency", GOOD, KEY), "callable"),
     (lambda: ops.gaussian_blur(GOOD, 0.0), "blur sigma"),
     (lambda: metrics.baseline_images(GOOD, "noise"), "Unknown baseline"),
     (lambda: ex.student_fidelity(np.zeros((4, 8, 8, 1, K)), np.zeros((4, K)),

@@ -329,7 +329,7 @@ def test_the_command_line_runs_a_users_teacher(tmp_path, monkeypatch, capsys,
     the store the library's own call gives."""
     import zarr
 
-    from deepvid_jax.cli import commands as cli
+    from deepvid_jax import cli
 
     (tmp_path / "user_model.py").write_text(TEACHER_MODULE)
     monkeypatch.chdir(tmp_path)
