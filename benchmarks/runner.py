@@ -4,6 +4,9 @@
    memory) and once with ``explain_dataset`` into a fresh Zarr store (reading the split by
    chunks, writing every array, markers), compiled first; per explainer, in one run, timed in
    turn several times (medians: this CPU's speed varies with load).
+   Then the checks a finished store costs: `integrity.verify` of the last store (every chunk
+   read back against its checksums) and re-running the finished run (identity, the teacher's
+   probe, verification: nothing left to compute), each once.
 2. Memory: peak resident memory (``ru_maxrss``) of a whole ``deepvid run`` in a fresh process,
    over 1,000 and over 10,000 images (the whole MNIST test split).
 
@@ -32,11 +35,11 @@ from common import machine_info
 from deepvid_jax import files
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import registry as explainers
-from deepvid_jax.runner import run
+from deepvid_jax.runner import integrity, run
 
 MEMORY_SCRIPT = """
 import json, resource, sys
-from deepvid_jax.cli.commands import main
+from deepvid_jax.cli import main
 code = main(sys.argv[1:])
 print("MAXRSS", json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 sys.exit(code)
@@ -83,9 +86,19 @@ def overhead(models, source, name: str, chunk: int, seed: int, repeats: int,
                 times[field].append(time.perf_counter() - start)
             if time.perf_counter() - spent > max_seconds:
                 break
+        last = Path(tmp) / f"store{next(stores) - 1}.zarr"
+        start = time.perf_counter()
+        damage = integrity.verify(last)
+        verify_s = time.perf_counter() - start
+        assert damage == [], damage
+        start = time.perf_counter()
+        again = run.explain_dataset(source, models, last, config, progress=False)
+        resume_s = time.perf_counter() - start
+        assert again["chunks_computed"] == 0
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"explainer": name, "images": len(source), "chunk": chunk,
             "repeats": len(times["runner_s"]), "times": times, **med,
+            "verify_s": verify_s, "finished_rerun_s": resume_s,
             "overhead": med["runner_s"] / med["in_memory_with_classes_s"] - 1,
             "overhead_vs_explain_given_classes": med["runner_s"] / med["in_memory_s"] - 1,
             "overhead_of_minima": min(times["runner_s"])
@@ -144,7 +157,8 @@ def main(argv=None) -> int:
               f"{r['in_memory_with_classes_s']:.2f} s finding them; runner "
               f"{r['runner_s']:.2f} s ({100 * r['overhead']:+.1f} %; over explain given the "
               f"classes {100 * r['overhead_vs_explain_given_classes']:+.1f} %); medians of "
-              f"{r['repeats']}", flush=True)
+              f"{r['repeats']}; verify {r['verify_s']:.2f} s, re-run of the finished store "
+              f"{r['finished_rerun_s']:.2f} s", flush=True)
     for count in args.memory_counts:
         r = peak_memory(args, count)
         result["memory"].append(r)
@@ -165,12 +179,15 @@ def main(argv=None) -> int:
              "turn:", "",
              "| explainer | chunk | repeats | explain, classes given (s) | explain, finding the "
              "classes (s) | runner into Zarr (s) | overhead | over explain given the classes | "
-             "of the minima |", "|---|---|---|---|---|---|---|---|---|"]
+             "of the minima | verify the store (s) | re-run the finished store (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['explainer']} | {r['chunk']} | {r['repeats']} | {r['in_memory_s']:.2f} | "
               f"{r['in_memory_with_classes_s']:.2f} | {r['runner_s']:.2f} | "
               f"**{100 * r['overhead']:+.1f} %** | "
               f"{100 * r['overhead_vs_explain_given_classes']:+.1f} % | "
-              f"{100 * r['overhead_of_minima']:+.1f} % |" for r in result["overhead"]]
+              f"{100 * r['overhead_of_minima']:+.1f} % | "
+              + (f"{r['verify_s']:.2f} | {r['finished_rerun_s']:.2f} |" if "verify_s" in r
+                 else "- | - |") for r in result["overhead"]]
     if result["memory"]:
         base = result["memory"][0]["peak_rss_mib"]
         lines += ["", f"Peak resident memory of `deepvid run --explainers "
