@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import platform
 import shlex
@@ -32,7 +31,7 @@ from deepvid_jax.explainers import registry as explainers
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.metrics import stability
 from deepvid_jax.models import checkpoint
-from deepvid_jax.models.networks import teacher_logits
+from deepvid_jax.models.networks import teacher_apply_for
 from deepvid_jax.runner import bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -294,6 +293,6 @@ def load_setup(args):
     vp, vcfg, _ = checkpoint.restore(folder / "vae", kind="vae")
     ds = data.load(args.dataset, args.split, data_dir=args.data_dir)
     images = ds.images[: args.count]
-    apply = functools.partial(teacher_logits, config=tcfg)
+    apply = teacher_apply_for(tcfg)
     cls = np.asarray(apply(tp, jnp.asarray(images))).argmax(-1)
     return tp, tcfg, vp, vcfg, apply, images, cls, ds.info

@@ -16,7 +16,6 @@ there. Writes ``benchmarks/results/consistency/consistency.{json,md}`` and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -28,7 +27,7 @@ from deepvid_jax import viz
 from deepvid_jax.explainers.registry import predicted_classes
 from deepvid_jax.models import adversarial, checkpoint, consistency, train
 from deepvid_jax.models.adversarial import AttackConfig
-from deepvid_jax.models.networks import TeacherConfig, teacher_logits
+from deepvid_jax.models.networks import TeacherConfig, teacher_apply_for
 
 VARIANTS = ("standard", "adversarial", "adversarial+consistency")
 
@@ -68,7 +67,7 @@ def get_teacher(name: str, variant: str, tr, ev, args) -> tuple[dict, TeacherCon
 
 def measure(params, cfg, ev, args) -> tuple[dict, dict]:
     """Clean / FGSM / PGD accuracy and per-layer consistency; returns (row, pools for figures)."""
-    apply = functools.partial(teacher_logits, config=cfg)
+    apply = teacher_apply_for(cfg)
     models = dv.Models(apply, params, cfg.num_classes, teacher_config=cfg)
     x, y = ev.images, ev.labels
     key = jax.random.PRNGKey(args.seed)

@@ -7,7 +7,7 @@
     ds = dv.load_dataset("mnist", "test[:100]")
     out = dv.explain("deepvid", ds.images, key=jax.random.PRNGKey(0), models=models)
     out.attributions                                       # [B, H, W, C], the teacher's class
-    dv.score("auc_zero", ds.images, out.attributions, classes, models=models)
+    dv.score("auc_zero", ds.images, out.attributions, models=models)  # the teacher's class
 
 Every explainer is in `METHODS` and every metric in `METRICS`, by name; `register` /
 `register_metric` add one. The subpackages hold the rest, one folder a family:
@@ -17,29 +17,43 @@ training, checkpoints, adapters), `data`, `runner` (dataset runs, reports, `deep
 `cli`.
 """
 
-from deepvid_jax.data.sources import Dataset, open_source
-from deepvid_jax.data.sources import load as load_dataset
+from typing import Any as _Any
+
+from deepvid_jax import metrics as _metrics
+from deepvid_jax.data import Dataset, open_source
+from deepvid_jax.data import load as load_dataset
 from deepvid_jax.driver import instance_keys, map_instances
-from deepvid_jax.explainers.deepvid.core import ExplainConfig, Explanation, callback_teacher
-from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
-from deepvid_jax.explainers.deepvid.student import StudentConfig
-from deepvid_jax.explainers.gradients import AttributionConfig
-from deepvid_jax.explainers.lime import LimeConfig
-from deepvid_jax.explainers.registry import (
+from deepvid_jax.explainers import (
     METHODS,
     Attribution,
+    AttributionConfig,
+    ExplainConfig,
+    LimeConfig,
     Method,
-    Models,
+    NeighborConfig,
+    RiseConfig,
+    StudentConfig,
     explain,
     get,
     register,
 )
-from deepvid_jax.explainers.rise import RiseConfig
-from deepvid_jax.metrics.registry import METRICS, DeletionConfig, Metric, score
-from deepvid_jax.metrics.registry import get as get_metric
-from deepvid_jax.metrics.registry import register as register_metric
-from deepvid_jax.models.adapters import (
+from deepvid_jax.explainers.deepvid import Explanation
+from deepvid_jax.metrics import (
+    METRICS,
+    DeletionConfig,
+    LocalisationConfig,
+    Metric,
+    RandomisationConfig,
+    SeedConfig,
+    SensitivityConfig,
+    score,
+)
+from deepvid_jax.metrics import get as get_metric
+from deepvid_jax.metrics import register as register_metric
+from deepvid_jax.models import (
+    Models,
     Teacher,
+    callback_teacher,
     ensemble,
     from_callback,
     from_equinox,
@@ -49,7 +63,19 @@ from deepvid_jax.models.adapters import (
     load_teacher,
 )
 
-__version__ = "0.2.0"
+
+def score_explainer(name: str, method: str | Method, images, classes=None, key=None,
+                    **options: _Any) -> dict:
+    """The explainer metric ``name`` ("max_sensitivity", "seed_agreement", "randomisation") of
+    the explainer ``method``, given by name or as a registered `Method`: `metrics.score_explainer`
+    with the name looked up in `METHODS` (metrics sit below explainers, so they take the
+    object). ``options``: ``models``, ``config``, ``method_config``, ``reference``,
+    ``chunk_size``, ``progress``, as there."""
+    return _metrics.score_explainer(name, get(method) if isinstance(method, str) else method,
+                                    images, classes, key, **options)
+
+
+__version__ = "0.3.0"
 
 __all__ = [
     "METHODS",
@@ -61,11 +87,15 @@ __all__ = [
     "ExplainConfig",
     "Explanation",
     "LimeConfig",
+    "LocalisationConfig",
     "Method",
     "Metric",
     "Models",
     "NeighborConfig",
+    "RandomisationConfig",
     "RiseConfig",
+    "SeedConfig",
+    "SensitivityConfig",
     "StudentConfig",
     "Teacher",
     "__version__",
@@ -87,4 +117,5 @@ __all__ = [
     "register",
     "register_metric",
     "score",
+    "score_explainer",
 ]

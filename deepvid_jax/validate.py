@@ -286,7 +286,7 @@ def teacher(
     if is_traced(probe) or any(is_traced(leaf) for leaf in jax.tree.leaves(teacher_params)):
         return None
     x = jnp.asarray(np.asarray(probe)[:probe_size])
-    # A host-side black box (`deepvid.callback_teacher`) is probed directly: an error inside
+    # A host-side black box (`adapters.callback_teacher`) is probed directly: an error inside
     # jax.pure_callback would arrive wrapped in XLA's runtime error and logged traceback.
     host_call = getattr(teacher_apply, "host_call", None)
     try:

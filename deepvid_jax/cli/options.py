@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib.machinery
 import math
 import os
@@ -22,7 +21,7 @@ from deepvid_jax.explainers.deepvid import neighbors
 from deepvid_jax.explainers.deepvid import student as student_lib
 from deepvid_jax.models import adapters, checkpoint, recipes, train
 from deepvid_jax.models.bundle import Models
-from deepvid_jax.models.networks import DECODER_BLOCKS, teacher_logits
+from deepvid_jax.models.networks import DECODER_BLOCKS, teacher_apply_for
 
 DEFAULT_DATASET = data.EMBEDDED_DATASET
 
@@ -327,7 +326,7 @@ def teacher(args: argparse.Namespace, info: data.DatasetInfo, *, folder: Path | 
     if user is not None:
         return user
     params, config, _ = checkpoint.restore(folder / "teacher", kind="teacher")
-    return adapters.Teacher(functools.partial(teacher_logits, config=config), params,
+    return adapters.Teacher(teacher_apply_for(config), params,
                             config.num_classes)
 
 
@@ -375,7 +374,7 @@ def explain_options(p: argparse.ArgumentParser, count: int) -> None:
                    help=f"How neighbours are drawn (default {d.neighbors.sampler}).")
     p.add_argument("--student", choices=student_lib.SOLVERS, default=None,
                    help=f"Default {d.student.method}: the reweighted group lasso stopped early "
-                   "(deepvid.DEFAULT_STUDENT); ridge: closed form on centred logits (--fast); "
+                   "(ExplainConfig().student); ridge: closed form on centred logits (--fast); "
                    "adam: Adam on the KD loss; kd: ridge then Adam on the KD loss.")
     p.add_argument("--lasso", type=finite(low=0.0, high=1.0, low_open=True, high_open=True),
                    default=None,

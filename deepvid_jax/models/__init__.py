@@ -4,6 +4,7 @@
 
 from deepvid_jax.models.adapters import (
     Teacher,
+    callback_teacher,
     ensemble,
     from_callback,
     from_equinox,
@@ -22,6 +23,7 @@ __all__ = [
     "Teacher",
     "TeacherConfig",
     "VAEConfig",
+    "callback_teacher",
     "ensemble",
     "from_callback",
     "from_equinox",

@@ -254,17 +254,48 @@ def from_equinox(model, *, image_shape=None, num_classes: int | None = None,
     return _teacher(apply, raw, params, image_shape, num_classes, outputs, "from_equinox")
 
 
+def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -> TeacherApply:
+    """Wraps a non-JAX classifier (numpy in, logits out) as a pure JAX ``teacher_apply``.
+
+    The returned function ignores its params argument and calls ``fn(images [N, H, W, C])`` on
+    the host through `jax.pure_callback`; under `vmap` it is called once per instance. ``fn``
+    must be a pure function of its input. Pass ``teacher_params=None``.
+
+    Keep the returned object and reuse it: it is a static argument of `jit`, and a new wrapper
+    means a new compilation.
+    """
+
+    validate.integer(num_classes, "num_classes", minimum=2)
+    if not callable(fn):
+        raise ValueError(f"callback_teacher needs a callable, got {type(fn).__name__}.")
+
+    def host_call(x):
+        out = np.asarray(fn(np.asarray(x)))
+        if out.shape != (len(x), num_classes):
+            raise ValueError(f"the wrapped model returned shape {list(out.shape)} for {len(x)} "
+                             f"images; expected logits [{len(x)}, {num_classes}].")
+        if not np.issubdtype(out.dtype, np.floating):
+            raise ValueError(f"the wrapped model returned {out.dtype} logits; expected floats.")
+        return out.astype(np.float32)
+
+    def apply(params, images):
+        del params
+        out = jax.ShapeDtypeStruct((images.shape[0], num_classes), jnp.float32)
+        return jax.pure_callback(host_call, out, images, vmap_method="sequential")
+
+    apply.host_call = host_call  # the teacher probe calls it directly: plain errors
+    return apply
+
+
 def from_callback(fn: Callable[[np.ndarray], np.ndarray], num_classes: int, *,
                   image_shape=None, outputs: str = "logits") -> Teacher:
     """Any other model (PyTorch, ONNX, a remote service) as a black box: ``fn(images [N, H, W,
     C] float32 numpy) -> logits [N, K]`` (or probabilities, with ``outputs="probabilities"``:
-    their log is used) called on the host (`deepvid.callback_teacher`). The sampling methods
+    their log is used) called on the host (`callback_teacher`). The sampling methods
     (deepvid, noise, mask, lime, rise) work; the gradient ones (gradient, grad_x_input,
     integrated_gradients, smoothgrad, grad_cam) and the attentive surrogate's training raise a
     clear error. The kind of the outputs is checked on the probe batch with ``image_shape``,
     else on the first call's outputs (`check_outputs`)."""
-    from deepvid_jax.explainers.deepvid.core import callback_teacher
-
     validate.choice(outputs, OUTPUTS, "outputs")
     if not callable(fn):
         raise ValueError(f"from_callback needs a callable, got {type(fn).__name__}.")
@@ -315,7 +346,7 @@ def ensemble(teachers) -> Teacher:
     params = tuple(t.params for t in members)
     if not all(t.differentiable for t in members):
         # A black box member makes the ensemble one: gradient methods refuse it, and the
-        # teacher probe calls this on the host, like a member's own (`deepvid.callback_teacher`).
+        # teacher probe calls this on the host, like a member's own (`callback_teacher`).
         apply.host_call = lambda images: np.asarray(apply(params, jnp.asarray(images)))
     return Teacher(apply, params, counts[0])
 

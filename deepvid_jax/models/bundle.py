@@ -20,11 +20,11 @@ from deepvid_jax.models.networks import (
     init_explainer,
     init_surrogate,
     init_teacher,
+    init_vae,
     teacher_apply_for,
     teacher_config_for,
     vae_config_for,
 )
-from deepvid_jax.models.vae import init_vae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ class Models:
 
     @property
     def black_box(self) -> bool:
-        """Whether the teacher is a host callback (`deepvid.callback_teacher`): no gradients."""
+        """Whether the teacher is a host callback (`adapters.callback_teacher`): no gradients."""
         return hasattr(self.teacher_apply, "host_call")
 
     def params(self) -> dict:

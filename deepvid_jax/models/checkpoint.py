@@ -44,8 +44,8 @@ from deepvid_jax.models.networks import (
     init_explainer,
     init_surrogate,
     init_teacher,
+    init_vae,
 )
-from deepvid_jax.models.vae import init_vae
 
 FORMAT = "deepvid_jax/2"
 LEGACY_FORMATS = ("deepvid_jax/1",)  # no checksums; params in "params/"

@@ -394,6 +394,13 @@ class Surrogate(nn.Module):
         return nn.Dense(self.config.num_classes, name="logits")(x), tuple(maps)
 
 
+def init_vae(key: jax.Array, config: VAEConfig) -> dict:
+    """Fresh VAE parameters for images of shape ``config.image_shape``."""
+    x = jnp.zeros((1, *config.image_shape))
+    eps = jnp.zeros((1, config.latent_dim))
+    return VAE(config).init(key, x, eps)["params"]
+
+
 def init_surrogate(key: jax.Array, config: SurrogateConfig) -> dict:
     """Fresh surrogate parameters."""
     return Surrogate(config).init(key, jnp.zeros((1, *config.image_shape)))["params"]

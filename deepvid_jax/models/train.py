@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from deepvid_jax import driver, ops, validate
 from deepvid_jax.models import adversarial, consistency, vae
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, teacher_logits
+from deepvid_jax.models.networks import (
+    TeacherConfig,
+    VAEConfig,
+    init_teacher,
+    init_vae,
+    teacher_apply_for,
+    teacher_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +226,7 @@ def adversarial_teacher_train_step(
       "consistency"}).
     """
     images, labels = batch
-    apply = functools.partial(teacher_logits, config=state.config)
+    apply = teacher_apply_for(state.config)
     adv_images = adversarial.attack(images, labels, key, teacher_apply=apply,
                                     teacher_params=state.params, config=adv.attack)
     adv_images = jax.lax.stop_gradient(adv_images)
@@ -466,7 +473,7 @@ def train_vae(
         apply, teacher_params = teacher
         step = functools.partial(guided_vae_train_step, teacher_params=teacher_params,
                                  teacher_apply=apply, weight=float(config.teacher_weight))
-    params = vae.init_vae(jax.random.PRNGKey(config.seed), model_config)
+    params = init_vae(jax.random.PRNGKey(config.seed), model_config)
     state = create_state(params, model_config, config, len(train_images))
     eval_key = jax.random.PRNGKey(config.seed + 1)
     state, history = fit(

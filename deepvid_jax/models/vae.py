@@ -14,13 +14,6 @@ import optax
 from deepvid_jax.models.networks import VAE, VAEConfig
 
 
-def init_vae(key: jax.Array, config: VAEConfig) -> dict:
-    """Fresh VAE parameters for images of shape ``config.image_shape``."""
-    x = jnp.zeros((1, *config.image_shape))
-    eps = jnp.zeros((1, config.latent_dim))
-    return VAE(config).init(key, x, eps)["params"]
-
-
 def encode(
     params: dict, images: jax.Array, *, config: VAEConfig = VAEConfig()
 ) -> tuple[jax.Array, jax.Array]:

@@ -16,9 +16,9 @@ from deepvid_jax import cli
 from deepvid_jax.cli.main import COMMANDS
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import registry
-from deepvid_jax.models import checkpoint, vae
+from deepvid_jax.models import checkpoint
 from deepvid_jax.models.bundle import Models
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, init_vae
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def checkpoints(tmp_path_factory) -> Path:
     vcfg = VAEConfig(latent_dim=2, features=(4,), hidden=8, image_shape=(8, 8, 1))
     checkpoint.save(folder / "teacher", init_teacher(jax.random.PRNGKey(0), tcfg),
                     kind="teacher", config=tcfg)
-    checkpoint.save(folder / "vae", vae.init_vae(jax.random.PRNGKey(1), vcfg), kind="vae",
+    checkpoint.save(folder / "vae", init_vae(jax.random.PRNGKey(1), vcfg), kind="vae",
                     config=vcfg)
     return folder
 

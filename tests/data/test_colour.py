@@ -4,8 +4,6 @@ and the gradient family."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -15,8 +13,13 @@ import deepvid_jax as dv
 from deepvid_jax.data import synthetic
 from deepvid_jax.explainers import gradients as attribution
 from deepvid_jax.models import train
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_logits
-from deepvid_jax.models.vae import init_vae
+from deepvid_jax.models.networks import (
+    TeacherConfig,
+    VAEConfig,
+    init_vae,
+    teacher_apply_for,
+    teacher_logits,
+)
 
 SIZE = 16
 SHAPE = (SIZE, SIZE, 3)
@@ -38,7 +41,7 @@ def models() -> dv.Models:
     params, _ = train.train_teacher(
         (x.astype(np.float32) / 255, y), (X, Y), TCFG,
         train.TrainConfig(epochs=2, batch_size=64, learning_rate=3e-3), progress=False)
-    return dv.Models(functools.partial(teacher_logits, config=TCFG), params, TCFG.num_classes,
+    return dv.Models(teacher_apply_for(TCFG), params, TCFG.num_classes,
                      teacher_config=TCFG, vae_params=init_vae(jax.random.PRNGKey(1), VCFG),
                      vae_config=VCFG)
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from conftest import TINY_TEACHER, TINY_TRAIN
 
+import deepvid_jax as dv
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid import neighbors, student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import VAEConfig, teacher_apply_for
+from deepvid_jax.models.networks import VAEConfig, init_vae, teacher_apply_for
 
 TCFG = TINY_TEACHER
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
@@ -149,7 +150,7 @@ def test_callback_teacher_matches_jax_teacher(setup):
         assert isinstance(x, np.ndarray)
         return x.reshape(len(x), -1) @ a
 
-    wrapped = ex.callback_teacher(numpy_model, num_classes=10)
+    wrapped = dv.callback_teacher(numpy_model, num_classes=10)
     kw = dict(vae_params=vp, config=SMALL)
     got = ex.explain(images[:4], jax.random.PRNGKey(0), teacher_apply=wrapped,
                      teacher_params=None, **kw)
@@ -329,7 +330,7 @@ def test_blocking_bounds_the_memory_that_grows_with_the_batch(tiny_teacher):
     blocks the decoder's and teacher's activations grow with the batch; with blocks only the
     per-instance state does."""
     vcfg = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
-    vp = vae.init_vae(jax.random.PRNGKey(0), vcfg)
+    vp = init_vae(jax.random.PRNGKey(0), vcfg)
 
     def temp_bytes(block, b):
         cfg = ex.ExplainConfig(vae=vcfg, neighbors=NeighborConfig(num=256, latent_scale=1.0),

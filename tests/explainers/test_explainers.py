@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import SMALL, TINY_TEACHER
 
+import deepvid_jax as dv
 from deepvid_jax import driver
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import gradients as attribution
@@ -25,9 +26,9 @@ from deepvid_jax.models.networks import (
     VAEConfig,
     init_explainer,
     init_surrogate,
+    init_vae,
     teacher_logits,
 )
-from deepvid_jax.models.vae import init_vae
 
 VCFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 SCFG = SurrogateConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
@@ -292,7 +293,7 @@ def test_clear_errors(models):
         E.explain("grad_cam", IMAGES, models=bare)
     with pytest.raises(ValueError, match="surrogate"):
         E.explain("surrogate", IMAGES, models=bare)
-    box = E.Models(ex.callback_teacher(
+    box = E.Models(dv.callback_teacher(
         lambda x: np.asarray(models.teacher_apply(models.teacher_params, x)), 10), None, 10)
     with pytest.raises(ValueError, match="black box has none"):
         E.explain("integrated_gradients", IMAGES, models=box)
@@ -305,7 +306,7 @@ def test_clear_errors(models):
 
 
 def test_black_box_teacher_runs_the_sampling_methods(models):
-    box = E.Models(ex.callback_teacher(
+    box = E.Models(dv.callback_teacher(
         lambda x: np.asarray(models.teacher_apply(models.teacher_params, x)), 10), None, 10)
     got = E.explain("lime", IMAGES[:2], CLASSES[:2], KEY, models=box, config=SMALL["lime"])
     want = E.explain("lime", IMAGES[:2], CLASSES[:2], KEY, models=models, config=SMALL["lime"])

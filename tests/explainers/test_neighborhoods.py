@@ -14,10 +14,10 @@ from deepvid_jax.explainers.deepvid import neighbors
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import VAEConfig, teacher_apply_for
+from deepvid_jax.models.networks import VAEConfig, init_vae, teacher_apply_for
 
 VCFG = VAEConfig(latent_dim=3, features=(4,), hidden=8, image_shape=(8, 8, 1))
-VP = vae.init_vae(jax.random.PRNGKey(0), VCFG)
+VP = init_vae(jax.random.PRNGKey(0), VCFG)
 IMAGES = data.load("digits", "test[:5]").images
 BAND = ((-0.5, 0.25), (0.0, 0.0), (1.0, 3.0))
 

@@ -5,7 +5,6 @@ silent wrong answer. Cases that are valid must give a finite result."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -35,6 +34,8 @@ from deepvid_jax.models.networks import (
     init_explainer,
     init_surrogate,
     init_teacher,
+    init_vae,
+    teacher_apply_for,
     teacher_logits,
 )
 
@@ -46,7 +47,7 @@ A = jnp.asarray(np.random.default_rng(0).normal(size=(64, K)).astype(np.float32)
 TCFG = TeacherConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
 TP = init_teacher(jax.random.PRNGKey(1), TCFG)
 VCFG = VAEConfig(latent_dim=2, features=(4,), hidden=8, image_shape=(8, 8, 1))
-VP = vae.init_vae(jax.random.PRNGKey(2), VCFG)
+VP = init_vae(jax.random.PRNGKey(2), VCFG)
 SCFG = SurrogateConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
 SP = init_surrogate(jax.random.PRNGKey(3), SCFG)
 ECFG = ExplainerConfig(num_stages=1, features=(4,), image_shape=(8, 8, 1))
@@ -70,7 +71,7 @@ def linear(params, x):
     return x.reshape(x.shape[0], -1) @ params
 
 
-TEACHER_APPLY = functools.partial(teacher_logits, config=TCFG)
+TEACHER_APPLY = teacher_apply_for(TCFG)
 LINEAR_MODELS = dv.Models(linear, A, K)
 VAE_MODELS = dv.Models(TEACHER_APPLY, TP, K, teacher_config=TCFG, vae_params=VP, vae_config=VCFG)
 
@@ -314,12 +315,12 @@ def test_nan_logits_never_count_as_agreement():
 
 
 def test_callback_teacher_with_a_wrong_output_shape():
-    wrapped = ex.callback_teacher(lambda x: np.zeros((len(x), 3), np.float32), num_classes=K)
+    wrapped = dv.callback_teacher(lambda x: np.zeros((len(x), 3), np.float32), num_classes=K)
     with pytest.raises(ValueError, match=r"returned shape \[4, 3\].*expected logits \[4, 10\]"):
         ex.explain(GOOD, KEY, teacher_apply=wrapped, teacher_params=None, vae_params=None,
                    config=PIXEL)
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
-        ex.callback_teacher(lambda x: x, num_classes=1)
+        dv.callback_teacher(lambda x: x, num_classes=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -335,7 +336,8 @@ CONFIG_CASES = {
     StudentConfig: {"temperature": [0.0, -1.0, NAN_, INF_], "steps": [0, -1, 1.5],
                     "learning_rate": [0.0, NAN_], "l1": [-1.0], "l2": [NAN_],
                     "hard_label_weight": [-1.0], "method": ["sgd"], "penalties": [(), (-1.0,)]},
-    ex.ExplainConfig: {"chunk_size": [0, -1, 1.5], "holdout": [0, ex.DEFAULT_NEIGHBORS.num, -1],
+    ex.ExplainConfig: {"chunk_size": [0, -1, 1.5],
+                       "holdout": [0, ex.ExplainConfig().neighbors.num, -1],
                        "num_classes": [1, 0], "vae": ["x"], "neighbors": [None],
                        "student": [3]},
     superpixel.LimeConfig: {"keep_prob": [1.5, 0.0, 1.0, NAN_], "num_samples": [0],

@@ -23,8 +23,8 @@ from deepvid_jax import cli, files
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import registry, surrogate
 from deepvid_jax.explainers.deepvid import core as explain_lib
-from deepvid_jax.models import checkpoint, train, vae
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher
+from deepvid_jax.models import checkpoint, train
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, init_vae
 
 
 def _save_models(folder: Path, image_shape=(8, 8, 1), num_classes=10) -> Path:
@@ -33,7 +33,7 @@ def _save_models(folder: Path, image_shape=(8, 8, 1), num_classes=10) -> Path:
     vcfg = VAEConfig(latent_dim=2, features=(4,), hidden=8, image_shape=image_shape)
     checkpoint.save(folder / "teacher", init_teacher(jax.random.PRNGKey(0), tcfg),
                     kind="teacher", config=tcfg)
-    checkpoint.save(folder / "vae", vae.init_vae(jax.random.PRNGKey(1), vcfg), kind="vae",
+    checkpoint.save(folder / "vae", init_vae(jax.random.PRNGKey(1), vcfg), kind="vae",
                     config=vcfg)
     return folder
 
@@ -329,12 +329,12 @@ def test_every_commands_help_prints(command, capsys):
 
 
 @pytest.mark.parametrize(("flags", "preset"), [
-    ([], explain_lib.ExplainConfig()),  # the default: the ground-truth remedy
-    (["--sparse"], explain_lib.SPARSE),  # its former name
-    (["--fast"], explain_lib.FAST),  # the former default: ridge, plain neighbours
+    ([], explain_lib.ExplainConfig()),  # the default
+    (["--sparse"], explain_lib.ExplainConfig()),  # an alias of the default, kept for scripts
+    (["--fast"], explain_lib.FAST),  # ridge over plain neighbours
     (["--smooth", "0"], dataclasses.replace(  # the default without its smoothness penalty
         explain_lib.ExplainConfig(), student=dataclasses.replace(
-            explain_lib.DEFAULT_STUDENT, lasso_smooth=0.0))),
+            explain_lib.ExplainConfig().student, lasso_smooth=0.0))),
 ])
 def test_explain_presets(tmp_path, models, capsys, flags, preset):
     out = tmp_path / "preset"

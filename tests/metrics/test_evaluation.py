@@ -16,11 +16,11 @@ from deepvid_jax.explainers import lime as superpixel
 from deepvid_jax.explainers.deepvid import neighbors
 from deepvid_jax.metrics import fidelity as metrics
 from deepvid_jax.metrics import randomisation, stability
-from deepvid_jax.models.networks import init_teacher, teacher_logits
+from deepvid_jax.models.networks import init_teacher, teacher_apply_for
 
 H = W = 8
 TCFG = TINY_TEACHER
-APPLY = functools.partial(teacher_logits, config=TCFG)
+APPLY = teacher_apply_for(TCFG)
 
 
 def linear_apply(w_true, b_true=None):

@@ -15,7 +15,7 @@ import deepvid_jax as dv
 from deepvid_jax.data import sources as data
 from deepvid_jax.metrics import fidelity, localisation, randomisation, stability
 from deepvid_jax.metrics import registry as R
-from deepvid_jax.models.networks import init_teacher, teacher_logits
+from deepvid_jax.models.networks import init_teacher, teacher_apply_for
 
 B = 5
 IMAGES = data.load("digits", "test[:5]").images
@@ -39,7 +39,7 @@ TABLE = {
 
 @pytest.fixture(scope="module")
 def models(tiny_teacher) -> dv.Models:
-    return dv.Models(functools.partial(teacher_logits, config=TINY_TEACHER), tiny_teacher, 10,
+    return dv.Models(teacher_apply_for(TINY_TEACHER), tiny_teacher, 10,
                      teacher_config=TINY_TEACHER)
 
 
@@ -224,7 +224,7 @@ def test_max_sensitivity_per_image_keys_do_not_depend_on_the_other_images():
 
 def _nan_when_dark(darkest: float):
     """A teacher that is NaN on any image darker than ``darkest`` (the real images are not)."""
-    apply = functools.partial(teacher_logits, config=TINY_TEACHER)
+    apply = teacher_apply_for(TINY_TEACHER)
 
     def fn(params, x):  # log of a negative number: NaN computed, as a broken model would
         return apply(params, x) + jnp.log(jnp.sum(x, axis=(1, 2, 3)) - darkest)[:, None]
@@ -251,7 +251,7 @@ def test_a_teacher_nan_on_perturbed_images_is_an_error_naming_them(models):
     x = IMAGES.copy()
     x[4, 7, 7, 0] = 0.123  # not a multiple of 1/255, unlike every digits pixel
     bright = 0.999 * float(x[4].sum())
-    apply = functools.partial(teacher_logits, config=TINY_TEACHER)
+    apply = teacher_apply_for(TINY_TEACHER)
 
     def marked(params, v):
         bad = (jnp.abs(v[:, 7, 7, 0] - 0.123) < 1e-6) & (jnp.sum(v, axis=(1, 2, 3)) < bright)

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepvid_jax import files
-from deepvid_jax.models import checkpoint, vae
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher
+from deepvid_jax.models import checkpoint
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, init_vae
 
 TEACHER = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 SMALL = TeacherConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
@@ -54,7 +54,7 @@ def test_round_trip_is_bit_exact(saved):
 
 def test_vae_round_trip(tmp_path):
     cfg = VAEConfig(latent_dim=3, features=(4, 8), hidden=16, image_shape=(8, 8, 1))
-    params = vae.init_vae(jax.random.PRNGKey(1), cfg)
+    params = init_vae(jax.random.PRNGKey(1), cfg)
     checkpoint.save(tmp_path / "v", params, kind="vae", config=cfg)
     restored, cfg2, _ = checkpoint.restore(tmp_path / "v", kind="vae", config=cfg)
     assert cfg2 == cfg and _equal(params, restored)
@@ -238,7 +238,7 @@ def test_save_refuses_a_file_another_kind_and_no_overwrite(saved, tmp_path):
         checkpoint.save(tmp_path / "file", params, kind="teacher", config=TEACHER)
     cfg = VAEConfig(latent_dim=3, features=(4, 8), hidden=16, image_shape=(8, 8, 1))
     with pytest.raises(checkpoint.CheckpointError, match="teacher checkpoint .* with a vae"):
-        checkpoint.save(saved[0], vae.init_vae(jax.random.PRNGKey(0), cfg), kind="vae",
+        checkpoint.save(saved[0], init_vae(jax.random.PRNGKey(0), cfg), kind="vae",
                         config=cfg)
     with pytest.raises(checkpoint.CheckpointError, match="overwrite=False"):
         checkpoint.save(saved[0], params, kind="teacher", config=TEACHER, overwrite=False)

@@ -1,7 +1,6 @@
 """Adversarial examples, the neuron-consistency metric and adversarial consistent training."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +11,10 @@ from conftest import TINY_TEACHER, TINY_TRAIN
 from deepvid_jax.data import sources as data_lib
 from deepvid_jax.models import adversarial, consistency, train
 from deepvid_jax.models.adversarial import AttackConfig
-from deepvid_jax.models.networks import teacher_logits
+from deepvid_jax.models.networks import teacher_apply_for
 
 TCFG = TINY_TEACHER
-APPLY = functools.partial(teacher_logits, config=TCFG)
+APPLY = teacher_apply_for(TCFG)
 EPS = 0.15
 
 

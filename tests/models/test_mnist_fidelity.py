@@ -10,7 +10,6 @@ README.) The floors below sit a little under the measurement.
 """
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.models import train
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_logits
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for
 
 TOP1_FLOOR = 0.92
 KL_CEILING = 0.05
@@ -43,7 +42,7 @@ def test_vae_students_are_faithful_on_mnist(mnist_models):
     ev, tcfg, tp, vcfg, vp, acc = mnist_models
     assert acc > 0.95
     e = ex.explain(ev.images[:24], jax.random.PRNGKey(0),
-                   teacher_apply=functools.partial(teacher_logits, config=tcfg),
+                   teacher_apply=teacher_apply_for(tcfg),
                    teacher_params=tp, vae_params=vp, config=ex.ExplainConfig(vae=vcfg))
     top1, kl = float(np.mean(e.fidelity.top1)), float(np.mean(e.fidelity.kl))
     print(f"MNIST VAE-neighbour fidelity: top1 {top1:.3f}, KL {kl:.3f}")

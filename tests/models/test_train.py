@@ -8,7 +8,14 @@ import pytest
 
 from deepvid_jax.data import sources as data
 from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import TeacherConfig, VAEConfig, init_teacher, teacher_logits
+from deepvid_jax.models.networks import (
+    TeacherConfig,
+    VAEConfig,
+    init_teacher,
+    init_vae,
+    teacher_apply_for,
+    teacher_logits,
+)
 
 TEACHER = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 VAE_CFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
@@ -69,7 +76,7 @@ def test_blur_augmented_teacher_steps_differ_and_reduce_loss(digits):
 
 def test_vae_steps_reduce_loss(digits):
     tr, _ = digits
-    state = train.create_state(vae.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
+    state = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
     losses = _repeat_steps(train.vae_train_step, state, (tr.images[:128],))
     assert losses[-1] < 0.8 * losses[0]
 
@@ -112,7 +119,7 @@ def test_a_teacher_guided_vae_keeps_the_teachers_view_of_its_decodings(digits):
     t_state = train.create_state(t_params, TEACHER, FAST)
     for i in range(40):
         t_state, _ = train.teacher_train_step(t_state, (x, y), jax.random.PRNGKey(i))
-    apply = functools.partial(teacher_logits, config=TEACHER)
+    apply = teacher_apply_for(TEACHER)
 
     def teacher_kl(params):
         _, aux = vae.negative_elbo(params, x, jax.random.PRNGKey(99), config=VAE_CFG,
@@ -123,14 +130,14 @@ def test_a_teacher_guided_vae_keeps_the_teachers_view_of_its_decodings(digits):
 
     finals = {}
     for weight in (0.0, 100.0):
-        state = train.create_state(vae.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
+        state = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
         step = functools.partial(train.guided_vae_train_step, teacher_params=t_state.params,
                                  teacher_apply=apply, weight=weight)
         for i in range(40):
             state, metrics = step(state, (x,), jax.random.PRNGKey(i))
         finals[weight] = teacher_kl(state.params)
         if weight == 0.0:  # weight 0 is the plain ELBO step, bit for bit
-            plain = train.create_state(vae.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG,
+            plain = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG,
                                        FAST)
             for i in range(40):
                 plain, _ = train.vae_train_step(plain, (x,), jax.random.PRNGKey(i))
@@ -178,7 +185,7 @@ def test_shape_mismatch_is_clear(digits):
 
 def test_encode_decode_jit_and_vmap_equal_loop(digits):
     images = jnp.asarray(digits[1].images[:6])
-    params = vae.init_vae(jax.random.PRNGKey(3), VAE_CFG)
+    params = init_vae(jax.random.PRNGKey(3), VAE_CFG)
     enc = jax.jit(lambda x: vae.encode(params, x, config=VAE_CFG))
     dec = jax.jit(lambda z: vae.decode(params, z, config=VAE_CFG))
     mean, logvar = enc(images)
@@ -210,7 +217,7 @@ def test_evaluation_does_not_depend_on_the_batch_size(digits):
     """Held-out metrics go through the driver: image i's VAE sample is fold_in(key, i), so the
     numbers are those of one batch of everything (before, each batch had its own key)."""
     _, te = digits
-    vp = vae.init_vae(jax.random.PRNGKey(0), VAE_CFG)
+    vp = init_vae(jax.random.PRNGKey(0), VAE_CFG)
     tp = init_teacher(jax.random.PRNGKey(1), TEACHER)
     key = jax.random.PRNGKey(2)
     whole = train.evaluate_vae(vp, te.images, key, VAE_CFG, batch_size=len(te.images))
@@ -229,7 +236,7 @@ def test_gaussian_likelihood_is_the_scaled_squared_error():
     from deepvid_jax.models.networks import VAE
 
     cfg = dataclasses.replace(VAE_CFG, image_shape=(8, 8, 3), likelihood="gaussian", sigma=0.2)
-    params = vae.init_vae(jax.random.PRNGKey(0), cfg)
+    params = init_vae(jax.random.PRNGKey(0), cfg)
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 8, 3))
     key = jax.random.PRNGKey(2)
     loss, aux = vae.negative_elbo(params, x, key, config=cfg)

@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deepvid_jax import validate
 from deepvid_jax.driver import map_instances
@@ -136,10 +135,6 @@ FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
 # (registered "deepvid_fixed_radius"): no probe decodes, but the share of neighbours the
 # teacher relabels then varies with the data set.
 FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0), student=StudentConfig())
-# The default's neighbours and student on their own, for configs built around them.
-DEFAULT_NEIGHBORS = ExplainConfig().neighbors
-DEFAULT_STUDENT = ExplainConfig().student
-SPARSE = ExplainConfig()  # the default's name when it was an option
 
 
 class Explanation(NamedTuple):
@@ -471,7 +466,7 @@ def explain(
       images: [B, H, W, C] float in [0, 1] (numpy or jax).
       key: PRNG key; instance i uses ``fold_in(key, i)``.
       teacher_apply: pure ``(params, images) -> logits [N, K]``; to explain a non-JAX model,
-        wrap it with `callback_teacher`.
+        wrap it with `dv.callback_teacher`.
       teacher_params: its parameters.
       vae_params: VAE parameters (None is allowed with the "pixel" sampler).
       config: `ExplainConfig`.
@@ -510,36 +505,3 @@ def _finite_explanations(e: Explanation, start: int) -> None:
         raise ValueError(f"explanations of images {rows[:10]} are not finite: the teacher "
                          "returned NaN or inf logits on some of their neighbours (or the "
                          "student diverged); check the teacher on such inputs.")
-
-
-def callback_teacher(fn: Callable[[np.ndarray], np.ndarray], num_classes: int) -> TeacherApply:
-    """Wraps a non-JAX classifier (numpy in, logits out) as a pure JAX ``teacher_apply``.
-
-    The returned function ignores its params argument and calls ``fn(images [N, H, W, C])`` on
-    the host through `jax.pure_callback`; under `vmap` it is called once per instance. ``fn``
-    must be a pure function of its input. Pass ``teacher_params=None``.
-
-    Keep the returned object and reuse it: it is a static argument of `jit`, and a new wrapper
-    means a new compilation.
-    """
-
-    validate.integer(num_classes, "num_classes", minimum=2)
-    if not callable(fn):
-        raise ValueError(f"callback_teacher needs a callable, got {type(fn).__name__}.")
-
-    def host_call(x):
-        out = np.asarray(fn(np.asarray(x)))
-        if out.shape != (len(x), num_classes):
-            raise ValueError(f"the wrapped model returned shape {list(out.shape)} for {len(x)} "
-                             f"images; expected logits [{len(x)}, {num_classes}].")
-        if not np.issubdtype(out.dtype, np.floating):
-            raise ValueError(f"the wrapped model returned {out.dtype} logits; expected floats.")
-        return out.astype(np.float32)
-
-    def apply(params, images):
-        del params
-        out = jax.ShapeDtypeStruct((images.shape[0], num_classes), jnp.float32)
-        return jax.pure_callback(host_call, out, images, vmap_method="sequential")
-
-    apply.host_call = host_call  # the teacher probe calls it directly: plain errors
-    return apply
