@@ -125,7 +125,11 @@ def image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-mode", choices=sorted(data.COLOR_MODES), default="rgb",
                    help="An image folder's channels (default rgb).")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="Skip (and count) files of an image folder that are not images.")
+                   help="Skip (and name) files of an image folder that do not decode; every "
+                   "file is decoded when the folder is opened.")
+    p.add_argument("--background", type=finite(0.0, 1.0), default=0.0,
+                   help="The grey level in [0, 1] that transparent pixels of an image folder "
+                   "are composited over (default 0, black).")
 
 
 def split_options(p: argparse.ArgumentParser) -> None:
@@ -139,7 +143,8 @@ def split_options(p: argparse.ArgumentParser) -> None:
 def data_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of `data.load` / `data.open_source` given on the command line."""
     return {"data_dir": args.data_dir, "image_size": args.image_size,
-            "color_mode": args.color_mode, "skip_bad": args.skip_bad_images}
+            "color_mode": args.color_mode, "skip_bad": args.skip_bad_images,
+            "background": args.background}
 
 
 def load(args: argparse.Namespace, split: str) -> data.Dataset:

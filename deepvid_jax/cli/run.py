@@ -166,10 +166,12 @@ def run(args: argparse.Namespace) -> int:
                                       progress=not args.quiet)
     if summary["process"] == 0:
         rate = summary["images_per_second"]
+        repaired = summary.get("chunks_repaired")
         print(f"{summary['images']} images x {len(summary['explainers'])} explainers "
               f"({', '.join(summary['explainers'])}): {summary['chunks_computed']} chunks "
               f"computed, {summary['chunks_found_done']} found done, "
-              f"{summary['seconds']:.1f} s" + (f", {rate:.1f} images/s" if rate else "")
+              + (f"{repaired} repaired, " if repaired else "")
+              + f"{summary['seconds']:.1f} s" + (f", {rate:.1f} images/s" if rate else "")
               + f"; {'complete' if summary.get('complete') else 'incomplete'} store "
               f"{summary['store']}")
     return 0

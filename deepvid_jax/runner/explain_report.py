@@ -145,7 +145,7 @@ def _deepvid_figures(method, images, n, result, classes, class_names, models: Mo
     if n:
         # The registry's extras carry no neighbours: the same instances again (instance i's
         # key is fold_in(key, i) in both) return them, for the figures' images only.
-        shown = deepvid.explain(
+        shown = deepvid.explain_images(
             images[:n], key, teacher_apply=models.teacher_apply,
             teacher_params=models.teacher_params, vae_params=vae_params,
             config=dataclasses.replace(config, num_classes=models.num_classes, vae=vcfg,

@@ -39,8 +39,8 @@ def setup(tiny_teacher):
 
 
 def _run(images, tp, vp, config=SMALL, key=0):
-    return ex.explain(images, jax.random.PRNGKey(key), teacher_apply=APPLY, teacher_params=tp,
-                      vae_params=vp, config=config)
+    return ex.explain_images(images, jax.random.PRNGKey(key), teacher_apply=APPLY,
+                             teacher_params=tp, vae_params=vp, config=config)
 
 
 def _assert_trees_close(a, b, rel=5e-3):
@@ -130,8 +130,8 @@ def test_linear_teacher_is_recovered():
         holdout=128, student=StudentConfig(method="adam", l2=0.0, steps=500,
                                            learning_rate=0.2),
     )
-    e = ex.explain(images, jax.random.PRNGKey(0), teacher_apply=linear, teacher_params=(a, c),
-                   vae_params=None, config=cfg)
+    e = ex.explain_images(images, jax.random.PRNGKey(0), teacher_apply=linear,
+                          teacher_params=(a, c), vae_params=None, config=cfg)
     a_c = np.asarray(a - a.mean(1, keepdims=True))
     for i in range(len(images)):
         w = e.weights[i].reshape(d, k)
@@ -152,9 +152,9 @@ def test_callback_teacher_matches_jax_teacher(setup):
 
     wrapped = dv.callback_teacher(numpy_model, num_classes=10)
     kw = dict(vae_params=vp, config=SMALL)
-    got = ex.explain(images[:4], jax.random.PRNGKey(0), teacher_apply=wrapped,
+    got = ex.explain_images(images[:4], jax.random.PRNGKey(0), teacher_apply=wrapped,
                      teacher_params=None, **kw)
-    want = ex.explain(images[:4], jax.random.PRNGKey(0),
+    want = ex.explain_images(images[:4], jax.random.PRNGKey(0),
                       teacher_apply=lambda p, x: x.reshape(x.shape[0], -1) @ p,
                       teacher_params=jnp.asarray(a), **kw)
     _assert_trees_close(got, want)
@@ -180,7 +180,7 @@ SHARD_SCRIPT = textwrap.dedent("""
     images = te.images
     apply = teacher_apply_for(t)
     # The default (calibrated) config on 4 CPU devices: not sharded there, and completes.
-    default = ex.explain(images, jax.random.PRNGKey(0), config=ex.ExplainConfig(
+    default = ex.explain_images(images, jax.random.PRNGKey(0), config=ex.ExplainConfig(
         vae=v, neighbors=NeighborConfig(num=64), holdout=16, chunk_size=5), vae_params=vp,
         teacher_apply=apply, teacher_params=tp)
     assert np.isfinite(default.weights).all()
@@ -191,7 +191,7 @@ SHARD_SCRIPT = textwrap.dedent("""
                                holdout=16,
                                student=StudentConfig(method="adam", steps=20), chunk_size=5,
                                shard=shard)
-        outs.append(ex.explain(images, jax.random.PRNGKey(0), config=cfg, vae_params=vp,
+        outs.append(ex.explain_images(images, jax.random.PRNGKey(0), config=cfg, vae_params=vp,
                     teacher_apply=apply, teacher_params=tp))
     for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-3 * max(np.abs(b).max(), 1e-6))

@@ -123,7 +123,7 @@ def test_registry_equals_the_methods_own_function(name, models, explained):
     apply = models.teacher_apply
     cfg = SMALL[name]
     if isinstance(cfg, ex.ExplainConfig):  # DeepVID and its variants
-        e = ex.explain(x, KEY, teacher_apply=apply, teacher_params=tp,
+        e = ex.explain_images(x, KEY, teacher_apply=apply, teacher_params=tp,
                        vae_params=models.vae_params,
                        config=dataclasses.replace(cfg, vae=VCFG, chunk_size=2))
         want = e.class_weights(c)

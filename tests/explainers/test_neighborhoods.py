@@ -60,7 +60,7 @@ def test_flip_fraction_is_reported_and_correct(tiny_teacher):
     cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=64, latent_scale=2.0),
                            holdout=16, student=StudentConfig(method="ridge"),
                            return_neighbors=True)
-    e = ex.explain(IMAGES, jax.random.PRNGKey(0), teacher_apply=apply,
+    e = ex.explain_images(IMAGES, jax.random.PRNGKey(0), teacher_apply=apply,
                    teacher_params=tiny_teacher, vae_params=VP, config=cfg)
     want = np.mean(e.neighbor_probs.argmax(-1) != e.teacher_probs.argmax(-1)[:, None], axis=1)
     np.testing.assert_allclose(e.flip_fraction, want)
@@ -85,7 +85,7 @@ def _calibrated(tiny_teacher, trained_vae, target, images):
                         calibration_steps=8)
     cfg = ex.ExplainConfig(vae=vcfg, neighbors=nc, holdout=64,
                            student=StudentConfig(method="ridge"))
-    return ex.explain(images, jax.random.PRNGKey(0), teacher_apply=teacher_apply_for(
+    return ex.explain_images(images, jax.random.PRNGKey(0), teacher_apply=teacher_apply_for(
         TINY_TEACHER), teacher_params=tiny_teacher, vae_params=vp,
         config=cfg)
 

@@ -79,7 +79,7 @@ def test_explain_with_the_ridge_student_recovers_a_linear_teacher():
                            holdout=128,
                            student=StudentConfig(method="ridge",
                                                  penalties=student.GCV_PENALTIES))
-    e = ex.explain(images, jax.random.PRNGKey(0), teacher_apply=linear, teacher_params=a,
+    e = ex.explain_images(images, jax.random.PRNGKey(0), teacher_apply=linear, teacher_params=a,
                    vae_params=None, config=cfg)
     a_c = np.asarray(a - a.mean(1, keepdims=True))
     for i in range(len(images)):

@@ -85,10 +85,11 @@ def _zeros_like(x):
 # ------------------------------------------------------------------------------------------
 
 IMAGE_ENTRY_POINTS = {
-    "explain(pixel)": lambda x: ex.explain(x, KEY, teacher_apply=linear, teacher_params=A,
+    "explain(pixel)": lambda x: ex.explain_images(x, KEY, teacher_apply=linear, teacher_params=A,
                                            vae_params=None, config=PIXEL),
-    "explain(vae)": lambda x: ex.explain(x, KEY, teacher_apply=TEACHER_APPLY, teacher_params=TP,
-                                         vae_params=VP, config=VAE_SAMPLER),
+    "explain(vae)": lambda x: ex.explain_images(x, KEY, teacher_apply=TEACHER_APPLY,
+                                                teacher_params=TP, vae_params=VP,
+                                                config=VAE_SAMPLER),
     "explain_lime": lambda x: superpixel.explain_lime(x, KEY, teacher_apply=linear,
                                                       teacher_params=A, config=LIME),
     "attribute(gradient)": lambda x: attribution.attribute(
@@ -235,7 +236,7 @@ def test_bad_class_indices_are_clear_errors(entry, bad):
 # ------------------------------------------------------------------------------------------
 
 TEACHER_ENTRY_POINTS = {
-    "explain": lambda t: ex.explain(GOOD, KEY, teacher_apply=t, teacher_params=A,
+    "explain": lambda t: ex.explain_images(GOOD, KEY, teacher_apply=t, teacher_params=A,
                                     vae_params=None, config=PIXEL),
     "explain_lime": lambda t: superpixel.explain_lime(GOOD, KEY, teacher_apply=t,
                                                       teacher_params=A, config=LIME),
@@ -283,7 +284,7 @@ def test_bad_teachers_are_clear_errors(entry, bad):
 def test_teacher_with_the_wrong_class_count_for_explain():
     cfg = ex.ExplainConfig(**{**PIXEL.__dict__, "num_classes": 7})
     with pytest.raises(ValueError, match="returned 10 logits per image; expected 7"):
-        ex.explain(GOOD, KEY, teacher_apply=linear, teacher_params=A, vae_params=None,
+        ex.explain_images(GOOD, KEY, teacher_apply=linear, teacher_params=A, vae_params=None,
                    config=cfg)
 
 
@@ -295,7 +296,7 @@ def test_teacher_nan_only_on_neighbours_is_an_error_not_a_perfect_fidelity():
         return jnp.where(off[:, None], jnp.nan, linear(p, x))
 
     with pytest.raises(ValueError, match=r"explanations of images \[0, 1, 2, 3\] are not finite"):
-        ex.explain(GOOD, KEY, teacher_apply=nan_off_grid, teacher_params=A, vae_params=None,
+        ex.explain_images(GOOD, KEY, teacher_apply=nan_off_grid, teacher_params=A, vae_params=None,
                    config=PIXEL)
     darkest = float(GOOD.sum((1, 2, 3)).min())
 
@@ -317,7 +318,7 @@ def test_nan_logits_never_count_as_agreement():
 def test_callback_teacher_with_a_wrong_output_shape():
     wrapped = dv.callback_teacher(lambda x: np.zeros((len(x), 3), np.float32), num_classes=K)
     with pytest.raises(ValueError, match=r"returned shape \[4, 3\].*expected logits \[4, 10\]"):
-        ex.explain(GOOD, KEY, teacher_apply=wrapped, teacher_params=None, vae_params=None,
+        ex.explain_images(GOOD, KEY, teacher_apply=wrapped, teacher_params=None, vae_params=None,
                    config=PIXEL)
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         dv.callback_teacher(lambda x: x, num_classes=1)

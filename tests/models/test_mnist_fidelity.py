@@ -41,7 +41,7 @@ def mnist_models(data_dir):
 def test_vae_students_are_faithful_on_mnist(mnist_models):
     ev, tcfg, tp, vcfg, vp, acc = mnist_models
     assert acc > 0.95
-    e = ex.explain(ev.images[:24], jax.random.PRNGKey(0),
+    e = ex.explain_images(ev.images[:24], jax.random.PRNGKey(0),
                    teacher_apply=teacher_apply_for(tcfg),
                    teacher_params=tp, vae_params=vp, config=ex.ExplainConfig(vae=vcfg))
     top1, kl = float(np.mean(e.fidelity.top1)), float(np.mean(e.fidelity.kl))

@@ -15,6 +15,7 @@ from deepvid_jax.explainers.deepvid.core import (
     Explanation,
     deepvid_attribution,
     explain_batch,
+    explain_images,
     explain_instance,
 )
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, sample_neighbors
@@ -29,6 +30,7 @@ __all__ = [
     "StudentConfig",
     "deepvid_attribution",
     "explain_batch",
+    "explain_images",
     "explain_instance",
     "fit_student",
     "sample_neighbors",

@@ -1,9 +1,10 @@
 """DeepVID explanations, batched: neighbours -> teacher soft labels -> linear student.
 
-`explain_instance` explains one image and is a pure function; `explain_batch` is its `vmap` over
-instances (pure, jittable); `explain` is the driver that validates input, splits any number of
-images into fixed-size chunks (padding the last one, so one compiled program serves all), shards
-each chunk's instance axis over the available devices, and gathers the result on the host.
+`explain_instance` explains one image and is a pure function; `explain_batch` is its `vmap`
+over instances (pure, jittable); `explain_images` is the driver that validates input, splits any
+number of images into fixed-size chunks (padding the last one, so one compiled program serves
+all), shards each chunk's instance axis over the available devices, and gathers the result on
+the host.
 `deepvid_attribution` is the registered explainer (the contract of `explainers.base`): the
 student's weight image of the requested class, for "deepvid" and every variant of it ("noise",
 "mask", `FAST`, ...), which differ only in their `ExplainConfig`.
@@ -450,7 +451,7 @@ def label_in_blocks(
     return nb.reshape(b, n, *nb.shape[1:]), logits.reshape(b, n, -1)
 
 
-def explain(
+def explain_images(
     images,
     key: jax.Array,
     *,
