@@ -1,6 +1,6 @@
-"""``deepvid demo``: the README's main job, on the embedded dataset by default: train (or
-reuse) the teacher and the VAE, explain test images with DeepVID, write figures and a
-summary."""
+"""``deepvid demo``: the whole pipeline end to end, on the embedded dataset by default: train
+(or reuse) the teacher and the VAE, explain test images with DeepVID, write figures and a
+summary (docs/getting-started.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ SUMMARY = "summary.json"
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers ``deepvid demo`` and returns its parser."""
     p = subparsers.add_parser("demo",
-                              help="The README's main job, on the embedded dataset by default.")
+                              help="Train a teacher and a VAE and explain test images with "
+                              "DeepVID, on the embedded dataset by default.")
     options.training_options(p, out="runs/demo")
     p.add_argument("--quick", action="store_true",
                    help="Smallest setting (CI): 2 epochs, 8 instances, 128 neighbours.")

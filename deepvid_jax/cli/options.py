@@ -351,10 +351,10 @@ def models(args: argparse.Namespace, info: data.DatasetInfo, *, vae: bool = Fals
 # DeepVID's options
 # --------------------------------------------------------------------------------------------
 
-FAST_HELP = (f"DeepVID's former default (deepvid.FAST: ridge over "
-             f"{deepvid.FAST.neighbors.num} plain VAE neighbours): 40 %% of the time on a "
-             "CPU, but relevance leaks onto pixels the teacher does not read (README, 'Ground "
-             "truth').")
+FAST_HELP = (f"DeepVID's fastest preset (deepvid.FAST: ridge over "
+             f"{deepvid.FAST.neighbors.num} plain VAE neighbours): 40 %% of the default's time "
+             "on a CPU, but relevance leaks onto pixels the teacher does not read "
+             "(docs/results/ground-truth.md).")
 # The options that only DeepVID's config reads (argparse dest names -> flags).
 DEEPVID_ONLY = {"neighbors": "--neighbors", "latent_scale": "--latent-scale",
                 "target_flip": "--target-flip", "sampler": "--sampler", "student": "--student",
@@ -392,8 +392,8 @@ def explain_options(p: argparse.ArgumentParser, count: int) -> None:
     p.add_argument("--fast", action="store_true",
                    help=FAST_HELP + " The other flags apply on top of it.")
     p.add_argument("--sparse", action="store_true",
-                   help="The default's former name, kept so that scripts that pass it run. "
-                   "Sets --neighbors, --patch-mix, --student and --lasso itself.")
+                   help="An alias of the default, kept for scripts that pass it. Sets "
+                   "--neighbors, --patch-mix, --student and --lasso itself.")
     p.add_argument("--patch-mix", type=NON_NEGATIVE, default=None,
                    help="Patch side: a share of the fitting neighbours (NeighborConfig."
                    "patch_mix_share) take random patches of this size from the image, so "
@@ -414,8 +414,8 @@ def deepvid_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def check_presets(args: argparse.Namespace) -> None:
-    """--sparse (the default's former name) sets the neighbour count, patches and student
-    itself: those flags may not be given beside it; nor may --fast."""
+    """--sparse (an alias of the default, kept for scripts) sets the neighbour count, patches
+    and student itself: those flags may not be given beside it; nor may --fast."""
     if args.sparse and args.fast:
         raise ValueError("--sparse and --fast are two presets: give one.")
     if not args.sparse:
@@ -429,7 +429,7 @@ def check_presets(args: argparse.Namespace) -> None:
 
 
 def preset(args: argparse.Namespace) -> deepvid.ExplainConfig:
-    """DeepVID's config before the flags: the default, or the former one with --fast."""
+    """DeepVID's config before the flags: the default, or `deepvid.FAST` with --fast."""
     return deepvid.FAST if args.fast else deepvid.ExplainConfig()
 
 

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     distributed(args)
     source = data.open_source(args.dataset, args.split, **options.data_options(args))
     models = options.models(args, source.info)
-    # --fast: DeepVID's former default (and nothing else changes; the store records it)
+    # --fast: DeepVID's fastest preset (and nothing else changes; the store records it)
     configs = {"deepvid": deepvid.FAST} if args.fast else None
     summary = run_lib.explain_dataset(source, models, args.out, config, configs=configs,
                                       overwrite=args.overwrite, repair=args.repair,

@@ -28,9 +28,10 @@ from deepvid_jax.models.bundle import Models
 class Attribution(NamedTuple):
     """What every method returns (leading axis B).
 
-    attributions: [B, H, W, C] relevance of each pixel for the requested class.
-    extras: name -> [B, ...] the method's own outputs (e.g. DeepVID's ``weights`` [B, H, W, C,
-      K] and ``fidelity_top1`` [B]).
+    Attributes:
+      attributions: [B, H, W, C] relevance of each pixel for the requested class.
+      extras: name -> [B, ...] the method's own outputs (e.g. DeepVID's ``weights``
+        [B, H, W, C, K] and ``fidelity_top1`` [B]).
     """
 
     attributions: jax.Array

@@ -139,7 +139,8 @@ def with_samples(config: Any, num: int) -> Any:
 _STUDENT = "a linear student distilled from the teacher on "
 register(Method("deepvid", deepvid.deepvid_attribution, deepvid.ExplainConfig(), ("vae",),
                 description=_STUDENT + "VAE neighbours (DeepVID)"))
-# The random-perturbation baselines keep the ridge student they were published with.
+# The random-perturbation baselines fit `deepvid_fast`'s ridge student (`StudentConfig()`):
+# only their neighbours differ from it (docs/methods/deepvid.md).
 register(Method("noise", deepvid.deepvid_attribution,
                 deepvid.ExplainConfig(neighbors=NeighborConfig(sampler="pixel"),
                                       student=StudentConfig()),

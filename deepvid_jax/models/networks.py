@@ -207,13 +207,13 @@ def vae_config_for(image_shape, latent_dim: int | None = None,
 
     Grayscale: as many stride-2 stages as `_stages_for` and as divide H and W (sizes are never
     padded: 28x28 -> 2, 20x20 -> 2, 30x30 -> 1), a dense latent of ``latent_dim`` (default 16),
-    the Bernoulli likelihood: the MNIST models of every table in the README.
+    the Bernoulli likelihood: the MNIST models behind every table under docs/results/.
 
     Colour: one stage fewer (32x32 -> an 8x8 grid; at least one), channels from 64, a spatial
     latent (`VAEConfig.spatial_latent`) of ``SPATIAL_CHANNELS`` per cell (``latent_dim``, when
     given, must be a multiple of the cell count) and the Gaussian likelihood. Measured on
-    `synthetic` (README): a dense 32-d code decodes blobs whose class a blur-trained teacher
-    keeps for 21 % of images, the 8x8x8 grid for 76 % (8 epochs).
+    `synthetic` (docs/design/colour-vae.md): a dense 32-d code decodes blobs whose class a
+    blur-trained teacher keeps for 21 % of images, the 8x8x8 grid for 76 % (8 epochs).
 
     ``decoder_blocks`` (`VAEConfig.decoder_blocks`): default ``DECODER_BLOCKS`` of the kind.
 
@@ -243,8 +243,8 @@ def vae_config_for(image_shape, latent_dim: int | None = None,
 
 
 SPATIAL_CHANNELS = 8  # latent channels per grid cell of the colour VAE (`vae_config_for`)
-# `VAEConfig.decoder_blocks` of `vae_config_for`'s VAEs, by kind of image (README, "The colour
-# test bed": blocks sharpen the colour decodings; MNIST's are sharp without).
+# `VAEConfig.decoder_blocks` of `vae_config_for`'s VAEs, by kind of image (blocks sharpen the
+# colour decodings, docs/design/colour-vae.md; MNIST's are sharp without).
 DECODER_BLOCKS = {"grayscale": 0, "colour": 0}
 
 

@@ -46,13 +46,14 @@ class TrainConfig:
       eval_batch_size: examples per evaluation call.
       lr_schedule: "constant" (Adam at ``learning_rate`` throughout) or "cosine" (a linear
         warm-up over the first epoch, then a cosine decay to zero at the last step: the small
-        steps of the end settle the weights: the colour VAE's reconstruction error fell by a
-        sixth, README).
+        steps of the end settle the weights, which lowers the colour VAE's reconstruction
+        error by a sixth, docs/design/colour-vae.md).
       blur_augment: teachers only: the largest Gaussian blur (std in pixels) of the training
         augmentation; each training image is blurred with its own std drawn uniformly from
         [0, blur_augment] (`random_blur`). 0 turns it off. A teacher that never saw a smooth
         image may read pixel noise instead of shapes and then fails on every VAE decoding
-        (which carries no pixel noise): on `synthetic` it did (reconstructions: 19 %).
+        (which carries no pixel noise): on `synthetic` such a teacher classifies 19 % of the
+        VAE's reconstructions right.
       teacher_weight: VAEs only: the weight of a perceptual term, the KL between a teacher's
         class probabilities on each training image and on its decoding
         (`guided_vae_train_step`; `train_vae(..., teacher=...)`). 0 turns it off. The VAE then
@@ -78,7 +79,8 @@ class TrainConfig:
 LR_SCHEDULES = ("constant", "cosine")
 
 
-# Defaults measured on MNIST test[:8000] (README): ~97.9 % teacher accuracy, faithful VAE.
+# Defaults measured on MNIST test[:8000] (docs/results/evaluation.md): ~97.9 % teacher
+# accuracy, faithful VAE.
 TEACHER_TRAIN = TrainConfig(epochs=6)
 VAE_TRAIN = TrainConfig(epochs=20)
 

@@ -59,7 +59,8 @@ class ExplainConfig:
     different one of two adjacent pixels that move together for each seed; the smoothness
     shares their weight, at the price of some weight one pixel beyond the evidence, which the
     third round takes back. On a teacher blind to a region, this puts at most 0.10 of the
-    relevance there (ridge: 0.28-0.57), at about 2.5x the time of `FAST` on a CPU.
+    relevance there (ridge: 0.28-0.57), at about 2.5x the time of `FAST` on a CPU
+    (docs/design/sparse-default.md).
     `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
     student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
 
@@ -75,7 +76,8 @@ class ExplainConfig:
       block_size: decode and label neighbours this many rows at a time across the chunk's
         instances (None: all at once); bounds the decoder's and teacher's activation memory.
         A calibrated radius's probes are not blocked (probes x instances rows). The default
-        measured best on a 2-core CPU (README: 1.8-3.8x the unblocked rate, flat in batch).
+        measured best on a 2-core CPU (1.8-3.8x the unblocked rate, flat in batch;
+        docs/design/blocks.md).
       return_neighbors: also return the neighbours and the teacher's probabilities on them.
       shard: split each chunk's instances over all local devices when there are several
         accelerators (not over CPU devices: `map_instances`).
@@ -129,8 +131,9 @@ Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 # Presets beside the default `ExplainConfig()`.
 # Ridge over 512 plain VAE neighbours, radius calibrated: 40 % of the default's time on a CPU,
-# but on a teacher blind to a region it puts 0.28-0.57 of its relevance there. For users who
-# want DeepVID's fastest explanations, not its most truthful ones (registered "deepvid_fast").
+# but on a teacher blind to a region it puts 0.28-0.57 of its relevance there
+# (docs/results/ground-truth.md). For users who want DeepVID's fastest explanations, not its
+# most truthful ones (registered "deepvid_fast").
 FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
 # `FAST` with the latent radius fixed at 1 prior std instead of calibrated per instance
 # (registered "deepvid_fixed_radius"): no probe decodes, but the share of neighbours the
@@ -141,18 +144,21 @@ FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0), student
 class Explanation(NamedTuple):
     """One explanation per instance (a pytree; leading axis B when batched).
 
-    weights: [B, H, W, C, K] the student's weights, one image per class, centred over classes.
-    bias: [B, K].
-    teacher_probs, student_probs: [B, K] at the instance itself.
-    fidelity: `Fidelity` of [B] arrays.
-    neighbors: [B, N, H, W, C] or None (``return_neighbors``).
-    neighbor_probs: [B, N, K] teacher probabilities on the neighbours, or None.
-    penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"), the
-      L1 penalty ("lasso"), or None ("adam").
-    flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
-      instance: how far the neighbourhood reaches across decision boundaries.
-    scale: [B] the latent scale calibrated per instance (``NeighborConfig.calibrated``), or
-      None.
+    Attributes:
+      weights: [B, H, W, C, K] the student's weights, one image per class, centred over
+        classes.
+      bias: [B, K] the student's bias.
+      teacher_probs: [B, K] the teacher's probabilities at the instance itself.
+      student_probs: [B, K] the student's probabilities at the instance itself.
+      fidelity: `Fidelity` of [B] arrays.
+      neighbors: [B, N, H, W, C], or None (without ``return_neighbors``).
+      neighbor_probs: [B, N, K] the teacher's probabilities on the neighbours, or None.
+      penalty: [B] the ridge penalty chosen per instance by GCV (students "ridge" and "kd"),
+        the L1 penalty ("lasso"), or None ("adam").
+      flip_fraction: [B] the fraction of neighbours the teacher labels otherwise than the
+        instance: how far the neighbourhood reaches across decision boundaries.
+      scale: [B] the latent scale calibrated per instance (``NeighborConfig.calibrated``), or
+        None.
     """
 
     weights: jax.Array

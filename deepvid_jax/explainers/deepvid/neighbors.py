@@ -48,8 +48,8 @@ class NeighborConfig:
         and teacher rows. At scale 0 the neighbours are the VAE's reconstruction: where the
         teacher already relabels that, no radius reaches a smaller target, and the scale found
         tends to 0 (the reported flip fraction shows it). Default 0.2, chosen by measurement
-        (README, "Local neighbourhoods"): a fixed scale gives 11 % label flips on MNIST and
-        54 % on KMNIST at scale 1; the target gives about the same on both.
+        (docs/design/radius.md): a fixed scale gives 11 % label flips on MNIST and 54 % on
+        KMNIST at scale 1; the target gives about the same on both.
       max_latent_scale: the upper end of that search.
       calibration_probes, calibration_steps: its size.
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
@@ -61,8 +61,8 @@ class NeighborConfig:
         with probability 1/2, else from their own decoding (`patch_mix_masks`). VAE neighbours
         move correlated pixels together, so a student cannot tell the pixels the teacher reads
         from those that merely move with them; patches that change independently can (with
-        the "lasso" student; README, "Ground truth"). The held-out neighbours stay VAE
-        decodings, so fidelity is measured on the manifold as before.
+        the "lasso" student; docs/results/ground-truth.md). The held-out neighbours stay VAE
+        decodings, so fidelity is measured on the data's manifold.
       patch_mix_share: that share, in (0, 1].
       patch_mix_keep: the probability, in (0, 1), that a mixed neighbour's patch is the
         instance's (1/2 above). Two patches' changes then correlate ``1 - patch_mix_keep`` times
@@ -80,7 +80,7 @@ class NeighborConfig:
     target_flip: float = 0.2
     max_latent_scale: float = 4.0
     # 8 x 4 = 32 probe decodes (6 % of 512 neighbours): as faithful, stable and local as
-    # 16 x 6 (README, "How local?"), and 1.22-1.25x decode+classify instead of 1.24-1.31x.
+    # 16 x 6 (docs/design/radius.md), at less cost (docs/results/bench.md).
     calibration_probes: int = 8
     calibration_steps: int = 4
     patch_mix: int = 0

@@ -16,7 +16,7 @@ logits, config) that `jax.vmap` maps over instances:
 - ``"lasso"``: the same high-temperature regression with an L1 penalty instead (`fit_lasso`,
   FISTA): a sparse student. Ridge shares weight between pixels that move together, so on VAE
   neighbours (which move correlated pixels together) it gives relevance to pixels the teacher
-  never reads; the L1 penalty keeps one of each correlated group (README, "Ground truth").
+  never reads; the L1 penalty keeps one of each correlated group (docs/results/ground-truth.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ GCV_PENALTIES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 class StudentConfig:
     """Distillation settings.
 
-    Defaults were chosen by measurement (README, "Exact distillation"): the closed-form ridge
+    Defaults were chosen by measurement (docs/design/student.md): the closed-form ridge
     student at a fixed relative penalty 0.3 matches the 200-step Adam student's held-out
     fidelity (MNIST top-1 0.871 vs 0.876, KMNIST 0.780 vs 0.775) with twice its seed agreement
     (0.75 vs 0.33 on MNIST, 0.71 vs 0.31 on KMNIST) in a fraction of the time; choosing the
