@@ -309,7 +309,8 @@ def test_legacy_checkpoint_restores_with_a_warning(saved):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import jax
-    from deepvid_jax import checkpoint, files
+    from deepvid_jax import files
+    from deepvid_jax.models import checkpoint
     from deepvid_jax.models.networks import TeacherConfig, init_teacher
     cfg = TeacherConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
     path, kill_at, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
