@@ -467,7 +467,7 @@ def main(argv=None) -> int:
                    help="With --methods: keep the stored stability and sanity results of these "
                         "methods (recompute the rest).")
     args = p.parse_args(argv)
-    args.out = args.out or "benchmarks/results"
+    args.out = args.out or "benchmarks/results/evaluate"
     args.subset = args.count if args.subset is None else args.subset
     if args.skip_stability and args.methods is None:
         p.error("--skip-stability only applies to --methods updates")

@@ -20,8 +20,9 @@ errors) over the images; DeepVID's held-out top-1 on its
 own VAE neighbours beside it. Grad-CAM reads the teacher's conv maps, so for a masked teacher it
 runs on the masked images (exactly what the masked teacher computes). The attentive surrogate is
 left out: it is distilled from one teacher and would need a surrogate per masked teacher.
-Writes ``benchmarks/results/ground_truth.{json,md}`` (``--name``) and ``docs/ground_truth_*.jpg``;
-``--methods M ... --merge`` recomputes some rows into the existing results.
+Writes ``benchmarks/results/ground_truth/ground_truth.{json,md}`` (``--name``) and
+``docs/ground_truth_*.jpg``; ``--methods M ... --merge`` recomputes some rows into the existing
+results.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="benchmarks/results/ground_truth")
     p.add_argument("--figures", default="docs")
     p.add_argument("--name", default="ground_truth",
                    help="results file stem (the synthetic run: ground_truth_synthetic)")

@@ -13,7 +13,7 @@
     python benchmarks/runner.py --checkpoints runs/mnist --count 2000 \\
         --explainers deepvid gradient --chunk 64 256 --memory-explainer gradient
 
-Writes ``benchmarks/results/runner.{json,md}``.
+Writes ``benchmarks/results/runner/runner.{json,md}``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                    help="timings of each way, in turn (medians reported)")
     p.add_argument("--max-seconds", type=float, default=300,
                    help="stop repeating an explainer once this is spent (DeepVID: once)")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="benchmarks/results/runner")
     p.add_argument("--append", action="store_true",
                    help="merge into the existing runner.json (rows of the same explainer and "
                         "chunk, and the memory rows when measured, are replaced)")
