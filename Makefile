@@ -20,8 +20,10 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
+# Two workers (pytest-xdist): compiles and the tiny trainings are single-threaded, so the two
+# cores of a small machine each take half of the suite.
 test: lint
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n 2 $(ARGS)
 
 # Every notebook, top to bottom, on small settings (DEEPVID_NOTEBOOK_QUICK=1).
 notebooks: $(BIN)/.installed

@@ -54,7 +54,7 @@ def tripwires(monkeypatch):
 
     for module, name in [(train, "train_teacher"), (train, "train_vae"),
                          (surrogate, "train_surrogate"), (surrogate, "teacher_logits_of"),
-                         (explain_lib, "explain"), (registry, "explain")]:
+                         (explain_lib, "explain_images"), (registry, "explain")]:
         monkeypatch.setattr(module, name, tripped)
 
 
