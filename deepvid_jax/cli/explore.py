@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deepvid_jax.cli import options
+
 DEFAULT_PORT = 8765
 
 
@@ -16,20 +18,6 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is in 0..65535 (0: any free one), got {value}")
     return value
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -52,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="Address to listen on (default 127.0.0.1: this machine only).")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT,
                    help=f"Port (default {DEFAULT_PORT}; 0 picks a free one).")
-    p.add_argument("--drag-neighbors", type=_at_least(4), default=128,
+    p.add_argument("--drag-neighbors", type=options.int_at_least(4), default=128,
                    help="Neighbours while a band is dragged (the full count on release).")
-    p.add_argument("--neighbors", type=_at_least(4), default=None,
+    p.add_argument("--neighbors", type=options.int_at_least(4), default=None,
                    help="The full neighbour count (default DeepVID's).")
     p.add_argument("--cache-dir", default=None,
                    help="Where the t-SNE projection is cached (default "
