@@ -13,19 +13,8 @@ pairwise Pearson correlation of the class's weight images over ``--seeds`` keys 
 
 from __future__ import annotations
 
+import common
 import numpy as np
-from common import (
-    arguments,
-    deepvid_options,
-    deepvid_row,
-    fidelity_cells,
-    load,
-    out_dir,
-    print_row,
-    setting,
-    where,
-    write_study,
-)
 
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
@@ -40,7 +29,7 @@ METHODS = {
 
 
 def run(args, name: str) -> dict:
-    models, ds = load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
+    models, ds = common.load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
     classes = predicted_classes(ds.images, models)
     methods = dict(METHODS)
     for rel in args.penalty_sweep:  # the stability / fidelity trade-off of the penalty
@@ -53,32 +42,32 @@ def run(args, name: str) -> dict:
                                   neighbors=NeighborConfig(num=args.neighbors,
                                                            latent_scale=args.latent_scale),
                                   holdout=args.holdout, chunk_size=args.chunk)
-        r, a = deepvid_row(models, ds.images, classes, config, args.seeds,
+        r, a = common.deepvid_row(models, ds.images, classes, config, args.seeds,
                            chunk_size=args.chunk)
         if "penalty" in a.extras:
             r["penalty_median"] = float(np.median(a.extras["penalty"]))  # absolute
         results[method] = r
-        print_row(method, r)
-    return {"setting": name, "dataset": ds.info.name, "split": setting(name).eval_split,
-            "args": vars(args), "methods": results}
+        common.print_row(method, r)
+    return {"setting": name, "dataset": ds.info.name,
+            "split": common.setting(name).eval_split, "args": vars(args), "methods": results}
 
 
 def markdown(result: dict) -> str:
     a = result["args"]
-    lines = [f"{where(result)}, {a['count']} images, {a['neighbors']} VAE "
+    lines = [f"{common.where(result)}, {a['count']} images, {a['neighbors']} VAE "
              f"neighbours ({a['holdout']} held out) at latent scale {a['latent_scale']}, "
              f"{a['seeds']} seeds", "",
              "| student | held-out top-1 | held-out KL | seed agreement | label-flip fraction "
              "| penalty (median, absolute) | ms / explanation |", "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         penalty = f"{r['penalty_median']:.2f}" if "penalty_median" in r else "–"
-        lines.append(f"| {name} | {fidelity_cells(r)} | {penalty} | "
+        lines.append(f"| {name} | {common.fidelity_cells(r)} | {penalty} | "
                      f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = deepvid_options(arguments(__doc__.splitlines()[0], count=64))
+    p = common.deepvid_options(common.arguments(__doc__.splitlines()[0], count=64))
     p.add_argument("--latent-scale", type=float, default=1.0)
     p.add_argument("--penalty-sweep", type=lambda t: [float(v) for v in t.split(",") if v],
                    default=[0.01, 0.3, 1.0, 10.0],
@@ -86,8 +75,8 @@ def main(argv=None) -> int:
                    "eigenvalue); '' for none.")
     args = p.parse_args(argv)
     for name in args.settings:
-        write_study(out_dir(args, "student_methods"), f"student_methods_{name}", run(args, name),
-                    markdown)
+        common.write_study(common.out_dir(args, "student_methods"), f"student_methods_{name}",
+                           run(args, name), markdown)
     return 0
 
 

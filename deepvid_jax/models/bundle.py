@@ -10,20 +10,13 @@ from typing import Any
 import jax
 
 from deepvid_jax import validate
-from deepvid_jax.models import checkpoint
+from deepvid_jax.models import checkpoint, networks
 from deepvid_jax.models.networks import (
     ExplainerConfig,
     SurrogateConfig,
     TeacherApply,
     TeacherConfig,
     VAEConfig,
-    init_explainer,
-    init_surrogate,
-    init_teacher,
-    init_vae,
-    teacher_apply_for,
-    teacher_config_for,
-    vae_config_for,
 )
 
 
@@ -67,7 +60,7 @@ class Models:
         """Our `models.Teacher` of ``teacher_config`` with its parameters (Grad-CAM can read
         its conv maps); ``parts``: the other fields (``vae_params=..., vae_config=...``)."""
         validate.config(teacher_config, TeacherConfig, "teacher_config")
-        return cls(teacher_apply_for(teacher_config), teacher_params,
+        return cls(networks.teacher_apply_for(teacher_config), teacher_params,
                    teacher_config.num_classes, teacher_config=teacher_config, **parts)
 
     @classmethod
@@ -82,15 +75,16 @@ class Models:
         shape = validate.image_shape(image_shape, "image_shape")
         key = jax.random.PRNGKey(0) if key is None else key
         k_teacher, k_vae, k_surrogate, k_explainer = jax.random.split(key, 4)
-        tcfg = teacher_config_for(shape, num_classes)
-        vcfg = vae_config_for(shape)
+        tcfg = networks.teacher_config_for(shape, num_classes)
+        vcfg = networks.vae_config_for(shape)
         scfg = SurrogateConfig(num_classes=num_classes, image_shape=shape)
         ecfg = ExplainerConfig(num_classes=num_classes, num_stages=len(scfg.features),
                                image_shape=shape)
-        return cls.ours(init_teacher(k_teacher, tcfg), tcfg,
-                        vae_params=init_vae(k_vae, vcfg), vae_config=vcfg,
-                        surrogate_params=init_surrogate(k_surrogate, scfg), surrogate_config=scfg,
-                        explainer_params=init_explainer(k_explainer, ecfg),
+        return cls.ours(networks.init_teacher(k_teacher, tcfg), tcfg,
+                        vae_params=networks.init_vae(k_vae, vcfg), vae_config=vcfg,
+                        surrogate_params=networks.init_surrogate(k_surrogate, scfg),
+                        surrogate_config=scfg,
+                        explainer_params=networks.init_explainer(k_explainer, ecfg),
                         explainer_config=ecfg)
 
     @classmethod

@@ -25,16 +25,12 @@ from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.metrics import fidelity as metrics
 from deepvid_jax.metrics import stability
-from deepvid_jax.models import adversarial, consistency, train, vae
+from deepvid_jax.models import adversarial, consistency, networks, train, vae
 from deepvid_jax.models.networks import (
     ExplainerConfig,
     SurrogateConfig,
     TeacherConfig,
     VAEConfig,
-    init_explainer,
-    init_surrogate,
-    init_teacher,
-    init_vae,
     teacher_apply_for,
     teacher_logits,
 )
@@ -45,13 +41,13 @@ GOOD = data.load("digits", "test[:4]").images  # [4, 8, 8, 1] in [0, 1]
 CLS = np.array([0, 1, 2, 3], np.int32)
 A = jnp.asarray(np.random.default_rng(0).normal(size=(64, K)).astype(np.float32))
 TCFG = TeacherConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
-TP = init_teacher(jax.random.PRNGKey(1), TCFG)
+TP = networks.init_teacher(jax.random.PRNGKey(1), TCFG)
 VCFG = VAEConfig(latent_dim=2, features=(4,), hidden=8, image_shape=(8, 8, 1))
-VP = init_vae(jax.random.PRNGKey(2), VCFG)
+VP = networks.init_vae(jax.random.PRNGKey(2), VCFG)
 SCFG = SurrogateConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
-SP = init_surrogate(jax.random.PRNGKey(3), SCFG)
+SP = networks.init_surrogate(jax.random.PRNGKey(3), SCFG)
 ECFG = ExplainerConfig(num_stages=1, features=(4,), image_shape=(8, 8, 1))
-EP = init_explainer(jax.random.PRNGKey(4), ECFG)
+EP = networks.init_explainer(jax.random.PRNGKey(4), ECFG)
 PIXEL = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(sampler="pixel", num=16),
                          holdout=4, student=StudentConfig(steps=2))
 VAE_SAMPLER = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=16), holdout=4,

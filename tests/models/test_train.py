@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from deepvid_jax.data import sources as data
-from deepvid_jax.models import train, vae
-from deepvid_jax.models.networks import (
-    TeacherConfig,
-    VAEConfig,
-    init_teacher,
-    init_vae,
-    teacher_apply_for,
-    teacher_logits,
-)
+from deepvid_jax.models import networks, train, vae
+from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for, teacher_logits
 
 TEACHER = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
 VAE_CFG = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
@@ -37,7 +30,7 @@ def _repeat_steps(step, state, batch, n=40):
 
 def test_teacher_steps_reduce_loss(digits):
     tr, _ = digits
-    state = train.create_state(init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
+    state = train.create_state(networks.init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
     losses = _repeat_steps(train.teacher_train_step, state, (tr.images[:128], tr.labels[:128]))
     assert losses[-1] < 0.5 * losses[0]
 
@@ -64,7 +57,7 @@ def test_random_blur_is_a_gaussian_of_each_images_own_width():
 
 def test_blur_augmented_teacher_steps_differ_and_reduce_loss(digits):
     tr, _ = digits
-    state = train.create_state(init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
+    state = train.create_state(networks.init_teacher(jax.random.PRNGKey(0), TEACHER), TEACHER, FAST)
     batch = (tr.images[:128], tr.labels[:128])
     plain = _repeat_steps(train.teacher_train_step, state, batch, n=40)
     blurred = _repeat_steps(functools.partial(train.teacher_train_step, blur_augment=1.0),
@@ -76,7 +69,7 @@ def test_blur_augmented_teacher_steps_differ_and_reduce_loss(digits):
 
 def test_vae_steps_reduce_loss(digits):
     tr, _ = digits
-    state = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
+    state = train.create_state(networks.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
     losses = _repeat_steps(train.vae_train_step, state, (tr.images[:128],))
     assert losses[-1] < 0.8 * losses[0]
 
@@ -100,7 +93,7 @@ def test_a_cosine_state_takes_scheduled_steps(digits):
     # The first step of a warm-up is of size zero: the parameters do not move.
     tr, _ = digits
     config = dataclasses.replace(FAST, lr_schedule="cosine")
-    params = init_teacher(jax.random.PRNGKey(0), TEACHER)
+    params = networks.init_teacher(jax.random.PRNGKey(0), TEACHER)
     state = train.create_state(params, TEACHER, config, examples=len(tr.images))
     state, _ = train.teacher_train_step(state, (tr.images[:64], tr.labels[:64]),
                                         jax.random.PRNGKey(1))
@@ -115,7 +108,7 @@ def test_a_cosine_state_takes_scheduled_steps(digits):
 def test_a_teacher_guided_vae_keeps_the_teachers_view_of_its_decodings(digits):
     tr, _ = digits
     x, y = tr.images[:128], tr.labels[:128]
-    t_params = init_teacher(jax.random.PRNGKey(0), TEACHER)
+    t_params = networks.init_teacher(jax.random.PRNGKey(0), TEACHER)
     t_state = train.create_state(t_params, TEACHER, FAST)
     for i in range(40):
         t_state, _ = train.teacher_train_step(t_state, (x, y), jax.random.PRNGKey(i))
@@ -130,14 +123,14 @@ def test_a_teacher_guided_vae_keeps_the_teachers_view_of_its_decodings(digits):
 
     finals = {}
     for weight in (0.0, 100.0):
-        state = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
+        state = train.create_state(networks.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG, FAST)
         step = functools.partial(train.guided_vae_train_step, teacher_params=t_state.params,
                                  teacher_apply=apply, weight=weight)
         for i in range(40):
             state, metrics = step(state, (x,), jax.random.PRNGKey(i))
         finals[weight] = teacher_kl(state.params)
         if weight == 0.0:  # weight 0 is the plain ELBO step, bit for bit
-            plain = train.create_state(init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG,
+            plain = train.create_state(networks.init_vae(jax.random.PRNGKey(0), VAE_CFG), VAE_CFG,
                                        FAST)
             for i in range(40):
                 plain, _ = train.vae_train_step(plain, (x,), jax.random.PRNGKey(i))
@@ -185,7 +178,7 @@ def test_shape_mismatch_is_clear(digits):
 
 def test_encode_decode_jit_and_vmap_equal_loop(digits):
     images = jnp.asarray(digits[1].images[:6])
-    params = init_vae(jax.random.PRNGKey(3), VAE_CFG)
+    params = networks.init_vae(jax.random.PRNGKey(3), VAE_CFG)
     enc = jax.jit(lambda x: vae.encode(params, x, config=VAE_CFG))
     dec = jax.jit(lambda z: vae.decode(params, z, config=VAE_CFG))
     mean, logvar = enc(images)
@@ -203,7 +196,7 @@ def test_encode_decode_jit_and_vmap_equal_loop(digits):
 
 
 def test_teacher_logits_shape(digits):
-    params = init_teacher(jax.random.PRNGKey(0), TEACHER)
+    params = networks.init_teacher(jax.random.PRNGKey(0), TEACHER)
     assert jax.jit(teacher_logits, static_argnums=2)(
         params, digits[1].images[:5], TEACHER).shape == (5, 10)
 
@@ -217,8 +210,8 @@ def test_evaluation_does_not_depend_on_the_batch_size(digits):
     """Held-out metrics go through the driver: image i's VAE sample is fold_in(key, i), so the
     numbers are those of one batch of everything (before, each batch had its own key)."""
     _, te = digits
-    vp = init_vae(jax.random.PRNGKey(0), VAE_CFG)
-    tp = init_teacher(jax.random.PRNGKey(1), TEACHER)
+    vp = networks.init_vae(jax.random.PRNGKey(0), VAE_CFG)
+    tp = networks.init_teacher(jax.random.PRNGKey(1), TEACHER)
     key = jax.random.PRNGKey(2)
     whole = train.evaluate_vae(vp, te.images, key, VAE_CFG, batch_size=len(te.images))
     assert train.evaluate_vae(vp, te.images, key, VAE_CFG, batch_size=37) == pytest.approx(
@@ -236,7 +229,7 @@ def test_gaussian_likelihood_is_the_scaled_squared_error():
     from deepvid_jax.models.networks import VAE
 
     cfg = dataclasses.replace(VAE_CFG, image_shape=(8, 8, 3), likelihood="gaussian", sigma=0.2)
-    params = init_vae(jax.random.PRNGKey(0), cfg)
+    params = networks.init_vae(jax.random.PRNGKey(0), cfg)
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 8, 3))
     key = jax.random.PRNGKey(2)
     loss, aux = vae.negative_elbo(params, x, key, config=cfg)
