@@ -36,7 +36,7 @@ from deepvid_jax.explainers.deepvid.neighbors import (
     probe_noise,
     sample_neighbors,
 )
-from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student
+from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student_selected
 from deepvid_jax.metrics import fidelity as metrics
 from deepvid_jax.models import vae
 from deepvid_jax.models.bundle import Models
@@ -159,6 +159,8 @@ class Explanation(NamedTuple):
         instance: how far the neighbourhood reaches across decision boundaries.
       scale: [B] the latent scale calibrated per instance (``NeighborConfig.calibrated``), or
         None.
+      smooth: [B] the smoothness chosen per instance by held-out fit
+        (``StudentConfig.lasso_smooth_grid``), or None.
     """
 
     weights: jax.Array
@@ -171,6 +173,7 @@ class Explanation(NamedTuple):
     penalty: jax.Array | None = None
     flip_fraction: jax.Array | None = None
     scale: jax.Array | None = None
+    smooth: jax.Array | None = None
 
     def class_weights(self, class_idx: jax.Array) -> jax.Array:
         """The weight image of one class per instance: class_idx [B] ints in [0, K) ->
@@ -215,7 +218,7 @@ def explain_instance(
     """
     nc = config.neighbors
     if not nc.calibrated:
-        nb = sample_neighbors(image, key, vae_params, nc, config.vae)
+        nb = sample_neighbors(image, key, vae_params, nc, config.vae, split=config.num_fit)
         if nc.patch_mix:
             nb = jnp.where(_mix_masks(key, image.shape, config), image[None], nb)
         # One teacher call for the instance and its neighbours.
@@ -225,7 +228,8 @@ def explain_instance(
     t_instance = teacher_apply(teacher_params, image[None])[0]
     scale, k_nb = _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
                              config)
-    nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale)
+    nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale,
+                          split=config.num_fit)
     nb = jnp.where(_mix_masks(k_nb, image.shape, config), image[None], nb)
     t_logits = teacher_apply(teacher_params, nb)
     return _distil(image, nb, t_instance, t_logits, scale, config)
@@ -278,7 +282,8 @@ def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Ex
     [N, H, W, C], t_instance [K], t_logits [N, K]."""
     x = nb.reshape(nb.shape[0], -1)
     n = config.num_fit
-    w, b, penalty = fit_student(x[:n], t_logits[:n], config.student, image.shape)
+    w, b, penalty, smooth = fit_student_selected(x[:n], t_logits[:n], x[n:], t_logits[n:],
+                                                 config.student, image.shape)
     s_hold = x[n:] @ w + b
     fidelity = metrics.fidelity(t_logits[n:], s_hold)
     return Explanation(
@@ -292,6 +297,7 @@ def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Ex
         penalty=None if config.student.method == "adam" else penalty,
         flip_fraction=jnp.mean(jnp.argmax(t_logits, -1) != jnp.argmax(t_instance)),
         scale=scale,
+        smooth=smooth if config.student.lasso_smooth_grid else None,
     )
 
 
@@ -354,7 +360,7 @@ def explain_batch(
         rows = jax.vmap(lambda im, k, s: latent_codes(
             vae_params, im, k, num=nc.num, scale=fixed if s is None else s,
             use_posterior_std=nc.use_posterior_std, band=nc.latent_band,
-            vae_config=config.vae))(images, keys, scale)
+            vae_config=config.vae, draw=nc.draw, split=config.num_fit))(images, keys, scale)
         z_dim = rows.shape[-1]
         if nc.patch_mix:  # each row: its code, its instance's index, where it takes the image
             masks = jax.vmap(lambda k: _mix_masks(k, images.shape[1:], config))(keys)
@@ -398,7 +404,7 @@ def deepvid_attribution(params, images, classes, keys, *, models: Models,
     Returns:
       `Attribution`: [B, H, W, C]; extras ``weights`` [B, H, W, C, K], ``bias``,
       ``teacher_probs``, ``student_probs`` [B, K], ``flip_fraction``, ``fidelity_*`` [B] and,
-      when the student or sampler gives them, ``penalty`` and ``scale`` [B].
+      when the student or sampler gives them, ``penalty``, ``scale`` and ``smooth`` [B].
 
     Raises:
       ValueError: a "vae" sampler without a VAE in ``models``, or malformed images, classes,
@@ -420,8 +426,8 @@ def deepvid_attribution(params, images, classes, keys, *, models: Models,
     extras = {"weights": e.weights, "bias": e.bias, "teacher_probs": e.teacher_probs,
               "student_probs": e.student_probs, "flip_fraction": e.flip_fraction,
               **{f"fidelity_{k}": v for k, v in e.fidelity._asdict().items()}}
-    extras.update({k: v for k, v in (("penalty", e.penalty), ("scale", e.scale))
-                   if v is not None})
+    extras.update({k: v for k, v in (("penalty", e.penalty), ("scale", e.scale),
+                                     ("smooth", e.smooth)) if v is not None})
     idx = jnp.asarray(classes, jnp.int32)[:, None, None, None, None]
     return Attribution(jnp.take_along_axis(e.weights, idx, axis=-1)[..., 0], extras)
 

@@ -8,16 +8,23 @@ two instances, traversal of each latent dimension) live here too.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepvid_jax import validate
 from deepvid_jax.models import vae
 from deepvid_jax.models.networks import VAEConfig
 
 SAMPLERS = ("vae", "pixel", "mask")
+# How the "vae" sampler's latent offsets are drawn (`NeighborConfig.draw`).
+DRAWS = ("random", "antithetic", "lattice")
+# How the calibration probes' directions are drawn (`NeighborConfig.probe_draw`).
+PROBE_DRAWS = ("random", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +74,17 @@ class NeighborConfig:
       patch_mix_keep: the probability, in (0, 1), that a mixed neighbour's patch is the
         instance's (1/2 above). Two patches' changes then correlate ``1 - patch_mix_keep`` times
         as much as in the decodings, at the price of fewer changed patches per neighbour.
+      draw: how the "vae" sampler's latent offsets are drawn (`latent_offsets`): "random"
+        (independent pseudo-random draws), "antithetic" (pairs ``+e, -e`` in consecutive rows:
+        the sample mean is exactly the code, and a student's linear part is fitted on
+        differences, where the teacher's even part cancels) or "lattice" (randomised
+        quasi-Monte Carlo: a rank-1 lattice of the neighbours to fit, and one of the held-out
+        ones, shifted at random and put in random order, mapped through the normal (or band's
+        uniform) quantiles: each dimension's values spread evenly, so the fit sees less of the
+        draw's luck). All three are pure functions of the key.
+      probe_draw: the calibration probes' directions: "random" (from the instance's key) or
+        "fixed" (one lattice for every key and instance: the calibrated radius is then a
+        function of the image alone, not of the key).
     """
 
     sampler: str = "vae"
@@ -87,9 +105,17 @@ class NeighborConfig:
     patch_mix_share: float = 0.5
     patch_mix_keep: float = 0.5
     patch_mix_shift: bool = False
+    draw: str = "random"
+    probe_draw: str = "random"
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
+        validate.choice(self.draw, DRAWS, "NeighborConfig.draw")
+        validate.choice(self.probe_draw, PROBE_DRAWS, "NeighborConfig.probe_draw")
+        if self.draw != "random" and self.sampler != "vae":
+            raise ValueError(f"NeighborConfig.draw={self.draw!r} shapes the VAE sampler's "
+                             f"latent draws; the {self.sampler!r} sampler has none (use "
+                             "sampler='vae' or draw='random').")
         validate.fields(self, nonneg=("latent_scale", "pixel_noise"),
                         probability=("mask_keep", "mask_value"))
         if validate.integer(self.num, "NeighborConfig.num") < 2:
@@ -132,6 +158,8 @@ def latent_neighbors(
     use_posterior_std: bool = False,
     band: tuple[tuple[float, float], ...] | None = None,
     vae_config: VAEConfig = VAEConfig(),
+    draw: str = "random",
+    split: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Decoded samples around an image's latent code.
 
@@ -143,12 +171,14 @@ def latent_neighbors(
       use_posterior_std: multiply the noise by the posterior std.
       band: per-dimension (low, high) offsets, drawn uniformly instead of Gaussian noise
         (`NeighborConfig.latent_band`); [Z] pairs.
+      draw, split: `latent_offsets`'.
 
     Returns:
       (neighbours [N, H, W, C] in [0, 1], their latent codes [N, Z]).
     """
     z = latent_codes(vae_params, image, key, num=num, scale=scale,
-                     use_posterior_std=use_posterior_std, band=band, vae_config=vae_config)
+                     use_posterior_std=use_posterior_std, band=band, vae_config=vae_config,
+                     draw=draw, split=split)
     return vae.decode(vae_params, z, config=vae_config), z
 
 
@@ -162,17 +192,95 @@ def latent_codes(
     use_posterior_std: bool = False,
     band: tuple[tuple[float, float], ...] | None = None,
     vae_config: VAEConfig = VAEConfig(),
+    draw: str = "random",
+    split: int | None = None,
 ) -> jax.Array:
     """The latent codes [N, Z] of `latent_neighbors`, not yet decoded (so that a caller can
     decode many instances' codes in blocks)."""
     mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
     std = jnp.exp(0.5 * logvar) if use_posterior_std else jnp.ones_like(mean)
-    if band is not None:
-        low, high = jnp.asarray(band, mean.dtype).T  # [Z] each
-        offset = jax.random.uniform(key, (num, vae_config.latent_dim), mean.dtype, low, high)
-    else:
-        offset = scale * jax.random.normal(key, (num, vae_config.latent_dim))
+    offset = latent_offsets(key, num, vae_config.latent_dim, scale=scale, band=band, draw=draw,
+                            split=split)
     return mean + std * offset
+
+
+def latent_offsets(
+    key: jax.Array, num: int, dim: int, *, scale: jax.Array | float = 1.0,
+    band: tuple[tuple[float, float], ...] | None = None, draw: str = "random",
+    split: int | None = None,
+) -> jax.Array:
+    """Latent offsets [num, dim] from the code: ``scale`` x standard normal, or uniform in
+    ``band``'s per-dimension (low, high) intervals, drawn as ``draw`` says
+    (`NeighborConfig.draw`).
+
+    ``split``: "lattice" builds one lattice of the first ``split`` rows (the neighbours a
+    student is fitted on) and one of the rest (the held-out ones), so each part is balanced by
+    itself; None: one lattice of all rows.
+    """
+    validate.choice(draw, DRAWS, "draw")
+    shape = (num, dim)
+    if draw == "random":
+        if band is not None:
+            low, high = jnp.asarray(band, jnp.float32).T  # [Z] each
+            return jax.random.uniform(key, shape, jnp.float32, low, high)
+        return scale * jax.random.normal(key, shape)
+    if draw == "antithetic":  # rows 2i and 2i + 1 mirror each other about the code (the band's
+        # centre)
+        half = latent_offsets(key, (num + 1) // 2, dim, scale=scale, band=band)
+        mirror = -half if band is None else jnp.sum(jnp.asarray(band, jnp.float32), 1) - half
+        return jnp.stack([half, mirror], axis=1).reshape(-1, dim)[:num]
+    parts = [num] if split is None or not 0 < split < num else [split, num - split]
+    u = jnp.concatenate([shifted_lattice(jax.random.fold_in(key, i), n, dim)
+                         for i, n in enumerate(parts)])
+    if band is not None:
+        low, high = jnp.asarray(band, jnp.float32).T
+        return low + (high - low) * u
+    return scale * jax.scipy.special.ndtri(u)
+
+
+_EDGE = 1e-6  # uniforms are kept this far from 0 and 1, where the normal quantile is infinite
+
+
+def shifted_lattice(key: jax.Array, num: int, dim: int) -> jax.Array:
+    """A randomly shifted rank-1 lattice [num, dim] in (0, 1), rows in random order:
+    ``frac(k g / num + shift)``, k = 0..num-1, with the Korobov generator g of `lattice_generator`
+    (each dimension's ``num`` values are evenly spaced, every pair of dimensions spread as
+    evenly as the generator allows), ``shift`` uniform from ``key``, the order a permutation
+    from ``key`` (so any contiguous rows are a random subset)."""
+    k_shift, k_perm = jax.random.split(key)
+    points = jnp.asarray(lattice_points(num, dim))  # [num, dim] in [0, 1)
+    u = jnp.mod(points + jax.random.uniform(k_shift, (1, dim)), 1.0)
+    return jnp.clip(jax.random.permutation(k_perm, u), _EDGE, 1 - _EDGE)
+
+
+@functools.lru_cache(maxsize=64)
+def lattice_points(num: int, dim: int) -> np.ndarray:
+    """The unshifted rank-1 lattice ``frac(k g / num)`` [num, dim] of `lattice_generator`."""
+    g = lattice_generator(num, dim)
+    return ((np.arange(num)[:, None] * g[None, :]) % num / num).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def lattice_generator(num: int, dim: int) -> np.ndarray:
+    """A Korobov generating vector (1, a, a^2, ...) mod ``num`` [dim]: of up to 128 candidates
+    a coprime to ``num``, the one with the smallest worst-case integration error P_2 for
+    functions with square-integrable mixed derivatives (Sloan & Joe 1994), computed on the
+    host once per (num, dim)."""
+    validate.integer(num, "num", minimum=1)
+    validate.integer(dim, "dim", minimum=1)
+    candidates = np.array([a for a in range(1, max(num, 2)) if math.gcd(a, num) == 1])
+    if len(candidates) > 128:  # evenly spread over [1, num)
+        candidates = candidates[np.linspace(0, len(candidates) - 1, 128).astype(int)]
+    powers = np.ones((len(candidates), dim), np.int64)
+    for j in range(1, dim):
+        powers[:, j] = powers[:, j - 1] * candidates % max(num, 1)
+    k = np.arange(num)
+    scores = []
+    for block in np.array_split(powers, max(1, len(powers) // 16)):
+        x = (k[None, :, None] * block[:, None, :]) % num / num  # [A, num, dim]
+        b2 = x * x - x + 1.0 / 6.0
+        scores.append(np.mean(np.prod(1.0 + 2.0 * np.pi**2 * b2, axis=-1), axis=1))
+    return powers[int(np.argmin(np.concatenate(scores)))]
 
 
 def calibrate_scale(
@@ -205,8 +313,21 @@ def calibrate_scale(
 
 
 def probe_noise(key: jax.Array, config: NeighborConfig, latent_dim: int) -> jax.Array:
-    """The calibration probes' latent noise [calibration_probes, Z] of one instance."""
+    """The calibration probes' latent noise [calibration_probes, Z] of one instance: standard
+    normal from ``key``; or with ``probe_draw="fixed"`` the same probes for every key and
+    instance, each at the typical radius sqrt(Z) of a standard normal draw, their directions
+    orthonormal in blocks of Z (the rows of fixed random rotations), so that a few probes
+    spread over the directions as far as they can."""
+    if config.probe_draw == "fixed":
+        p = config.calibration_probes
+        blocks = [jnp.linalg.qr(jax.random.normal(
+            jax.random.fold_in(jax.random.PRNGKey(_FIXED_PROBE_SEED), b),
+            (latent_dim, latent_dim)))[0].T for b in range(-(-p // latent_dim))]
+        return jnp.sqrt(float(latent_dim)) * jnp.concatenate(blocks)[:p]
     return jax.random.normal(key, (config.calibration_probes, latent_dim))
+
+
+_FIXED_PROBE_SEED = 0x5EED  # `probe_draw="fixed"`: the seed of the probes shared by all
 
 
 def bisect_scale(
@@ -280,11 +401,14 @@ def sample_neighbors(
     config: NeighborConfig,
     vae_config: VAEConfig,
     scale: jax.Array | float | None = None,
+    split: int | None = None,
 ) -> jax.Array:
     """Neighbours [config.num, H, W, C] of one image [H, W, C] with the configured sampler.
 
     ``scale``: the latent scale of a calibrated "vae" sampler (an `Explanation`'s ``scale``);
-    calibrating needs the teacher, so a calibrated config without one is an error here."""
+    calibrating needs the teacher, so a calibrated config without one is an error here.
+    ``split``: the rows a student is fitted on (`latent_offsets`; e.g.
+    `ExplainConfig.num_fit`)."""
     if config.sampler == "pixel":
         return pixel_neighbors(image, key, num=config.num, noise=config.pixel_noise)
     if config.sampler == "mask":
@@ -299,7 +423,7 @@ def sample_neighbors(
     return latent_neighbors(
         vae_params, image, key, num=config.num, scale=scale,
         use_posterior_std=config.use_posterior_std, band=config.latent_band,
-        vae_config=vae_config,
+        vae_config=vae_config, draw=config.draw, split=split,
     )[0]
 
 

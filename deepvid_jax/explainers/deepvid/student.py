@@ -32,6 +32,7 @@ import optax
 from deepvid_jax import validate
 
 SOLVERS = ("adam", "ridge", "kd", "lasso")  # `StudentConfig.method`: how the student is fitted
+LASSO_STARTS = ("zero", "ridge")  # `StudentConfig.lasso_start`: the first round's weights
 # A grid of relative penalties for generalised cross-validation: StudentConfig(penalties=...).
 GCV_PENALTIES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -76,6 +77,18 @@ class StudentConfig:
         (`fit_student`'s ``shape``).
       lasso_rescale: "lasso" only: multiply the weights by the one factor that fits the teacher
         best (`fit_lasso`), undoing the penalties' shrinkage on average.
+      lasso_start: "lasso" only: "zero" (the first round penalises every pixel alike) or
+        "ridge" (the adaptive lasso of Zou 2006: the first round's per-pixel penalties already
+        reweighted from the ridge fit at ``penalties[0]``, a stable estimate, instead of from an
+        unweighted first round, whose choice among correlated pixels depends on the draw).
+      lasso_smooth_grid: "lasso" only: when not empty, the smoothness of each instance is
+        chosen among these values (each >= 0; replacing ``lasso_smooth``) by the fit on the
+        held-out neighbours (`fit_student_selected`): a teacher that reads single pixels gets
+        per-pixel maps, one that reads strokes smooth ones. The fits share the Gram matrix;
+        their FISTA iterations are repeated per value.
+      lasso_smooth_tolerance: with a grid, the smoothest value is chosen whose held-out error
+        exceeds the least by at most this many standard errors (`fit_student_selected`; 1:
+        the one-standard-error rule).
     """
 
     method: str = "ridge"
@@ -92,11 +105,15 @@ class StudentConfig:
     lasso_reweight: int = 0
     lasso_smooth: float = 0.0
     lasso_rescale: bool = False
+    lasso_start: str = "zero"
+    lasso_smooth_grid: tuple[float, ...] = ()
+    lasso_smooth_tolerance: float = 1.0
 
     def __post_init__(self):
         validate.choice(self.method, SOLVERS, "StudentConfig.method")
         validate.fields(self, positive=("temperature", "learning_rate"), positive_int=("steps",),
-                        nonneg=("hard_label_weight", "l1", "l2", "lasso_smooth"),
+                        nonneg=("hard_label_weight", "l1", "l2", "lasso_smooth",
+                                "lasso_smooth_tolerance"),
                         nonneg_int=("lasso_refit", "lasso_reweight"),
                         boolean=("lasso_group", "lasso_rescale"))
         if not isinstance(self.penalties, tuple) or not self.penalties:
@@ -106,6 +123,15 @@ class StudentConfig:
             validate.number(v, f"StudentConfig.penalties[{i}]", low=0.0, low_open=True)
         validate.number(self.lasso, "StudentConfig.lasso", low=0.0, high=1.0, low_open=True,
                         high_open=True)
+        validate.choice(self.lasso_start, LASSO_STARTS, "StudentConfig.lasso_start")
+        if not isinstance(self.lasso_smooth_grid, tuple):
+            raise ValueError(f"StudentConfig.lasso_smooth_grid must be a tuple of smoothness "
+                             f"values (>= 0), got {self.lasso_smooth_grid!r}.")
+        for i, v in enumerate(self.lasso_smooth_grid):
+            validate.number(v, f"StudentConfig.lasso_smooth_grid[{i}]", low=0.0)
+        if self.lasso_smooth_grid and self.method != "lasso":
+            raise ValueError(f"StudentConfig.lasso_smooth_grid chooses the lasso's smoothness; "
+                             f"method is {self.method!r} (use method='lasso').")
 
 
 class RidgeFit(NamedTuple):
@@ -205,10 +231,27 @@ def _check_shape(shape, d: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in shape)
 
 
+def ridge_solve(xc: jax.Array, yc: jax.Array, relative_penalty: float) -> jax.Array:
+    """The ridge solution W [D, K] of centred pixels xc [N, D] and centred logits yc [N, K] at
+    one penalty relative to the mean non-zero eigenvalue of the Gram matrix (taken as its trace
+    over min(N - 1, D), the rank of centred data in general position), by one Cholesky solve:
+    D x D when D <= N, else N x N. The fixed-penalty case of `fit_ridge`, without its
+    eigendecomposition."""
+    n, d = xc.shape
+    primal = d <= n
+    gram = xc.T @ xc if primal else xc @ xc.T
+    lam = relative_penalty * jnp.trace(gram) / max(min(n - 1, d), 1)
+    factor = jax.scipy.linalg.cho_factor(gram + lam * jnp.eye(gram.shape[0], dtype=gram.dtype))
+    if primal:
+        return jax.scipy.linalg.cho_solve(factor, xc.T @ yc)
+    return xc.T @ jax.scipy.linalg.cho_solve(factor, yc)
+
+
 def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, steps: int,
               refit_steps: int = 0, *, group: bool = False,
-              reweight: int = 0, smooth: float = 0.0, shape: tuple[int, ...] | None = None,
-              rescale: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+              reweight: int = 0, smooth: float | jax.Array = 0.0,
+              shape: tuple[int, ...] | None = None, rescale: bool = False,
+              ridge_start: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """L1-penalised regression of class-centred logits on pixels, with an unpenalised intercept:
 
     min_W,b 1/(2N) ||x W + b - (t - mean_k t)||^2 + lambda |W|_1,  lambda = relative_penalty *
@@ -254,6 +297,14 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     pixels are kept or any map's shape (the relaxed lasso's refit re-grows weights one by one,
     the leaked ones too).
 
+    With ``ridge_start`` (a relative ridge penalty, as `fit_ridge`'s), the first round is
+    already reweighted, from the ridge solution (`ridge_solve`) instead of an unweighted first
+    round: the adaptive lasso (Zou 2006). A ridge fit does not choose among correlated pixels,
+    so the weights the rounds start from depend less on the draw.
+
+    ``smooth`` may be a traced scalar (e.g. under `jax.vmap` over several values, which then
+    share the Gram matrix and the power iterations).
+
     Args:
       x: [N, D] neighbours; teacher_logits: [N, K].
 
@@ -261,7 +312,8 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
       (W [D, K] centred over classes, b [K], lambda []).
     """
     n, d = x.shape
-    if smooth:
+    smoothing = not (isinstance(smooth, (int, float)) and smooth == 0)
+    if smoothing:
         shape = _check_shape(shape, d)
     mu_x, mu_y, xc, yc = _centred(x, teacher_logits)
     c = xc.T @ yc / n  # [D, K]
@@ -280,13 +332,13 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     v, _ = jax.lax.scan(power, jnp.ones((d,), x.dtype) / jnp.sqrt(d), None, 30)
     # The smoothness penalty's weight, relative to the mean pixel variance (the mean eigenvalue
     # of the Gram matrix / N); its Laplacian's largest eigenvalue is below 8.
-    mu_s = smooth * jnp.sum(xc * xc) / (n * d) if smooth else 0.0
+    mu_s = smooth * jnp.sum(xc * xc) / (n * d) if smoothing else 0.0
     lipschitz = 1.05 * jnp.maximum(v @ hess(v), 1e-12) + 8.0 * mu_s
 
     def fista(prox):
         def step(carry, _):
             w, z, t = carry
-            grad = hess(z) - c + (mu_s * grid_laplacian(z, shape) if smooth else 0.0)
+            grad = hess(z) - c + (mu_s * grid_laplacian(z, shape) if smoothing else 0.0)
             w_next = prox(z - grad / lipschitz)
             t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
             return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
@@ -306,12 +358,18 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
         return prox
 
     size = (lambda w: jnp.linalg.norm(w, axis=1, keepdims=True)) if group else jnp.abs
-    w = run(shrink(1.0), jnp.zeros((d, yc.shape[1]), x.dtype), steps)
-    for _ in range(reweight):
+
+    def weights(w):  # s / (|w| + 0.1 s), s the mean non-zero magnitude
         m = size(w)
         # (tiny: a first fit of all zeros, e.g. a constant teacher, stays zero, not NaN)
         s = jnp.maximum(jnp.sum(m) / jnp.maximum(jnp.sum(m > 0), 1), jnp.finfo(x.dtype).tiny)
-        w = run(shrink(1.0 / (m / s + 0.1)), w, steps)  # = s / (m + 0.1 s)
+        return 1.0 / (m / s + 0.1)
+
+    w = jnp.zeros((d, yc.shape[1]), x.dtype)
+    first = 1.0 if ridge_start is None else weights(ridge_solve(xc, yc, ridge_start))
+    w = run(shrink(first), w, steps)
+    for _ in range(reweight):
+        w = run(shrink(weights(w)), w, steps)
     if refit_steps:
         support = (w != 0).astype(x.dtype)
         w = run(lambda u: u * support, w, refit_steps)
@@ -321,6 +379,51 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
         w = w * jnp.where(jnp.any(w != 0),
                           jnp.sum(fit * yc) / jnp.maximum(jnp.sum(fit * fit), 1e-30), 1.0)
     return w, mu_y - mu_x @ w, lam
+
+
+def _lasso(x, teacher_logits, config: StudentConfig, shape, smooth):
+    ridge = config.penalties[0] if config.lasso_start == "ridge" else None
+    return fit_lasso(x, teacher_logits, config.lasso, config.steps, config.lasso_refit,
+                     group=config.lasso_group, reweight=config.lasso_reweight, smooth=smooth,
+                     shape=shape, rescale=config.lasso_rescale, ridge_start=ridge)
+
+
+def fit_student_selected(
+    x: jax.Array, teacher_logits: jax.Array, x_held: jax.Array, teacher_held: jax.Array,
+    config: StudentConfig, shape: tuple[int, ...] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`fit_student` with the smoothness chosen by held-out fit (``config.lasso_smooth_grid``;
+    without a grid, ``config.lasso_smooth``).
+
+    Args:
+      x: [N, D] neighbours to fit on; teacher_logits: [N, K].
+      x_held: [M, D] held-out neighbours; teacher_held: [M, K].
+      shape: the image shape (H, W, C).
+
+    Returns:
+      (W [D, K], b [K], penalty [], smoothness []): of the fits whose squared error on the
+      held-out neighbours' class-centred logits exceeds the least one by at most
+      ``config.lasso_smooth_tolerance`` standard errors (of the mean per-neighbour difference
+      from the best fit), the one of the largest smoothness: at 1, the one-standard-error rule
+      (Hastie, Tibshirani & Friedman, 2009, 7.10), which keeps an image's choice from
+      following its draw where smoothness costs no significant fit.
+    """
+    validate.array(x, "x", ndim=2)
+    validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
+    validate.array(x_held, "x_held", shape=(None, x.shape[1]))
+    validate.array(teacher_held, "teacher_held", shape=(x_held.shape[0], teacher_logits.shape[1]))
+    if not config.lasso_smooth_grid:
+        w, b, penalty = fit_student(x, teacher_logits, config, shape)
+        return w, b, penalty, jnp.asarray(config.lasso_smooth, x.dtype)
+    grid = jnp.asarray(config.lasso_smooth_grid, x.dtype)
+    w, b, penalty = jax.vmap(lambda m: _lasso(x, teacher_logits, config, shape, m))(grid)
+    y = teacher_held - jnp.mean(teacher_held, axis=1, keepdims=True)
+    err = jnp.mean((jnp.einsum("md,gdk->gmk", x_held, w) + b[:, None] - y) ** 2, axis=2)
+    diff = err - err[jnp.argmin(jnp.mean(err, axis=1))]  # [G, M] against the best fit
+    se = jnp.std(diff, axis=1) / jnp.sqrt(max(x_held.shape[0] - 1, 1))
+    ok = jnp.mean(diff, axis=1) <= config.lasso_smooth_tolerance * se
+    pick = jnp.argmax(jnp.where(ok, grid, -1.0))  # the smoothest acceptable (first of equals)
+    return w[pick], b[pick], penalty[pick], grid[pick]
 
 
 def distillation_loss(
@@ -384,10 +487,7 @@ def fit_student(
         fit = fit_ridge(x, teacher_logits, config.penalties)
         return fit.w, fit.b, fit.penalty
     if config.method == "lasso":
-        return fit_lasso(x, teacher_logits, config.lasso, config.steps, config.lasso_refit,
-                         group=config.lasso_group, reweight=config.lasso_reweight,
-                         smooth=config.lasso_smooth, shape=shape,
-                         rescale=config.lasso_rescale)
+        return _lasso(x, teacher_logits, config, shape, config.lasso_smooth)
     mu = jnp.mean(x, axis=0)
     xc = x - mu
     d, k = x.shape[1], teacher_logits.shape[1]

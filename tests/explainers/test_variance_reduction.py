@@ -1,0 +1,229 @@
+"""Steadier DeepVID (issue 31): antithetic and lattice latent draws, key-free calibration
+probes, the ridge-started adaptive lasso and the smoothness chosen per image by held-out fit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_TEACHER
+
+from deepvid_jax.data import sources as data
+from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid import neighbors, student
+from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
+from deepvid_jax.explainers.deepvid.student import StudentConfig
+from deepvid_jax.models import vae
+from deepvid_jax.models.networks import VAEConfig, init_vae, teacher_apply_for
+
+VCFG = VAEConfig(latent_dim=3, features=(4,), hidden=8, image_shape=(8, 8, 1))
+VP = init_vae(jax.random.PRNGKey(0), VCFG)
+IMAGES = data.load("digits", "test[:4]").images
+
+
+def _moments_match(offsets, mean, var, tol_mean, tol_var):
+    """Whether the empirical mean and covariance of offsets [N, Z] are ``mean`` and ``var`` I
+    ([Z] or scalars) to the tolerances (off-diagonal covariances within ``tol_var`` of 0)."""
+    o = np.asarray(offsets, np.float64)
+    cov = np.cov(o.T)
+    want = np.diag(np.broadcast_to(var, (o.shape[1],)))
+    return (np.abs(o.mean(0) - mean).max() < tol_mean
+            and np.abs(cov - want).max() < tol_var * np.max(var))
+
+
+@pytest.mark.parametrize("draw", ["antithetic", "lattice"])
+def test_draws_are_pure_functions_of_the_key(draw):
+    kw = dict(scale=0.7, draw=draw, split=48)
+    a = neighbors.latent_offsets(jax.random.PRNGKey(3), 64, 5, **kw)
+    b = neighbors.latent_offsets(jax.random.PRNGKey(3), 64, 5, **kw)
+    c = neighbors.latent_offsets(jax.random.fold_in(jax.random.PRNGKey(3), 1), 64, 5, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a) - np.asarray(c)).min(axis=0).max() > 0  # another instance
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("draw", ["antithetic", "lattice"])
+def test_gaussian_draws_have_the_configured_mean_and_covariance(draw):
+    """Mean 0 and covariance scale^2 I (the lattice's closer than a pseudo-random draw of
+    that size gets); the same check fails a plain draw of the wrong scale."""
+    n, z, scale = 2048, 6, 0.7
+    tol_var = {"antithetic": 0.15, "lattice": 0.06}[draw]  # antithetic: 1024 free draws
+    o = neighbors.latent_offsets(jax.random.PRNGKey(0), n, z, scale=scale, draw=draw)
+    assert _moments_match(o, 0.0, scale**2, 0.01, tol_var)
+    if draw == "antithetic":  # pairs mirror each other: the mean is exact
+        np.testing.assert_allclose(np.asarray(o).mean(0), 0.0, atol=1e-6)
+        np.testing.assert_allclose(o[0::2], -o[1::2], atol=1e-5)
+    wrong = neighbors.latent_offsets(jax.random.PRNGKey(0), n, z, scale=0.8, draw="random")
+    assert not _moments_match(wrong, 0.0, scale**2, 0.01, tol_var)
+
+
+@pytest.mark.parametrize("draw", ["random", "antithetic", "lattice"])
+def test_band_draws_are_uniform_in_the_band(draw):
+    band = ((-0.5, 0.25), (0.0, 0.0), (1.0, 3.0))
+    low, high = np.array(band).T
+    o = np.asarray(neighbors.latent_offsets(jax.random.PRNGKey(1), 3000, 3, band=band,
+                                            draw=draw))
+    assert np.all(o >= low - 1e-5) and np.all(o <= high + 1e-5)
+    np.testing.assert_allclose(o.mean(0), (low + high) / 2, atol=0.02)
+    np.testing.assert_allclose(o.var(0), (high - low) ** 2 / 12, atol=0.02)
+
+
+def test_each_lattice_part_spreads_every_dimension_evenly():
+    """Fitted rows and held-out rows are each a shifted lattice: in every dimension the values
+    of a part are its ``n`` evenly spaced points (one per cell of width 1/n); a pseudo-random
+    draw leaves cells empty."""
+    n_fit, n_held, z = 96, 32, 4
+    o = neighbors.latent_offsets(jax.random.PRNGKey(2), n_fit + n_held, z, draw="lattice",
+                                 split=n_fit)
+    u = jax.scipy.stats.norm.cdf(np.asarray(o, np.float64))
+    for part, n in ((u[:n_fit], n_fit), (u[n_fit:], n_held)):
+        cells = np.sort(np.floor(np.asarray(part) * n), axis=0)
+        np.testing.assert_array_equal(cells, np.broadcast_to(np.arange(n)[:, None], (n, z)))
+    r = np.asarray(jax.scipy.stats.norm.cdf(neighbors.latent_offsets(
+        jax.random.PRNGKey(2), n_fit, z)))
+    assert len(np.unique(np.floor(r[:, 0] * n_fit))) < n_fit
+
+
+def test_lattice_generator_is_coprime_and_cached():
+    g = neighbors.lattice_generator(896, 16)
+    assert g[0] == 1 and all(np.gcd(int(v), 896) == 1 for v in g)
+    assert neighbors.lattice_generator(896, 16) is g
+
+
+def _teacher():
+    from deepvid_jax.models.networks import init_teacher
+    return init_teacher(jax.random.PRNGKey(4), TINY_TEACHER)
+
+
+def test_fixed_probes_make_the_radius_a_function_of_the_image_alone():
+    """With probe_draw="fixed" the probes, so the calibrated scale, are the same for every key;
+    with "random" they are the key's. (A label that flips with the distance from the
+    reconstruction: about half the neighbours at scale 1.)"""
+    image = IMAGES[0]
+    recon = vae.reconstruct(VP, image[None], config=VCFG)
+
+    def label_of(x):
+        return (jnp.sqrt(jnp.mean((x - recon) ** 2, axis=(1, 2, 3))) > 0.05).astype(jnp.int32)
+
+    def scales(probe_draw):
+        nc = NeighborConfig(num=32, probe_draw=probe_draw, calibration_probes=16,
+                            calibration_steps=8)
+        return [float(neighbors.calibrate_scale(VP, image, jax.random.PRNGKey(k), label_of,
+                                                jnp.int32(0), nc, VCFG)) for k in range(4)]
+
+    fixed, keyed = scales("fixed"), scales("random")
+    assert len(set(fixed)) == 1 and 0 < fixed[0] < 3.9
+    assert len(set(keyed)) > 1
+    np.testing.assert_array_equal(
+        neighbors.probe_noise(jax.random.PRNGKey(0), NeighborConfig(probe_draw="fixed"), 3),
+        neighbors.probe_noise(jax.random.PRNGKey(1), NeighborConfig(probe_draw="fixed"), 3))
+
+
+def test_block_and_vmap_paths_agree_on_the_new_draws():
+    tp = _teacher()
+    cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=32, draw="antithetic",
+                                                              probe_draw="fixed"),
+                           holdout=8, student=StudentConfig(
+                               method="lasso", steps=10, lasso_smooth_grid=(0.0, 0.5)))
+    keys = jax.random.split(jax.random.PRNGKey(1), len(IMAGES))
+    kw = dict(teacher_apply=teacher_apply_for(TINY_TEACHER), teacher_params=tp, vae_params=VP)
+    blocked = ex.explain_batch(IMAGES, keys, config=cfg, **kw)
+    plain = ex.explain_batch(IMAGES, keys, config=ex.ExplainConfig(
+        **{**cfg.__dict__, "block_size": None}), **kw)
+    np.testing.assert_allclose(blocked.weights, plain.weights, atol=1e-4)
+    np.testing.assert_array_equal(blocked.smooth, plain.smooth)
+    assert set(np.asarray(blocked.smooth).tolist()) <= {0.0, 0.5}
+
+
+def _linear_case(w_true, rng, n=300, m=200, noise=0.5):
+    d = w_true.size
+    x = rng.random((n + m, d)).astype(np.float32)
+    f = x @ w_true + noise * rng.standard_normal(n + m)
+    t = np.stack([f, -f], 1).astype(np.float32)
+    return x[:n], t[:n], x[n:], t[n:]
+
+
+def test_smoothness_chosen_by_held_out_fit():
+    """A linear teacher of 6 single pixels gets no smoothness; one whose weights are a smooth
+    blob gets the largest; each choice is the smoothest grid value whose held-out error is
+    within ``lasso_smooth_tolerance`` standard errors of the least (recomputed here from the
+    separate fits)."""
+    side = 12
+    cfg = StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=3,
+                        steps=30, lasso_rescale=True, lasso_smooth_grid=(0.0, 0.2, 1.0))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    for _ in range(2):
+        pixels = np.zeros(side * side)
+        pixels[rng.choice(side * side, 6, replace=False)] = rng.choice([-3.0, 3.0], 6)
+        cy, cx = rng.uniform(3, 9, 2)
+        blob = 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5**2)).ravel()
+        for w_true, want in ((pixels, 0.0), (blob, 1.0)):
+            x, t, xh, th = _linear_case(w_true, rng)
+            w, b, _, chosen = student.fit_student_selected(x, t, xh, th, cfg, (side, side, 1))
+            assert float(chosen) == want
+            fits = [student.fit_student(x, t, StudentConfig(
+                **{**cfg.__dict__, "lasso_smooth_grid": (), "lasso_smooth": value}),
+                (side, side, 1)) for value in cfg.lasso_smooth_grid]
+            err = np.stack([np.mean((xh @ np.asarray(wg) + np.asarray(bg)
+                                     - (th - th.mean(1, keepdims=True))) ** 2, axis=1)
+                            for wg, bg, _ in fits])  # [G, M]
+            diff = err - err[np.argmin(err.mean(1))]
+            ok = diff.mean(1) <= diff.std(1) / np.sqrt(len(xh) - 1) * cfg.lasso_smooth_tolerance
+            assert cfg.lasso_smooth_grid[int(np.flatnonzero(ok).max())] == want
+            np.testing.assert_allclose(w, fits[cfg.lasso_smooth_grid.index(want)][0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "d"), [(80, 30), (30, 80)])
+def test_ridge_solve_equals_the_closed_form_ridge(n, d):
+    rng = np.random.default_rng(1)
+    x = rng.random((n, d)).astype(np.float32)
+    t = (x @ rng.normal(size=(d, 3)) + 0.1 * rng.normal(size=(n, 3))).astype(np.float32)
+    _, _, xc, yc = student._centred(jnp.asarray(x), jnp.asarray(t))
+    want = student.fit_ridge(jnp.asarray(x), jnp.asarray(t), (0.3,)).w
+    got = student.ridge_solve(xc, yc, 0.3)
+    np.testing.assert_allclose(got - got.mean(1, keepdims=True), want, atol=2e-4, rtol=2e-3)
+
+
+def test_the_ridge_start_is_the_lasso_weighted_by_the_ridge_fit():
+    """lasso_start="ridge": the first round's penalty on each row is s / (|w_ridge| + 0.1 s),
+    the same fit as an explicit weighted lasso (columns divided by the factors, sklearn)."""
+    from sklearn.linear_model import MultiTaskLasso
+
+    rng = np.random.default_rng(2)
+    n, d, k = 200, 20, 4
+    x = rng.random((n, d)).astype(np.float32)
+    w_true = np.zeros((d, k))
+    w_true[:4] = rng.normal(size=(4, k)) * 3
+    t = (x @ w_true + 0.1 * rng.normal(size=(n, k))).astype(np.float32)
+    w, _, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True,
+                                  ridge_start=0.3)
+    _, _, xc, yc = student._centred(jnp.asarray(x), jnp.asarray(t))
+    m = np.linalg.norm(np.asarray(student.ridge_solve(xc, yc, 0.3)), axis=1)
+    factor = (m.mean()) / (m + 0.1 * m.mean())
+    y = np.asarray(yc)
+    want = MultiTaskLasso(alpha=float(lam), tol=1e-12, max_iter=200_000).fit(
+        x / factor, y).coef_.T / factor[:, None]
+    np.testing.assert_allclose(w, want - want.mean(1, keepdims=True), atol=5e-4)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"draw": "sobol"}, "NeighborConfig.draw must be one of"),
+    ({"probe_draw": "grid"}, "NeighborConfig.probe_draw must be one of"),
+    ({"draw": "lattice", "sampler": "pixel"}, "draw='lattice' shapes the VAE sampler"),
+])
+def test_bad_draw_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NeighborConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "lasso", "lasso_start": "ols"}, "StudentConfig.lasso_start must be one of"),
+    ({"method": "lasso", "lasso_smooth_grid": [0.0, 0.2]}, "must be a tuple"),
+    ({"method": "lasso", "lasso_smooth_grid": (0.0, -0.1)}, r"lasso_smooth_grid\[1\]"),
+    ({"method": "lasso", "lasso_smooth_grid": (float("nan"),)}, "finite"),
+    ({"method": "ridge", "lasso_smooth_grid": (0.0, 0.2)}, "method is 'ridge'"),
+    ({"method": "lasso", "lasso_smooth_tolerance": -1.0}, "lasso_smooth_tolerance"),
+])
+def test_bad_student_stability_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StudentConfig(**kwargs)
