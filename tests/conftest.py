@@ -2,11 +2,75 @@
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["DEEPVID_OFFLINE"] = "1"
+
+# One compilation cache per test run (issue 28: compile reuse). The first pytest process of a
+# run (xdist's controller, or the only process) makes an empty folder and removes it at the
+# end; the xdist workers and every child process the tests start inherit it through the
+# environment. With `-n 2` one test file's tests and module fixtures run on both workers, and
+# many files compile the same tiny networks and programs: a program compiled in one process
+# is loaded, not compiled again, in the others. Only the workers write (each entry atomically:
+# `_share_compiles`); the tests' child processes, some of them killed mid-run, only read.
+# DEEPVID_TEST_COMPILE_CACHE=off runs without it.
+COMPILE_CACHE_ENV = "DEEPVID_TEST_COMPILE_CACHE"
+_OWN_COMPILE_CACHE = None
+if not os.environ.get(COMPILE_CACHE_ENV):
+    _OWN_COMPILE_CACHE = os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(
+        prefix="deepvid-test-compiles-")
+if os.environ[COMPILE_CACHE_ENV] != "off":
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[COMPILE_CACHE_ENV]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"  # children: read only
+
+
+def _share_compiles() -> None:
+    """This process reads and writes the run's compilation cache, from its first compile on.
+
+    JAX's file cache (`LRUCache.put`, without eviction, its default) writes an entry in place,
+    so a reader in the other worker could load half a file (JAX then warns and compiles);
+    here an entry is written under a temporary name and renamed. Were JAX's cache internals
+    other than expected, this process would compile everything itself (only slower).
+    """
+    import jax
+
+    folder = os.environ[COMPILE_CACHE_ENV]
+    try:
+        from jax._src import lru_cache
+        suffix, put = lru_cache._CACHE_SUFFIX, lru_cache.LRUCache.put
+    except (ImportError, AttributeError):
+        folder = "off"
+    if folder == "off":
+        jax.config.update("jax_compilation_cache_dir", None)
+        return
+    replace = os.replace  # bound now: tests monkeypatch os.replace to fail
+
+    def atomic_put(self, key: str, value: bytes) -> None:
+        if getattr(self, "eviction_enabled", True):
+            return put(self, key, value)
+        path = self.path / f"{key}{suffix}"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(value)
+            replace(tmp, path)
+
+    lru_cache.LRUCache.put = atomic_put
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_share_compiles()
+
+
+def pytest_unconfigure(config):
+    if _OWN_COMPILE_CACHE:
+        shutil.rmtree(_OWN_COMPILE_CACHE, ignore_errors=True)
 
 from deepvid_jax.data import sources as data  # noqa: E402
 from deepvid_jax.explainers import gradients as attribution  # noqa: E402
