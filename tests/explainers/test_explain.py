@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -161,23 +162,18 @@ def test_callback_teacher_matches_jax_teacher(setup):
 
 
 SHARD_SCRIPT = textwrap.dedent("""
-    import sys, jax, numpy as np
+    import pickle, sys, jax, numpy as np
     from deepvid_jax import driver
-    from deepvid_jax.data import sources as data
     from deepvid_jax.explainers.deepvid import core as ex
-    from deepvid_jax.models import train
     from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for
     from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
     from deepvid_jax.explainers.deepvid.student import StudentConfig
     assert jax.device_count() == 4 and not driver._shardable(jax.devices()), jax.devices()
     t = TeacherConfig(features=(8, 16), hidden=32, image_shape=(8, 8, 1))
     v = VAEConfig(latent_dim=4, features=(8, 16), hidden=32, image_shape=(8, 8, 1))
-    tr, te = data.load("digits", "train"), data.load("digits", "test[:7]")
-    fast = train.TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3)
-    tp, _ = train.train_teacher((tr.images, tr.labels), (te.images, te.labels), t, fast,
-                                progress=False)
-    vp, _ = train.train_vae(tr.images, te.images, v, fast, progress=False)
-    images = te.images
+    # The test's briefly trained tiny teacher and VAE (the `setup` fixture) and its 7 images.
+    with open(sys.argv[1], "rb") as f:
+        images, tp, vp = pickle.load(f)
     apply = teacher_apply_for(t)
     # The default (calibrated) config on 4 CPU devices: not sharded there, and completes.
     default = ex.explain_images(images, jax.random.PRNGKey(0), config=ex.ExplainConfig(
@@ -208,15 +204,19 @@ SHARD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_over_four_cpu_devices_equals_one():
+def test_sharded_over_four_cpu_devices_equals_one(setup, tmp_path):
     # The sharded path with the Adam student, a fixed radius and no multi-threaded Eigen: XLA
     # CPU deadlocks at random on the ridge student's program sharded over 4 forced devices
     # (so the driver does not shard over CPU devices: driver._shardable).
+    # The child explains with this module's trained models (handed over as NumPy arrays)
+    # instead of training the same ones again.
+    models = tmp_path / "models.pkl"
+    models.write_bytes(pickle.dumps(jax.tree_util.tree_map(np.asarray, setup)))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
                                       "--xla_cpu_multi_thread_eigen=false",
            "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(models)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SHARDED_OK (7, 8, 8, 1, 10) (7, 16, 10)" in proc.stdout
 
