@@ -101,13 +101,14 @@ def test_fixed_probes_make_the_radius_a_function_of_the_image_alone():
     image = IMAGES[0]
     recon = vae.reconstruct(VP, image[None], config=VCFG)
 
-    def label_of(x):
-        return (jnp.sqrt(jnp.mean((x - recon) ** 2, axis=(1, 2, 3))) > 0.05).astype(jnp.int32)
+    def logits_of(x):  # class 1 beyond a distance of 0.05
+        far = jnp.sqrt(jnp.mean((x - recon) ** 2, axis=(1, 2, 3))) - 0.05
+        return jnp.stack([-100 * far, 100 * far], -1)
 
     def scales(probe_draw):
         nc = NeighborConfig(num=32, probe_draw=probe_draw, calibration_probes=16,
                             calibration_steps=8)
-        return [float(neighbors.calibrate_scale(VP, image, jax.random.PRNGKey(k), label_of,
+        return [float(neighbors.calibrate_scale(VP, image, jax.random.PRNGKey(k), logits_of,
                                                 jnp.int32(0), nc, VCFG)) for k in range(4)]
 
     fixed, keyed = scales("fixed"), scales("random")
@@ -210,6 +211,7 @@ def test_the_ridge_start_is_the_lasso_weighted_by_the_ridge_fit():
     ({"draw": "sobol"}, "NeighborConfig.draw must be one of"),
     ({"probe_draw": "grid"}, "NeighborConfig.probe_draw must be one of"),
     ({"draw": "lattice", "sampler": "pixel"}, "draw='lattice' shapes the VAE sampler"),
+    ({"calibration": "secant"}, "NeighborConfig.calibration must be one of"),
 ])
 def test_bad_draw_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -227,3 +229,20 @@ def test_bad_draw_configs(kwargs, message):
 def test_bad_student_stability_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         StudentConfig(**kwargs)
+
+
+def test_interpolated_calibration_is_not_quantised():
+    """On a flip fraction linear in the scale (s / 4), "interpolate" finds the exact scale of
+    the target; "bisect" the middle of a bracket of width max / 2**steps."""
+    for target in (0.2, 0.37):
+        exact = neighbors.bisect_scale(lambda s: s / 4, NeighborConfig(
+            calibration="interpolate", target_flip=target))
+        np.testing.assert_allclose(exact, 4 * target, rtol=1e-5)
+        mid = float(neighbors.bisect_scale(lambda s: s / 4, NeighborConfig(target_flip=target)))
+        assert (mid - 0.125) % 0.25 == pytest.approx(0.0, abs=1e-6)
+        assert abs(mid - 4 * target) <= 0.125 + 1e-6
+    logits = jnp.array([[2.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_allclose(neighbors.probe_flips(logits, jnp.array([0, 0]), NeighborConfig(
+        calibration="interpolate")), 1 - jax.nn.softmax(logits)[:, 0], rtol=1e-6)
+    np.testing.assert_array_equal(neighbors.probe_flips(logits, jnp.array([0, 0]),
+                                                        NeighborConfig()), [0.0, 1.0])

@@ -33,6 +33,7 @@ from deepvid_jax.explainers.deepvid.neighbors import (
     latent_codes,
     mixed_rows,
     patch_mix_masks,
+    probe_flips,
     probe_noise,
     sample_neighbors,
 )
@@ -139,6 +140,17 @@ FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
 # (registered "deepvid_fixed_radius"): no probe decodes, but the share of neighbours the
 # teacher relabels then varies with the data set.
 FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0), student=StudentConfig())
+# The steadier candidate of issue 31 at 512 neighbours (benchmarks/frontier.py): fixed orthonormal
+# calibration probes with an interpolated radius (no dependence on the key, no quantisation),
+# 70 % of the fitted neighbours patch-mixed, and each image's smoothness chosen from
+# (0, 0.3, 1.5) by held-out fit within 4 standard errors (none for a teacher that reads single
+# pixels). Not the default: on KMNIST its seed agreement stays below LIME's (frontier results).
+STABLE = dataclasses.replace(
+    ExplainConfig(),
+    neighbors=dataclasses.replace(ExplainConfig().neighbors, probe_draw="fixed",
+                                  calibration="interpolate", patch_mix_share=0.7),
+    student=dataclasses.replace(ExplainConfig().student, lasso_smooth_grid=(0.0, 0.3, 1.5),
+                                lasso_smooth_tolerance=4.0)).with_samples(512)
 
 
 class Explanation(NamedTuple):
@@ -251,7 +263,7 @@ def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params
     instance's key is split into the probes' key and the neighbours'."""
     k_probe, k_nb = jax.random.split(key)
     scale = calibrate_scale(
-        vae_params, image, k_probe, lambda x: jnp.argmax(teacher_apply(teacher_params, x), -1),
+        vae_params, image, k_probe, lambda x: teacher_apply(teacher_params, x),
         jnp.argmax(t_instance), config.neighbors, config.vae)
     return scale, k_nb
 
@@ -272,7 +284,7 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
         z = mean[:, None] + scale[:, None, None] * std[:, None] * eps
         _, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
                                     teacher_apply, teacher_params, config.block_size)
-        return jnp.mean(jnp.argmax(logits, -1) != label[:, None], axis=1)
+        return jnp.mean(probe_flips(logits, label[:, None], nc), axis=1)
 
     return bisect_scale(flips, nc, shape=(images.shape[0],)), k_nb
 

@@ -25,6 +25,8 @@ SAMPLERS = ("vae", "pixel", "mask")
 DRAWS = ("random", "antithetic", "lattice")
 # How the calibration probes' directions are drawn (`NeighborConfig.probe_draw`).
 PROBE_DRAWS = ("random", "fixed")
+# How the calibrated radius is read off the probes (`NeighborConfig.calibration`).
+CALIBRATIONS = ("bisect", "interpolate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,12 @@ class NeighborConfig:
         KMNIST at scale 1; the target gives about the same on both.
       max_latent_scale: the upper end of that search.
       calibration_probes, calibration_steps: its size.
+      calibration: "bisect" (each probe flips or not; the scale is the middle of the last
+        bracket, so it takes one of ``2 ** calibration_steps`` values and the flip fraction
+        it aims at moves in steps of ``1 / calibration_probes``) or "interpolate" (each probe
+        counts ``1 - `` the teacher's probability of the instance's label, a flip fraction
+        continuous in the scale, and the scale is interpolated linearly inside the last
+        bracket: no quantisation, at the same probe work).
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
       mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
       mask_value: what a masked pixel becomes.
@@ -107,11 +115,13 @@ class NeighborConfig:
     patch_mix_shift: bool = False
     draw: str = "random"
     probe_draw: str = "random"
+    calibration: str = "bisect"
 
     def __post_init__(self):
         validate.choice(self.sampler, SAMPLERS, "NeighborConfig.sampler")
         validate.choice(self.draw, DRAWS, "NeighborConfig.draw")
         validate.choice(self.probe_draw, PROBE_DRAWS, "NeighborConfig.probe_draw")
+        validate.choice(self.calibration, CALIBRATIONS, "NeighborConfig.calibration")
         if self.draw != "random" and self.sampler != "vae":
             raise ValueError(f"NeighborConfig.draw={self.draw!r} shapes the VAE sampler's "
                              f"latent draws; the {self.sampler!r} sampler has none (use "
@@ -287,7 +297,7 @@ def calibrate_scale(
     vae_params: dict,
     image: jax.Array,
     key: jax.Array,
-    label_of: Callable[[jax.Array], jax.Array],
+    logits_of: Callable[[jax.Array], jax.Array],
     label: jax.Array,
     config: NeighborConfig,
     vae_config: VAEConfig,
@@ -296,7 +306,7 @@ def calibrate_scale(
     get another label than ``label`` (bisection; `NeighborConfig.target_flip`).
 
     Args:
-      label_of: images [P, H, W, C] -> labels [P] (the teacher's argmax).
+      logits_of: images [P, H, W, C] -> the teacher's logits [P, K].
 
     Returns:
       scalar scale in [0, config.max_latent_scale].
@@ -307,9 +317,18 @@ def calibrate_scale(
 
     def flips(scale):
         probes = vae.decode(vae_params, mean + scale * std * eps, config=vae_config)
-        return jnp.mean(label_of(probes) != label)
+        return jnp.mean(probe_flips(logits_of(probes), label, config))
 
     return bisect_scale(flips, config)
+
+
+def probe_flips(logits: jax.Array, label: jax.Array, config: NeighborConfig) -> jax.Array:
+    """Per probe, whether the teacher relabels it (logits [..., K], label [...] broadcast):
+    1.0 / 0.0 ("bisect"), or 1 - the probability of ``label`` ("interpolate")."""
+    if config.calibration == "interpolate":
+        p = jax.nn.softmax(logits, axis=-1)
+        return 1.0 - jnp.take_along_axis(p, label[..., None].astype(jnp.int32), -1)[..., 0]
+    return (jnp.argmax(logits, -1) != label).astype(jnp.float32)
 
 
 def probe_noise(key: jax.Array, config: NeighborConfig, latent_dim: int) -> jax.Array:
@@ -335,18 +354,27 @@ def bisect_scale(
 ) -> jax.Array:
     """The latent scales (of ``shape``) where ``flips(scales)`` (label-flip fractions, same
     shape) crosses ``config.target_flip``: ``calibration_steps`` halvings of
-    [0, ``max_latent_scale``], elementwise."""
+    [0, ``max_latent_scale``], elementwise; then the middle of the last bracket ("bisect") or
+    the linear interpolation of the flip fractions measured at its ends ("interpolate"; the
+    ends never measured count as 0 at scale 0 and 1 at the top)."""
+    target = config.target_flip
 
     def halve(_, bounds):
-        lo, hi = bounds
+        lo, hi, f_lo, f_hi = bounds
         mid = 0.5 * (lo + hi)
-        below = flips(mid) < config.target_flip
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+        f = flips(mid)
+        below = f < target
+        return (jnp.where(below, mid, lo), jnp.where(below, hi, mid),
+                jnp.where(below, f, f_lo), jnp.where(below, f_hi, f))
 
-    lo, hi = jax.lax.fori_loop(0, config.calibration_steps, halve,
-                               (jnp.zeros(shape), jnp.full(shape, config.max_latent_scale,
-                                                           jnp.float32)))
-    return 0.5 * (lo + hi)
+    zeros = jnp.zeros(shape, jnp.float32)
+    lo, hi, f_lo, f_hi = jax.lax.fori_loop(
+        0, config.calibration_steps, halve,
+        (zeros, jnp.full(shape, config.max_latent_scale, jnp.float32), zeros, zeros + 1.0))
+    if config.calibration == "bisect":
+        return 0.5 * (lo + hi)
+    t = jnp.clip((target - f_lo) / jnp.maximum(f_hi - f_lo, 1e-6), 0.0, 1.0)
+    return lo + t * (hi - lo)
 
 
 def mixed_rows(config: NeighborConfig, num_fit: int) -> tuple[int, int]:
