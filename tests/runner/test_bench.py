@@ -51,11 +51,17 @@ def tiny_models():
     return dv.Models.untrained((8, 8, 1), 10)
 
 
+# The tiny run's batch and sample count: the other runs of these models use them too, so
+# their programs are the tiny run's, loaded from the run's compilation cache (tests/conftest.py).
+BATCH, SAMPLES = 8, 16
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_models):
     images = data.load("digits", "test[:6]").images
     config = bench.BenchConfig(methods=tuple(m for m in bench.ROWS if m != "lime_image"),
-                               batch_sizes=(8,), samples=(16,), repeats=1, min_seconds=0.0)
+                               batch_sizes=(BATCH,), samples=(SAMPLES,), repeats=1,
+                               min_seconds=0.0)
     return bench.run(tiny_models, images, config, trained=False, log=lambda _: None)
 
 
@@ -113,8 +119,8 @@ def test_methods_the_models_cannot_run_are_skipped_with_a_reason(tiny_models):
     teacher_only = dv.Models.ours(tiny_models.teacher_params, tiny_models.teacher_config)
     logged = []
     config = bench.BenchConfig(methods=("deepvid", "decode_classify", "gradient"),
-                               batch_sizes=(2,), samples=(4,), min_seconds=0.0)
-    result = bench.run(teacher_only, data.load("digits", "test[:2]").images, config,
+                               batch_sizes=(BATCH,), samples=(SAMPLES,), min_seconds=0.0)
+    result = bench.run(teacher_only, data.load("digits", "test[:6]").images, config,
                        trained=True, log=logged.append)
     assert [r["method"] for r in result["rows"]] == ["gradient"]
     assert result["models_trained"] is True
@@ -168,7 +174,8 @@ def test_bad_bench_arguments_are_usage_errors(argv, message, capsys):
 
 def test_bench_command_end_to_end(tmp_path, capsys):
     rc = deepvid_main(["bench", "--dataset", "digits", "--methods", "deepvid,decode_classify",
-                   "--batch-sizes", "2", "--samples", "8", "--out", str(tmp_path)])
+                       "--batch-sizes", str(BATCH), "--samples", str(SAMPLES),
+                       "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "untrained models" in out and "decoding and classifying" in out
@@ -179,9 +186,9 @@ def test_bench_command_end_to_end(tmp_path, capsys):
 
 def test_a_program_too_big_for_the_device_is_a_row_that_says_so(tiny_models, monkeypatch):
     monkeypatch.setattr(bench, "device_memory_bytes", lambda: 1024)
-    images = data.load("digits", "test[:4]").images
-    config = bench.BenchConfig(methods=("gradient", "lime"), batch_sizes=(4,), samples=(8,),
-                               min_seconds=0.0)
+    images = data.load("digits", "test[:6]").images
+    config = bench.BenchConfig(methods=("gradient", "lime"), batch_sizes=(BATCH,),
+                               samples=(SAMPLES,), min_seconds=0.0)
     result = bench.run(tiny_models, images, config, trained=False, log=lambda _: None)
     assert [r["method"] for r in result["rows"]] == ["gradient", "lime"]
     assert all("needs" in r["error"] and "the device has" in r["error"] for r in result["rows"])
