@@ -85,9 +85,10 @@ def test_fast_runs_deepvids_former_default(tmp_path, checkpoints, source, models
     from deepvid_jax.cli import main
     from deepvid_jax.explainers.deepvid import core as ex
     out = tmp_path / "fast.zarr"
+    # one chunk of the 4 images (the default, 64, pads them to 64 instances)
     assert main(["run", "--dataset", "digits", "--split", "test[:4]", "--explainers",
                      "deepvid", "--checkpoints", str(checkpoints), "--fast", "--quiet",
-                     "--out", str(out)]) == 0
+                     "--chunk-size", "4", "--out", str(out)]) == 0
     attrs = dict(zarr.open_group(str(out), mode="r").attrs)["deepvid_jax"]
     stored = attrs["identity"]["configs"]["deepvid"]
     assert stored["student"]["method"] == ex.FAST.student.method == "ridge"
