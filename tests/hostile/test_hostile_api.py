@@ -41,13 +41,13 @@ GOOD = data.load("digits", "test[:4]").images  # [4, 8, 8, 1] in [0, 1]
 CLS = np.array([0, 1, 2, 3], np.int32)
 A = jnp.asarray(np.random.default_rng(0).normal(size=(64, K)).astype(np.float32))
 TCFG = TeacherConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
-TP = networks.init_teacher(jax.random.PRNGKey(1), TCFG)
 VCFG = VAEConfig(latent_dim=2, features=(4,), hidden=8, image_shape=(8, 8, 1))
-VP = networks.init_vae(jax.random.PRNGKey(2), VCFG)
 SCFG = SurrogateConfig(features=(4,), hidden=8, image_shape=(8, 8, 1))
-SP = networks.init_surrogate(jax.random.PRNGKey(3), SCFG)
 ECFG = ExplainerConfig(num_stages=1, features=(4,), image_shape=(8, 8, 1))
-EP = networks.init_explainer(jax.random.PRNGKey(4), ECFG)
+# The networks' parameters (TP, VP, SP, EP) and VAE_MODELS: made by `_networks` before this
+# module's first test, not on import (both xdist workers import every test module, and these
+# inits compile for seconds). The tables below use them inside lambdas, called by the tests.
+TP = VP = SP = EP = VAE_MODELS = None
 PIXEL = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(sampler="pixel", num=16),
                          holdout=4, student=StudentConfig(steps=2))
 VAE_SAMPLER = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=16), holdout=4,
@@ -69,7 +69,17 @@ def linear(params, x):
 
 TEACHER_APPLY = teacher_apply_for(TCFG)
 LINEAR_MODELS = dv.Models(linear, A, K)
-VAE_MODELS = dv.Models(TEACHER_APPLY, TP, K, teacher_config=TCFG, vae_params=VP, vae_config=VCFG)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _networks():
+    global TP, VP, SP, EP, VAE_MODELS
+    TP = networks.init_teacher(jax.random.PRNGKey(1), TCFG)
+    VP = networks.init_vae(jax.random.PRNGKey(2), VCFG)
+    SP = networks.init_surrogate(jax.random.PRNGKey(3), SCFG)
+    EP = networks.init_explainer(jax.random.PRNGKey(4), ECFG)
+    VAE_MODELS = dv.Models(TEACHER_APPLY, TP, K, teacher_config=TCFG, vae_params=VP,
+                           vae_config=VCFG)
 
 
 def _zeros_like(x):
