@@ -174,9 +174,9 @@ def run_store(tmp_path_factory, run_checkpoints) -> Path:
 # The modules whose tests take longest, longest first (seconds each alone on the 2-core
 # machine, 2026-12): run first, so that with `-n 2` (one module per worker: --dist loadfile in
 # pyproject.toml) the two workers end on short modules at about the same time. The other
-# modules follow in their usual order; a module missing here only runs later. The MNIST test
-# comes second: the two workers start on modules that share no fixture, so the second to
-# need the tiny teacher loads its compiled training step from the compilation cache.
+# modules (a few seconds each) follow in their usual order. The MNIST test comes second: the
+# two workers start on modules that share no fixture, so the second to need the tiny teacher
+# loads its compiled training step from the compilation cache.
 SLOW_MODULES = (
     "explainers/test_explainers.py",  # 140
     "models/test_mnist_fidelity.py",  # 75
@@ -198,6 +198,10 @@ SLOW_MODULES = (
     "hostile/test_hostile_store.py",  # 29
     "explainers/test_neighborhoods.py",  # 28
     "explainers/test_surrogate.py",  # 27
+    "cli/test_commands.py",  # 16
+    "runner/test_report.py",  # 15
+    "data/test_image_folder.py",  # 9
+    "metrics/test_localisation.py",  # 7
 )
 
 
