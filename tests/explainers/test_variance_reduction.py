@@ -13,7 +13,7 @@ from deepvid_jax.explainers.deepvid import neighbors, student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import vae
-from deepvid_jax.models.networks import VAEConfig, init_vae, teacher_apply_for
+from deepvid_jax.models.networks import VAEConfig, init_teacher, init_vae, teacher_apply_for
 
 VCFG = VAEConfig(latent_dim=3, features=(4,), hidden=8, image_shape=(8, 8, 1))
 VP = init_vae(jax.random.PRNGKey(0), VCFG)
@@ -90,7 +90,6 @@ def test_lattice_generator_is_coprime_and_cached():
 
 
 def _teacher():
-    from deepvid_jax.models.networks import init_teacher
     return init_teacher(jax.random.PRNGKey(4), TINY_TEACHER)
 
 

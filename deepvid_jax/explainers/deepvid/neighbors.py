@@ -91,8 +91,8 @@ class NeighborConfig:
         uniform) quantiles: each dimension's values spread evenly, so the fit sees less of the
         draw's luck). All three are pure functions of the key.
       probe_draw: the calibration probes' directions: "random" (from the instance's key) or
-        "fixed" (one lattice for every key and instance: the calibrated radius is then a
-        function of the image alone, not of the key).
+        "fixed" (the same orthonormal probes for every key and instance, `probe_noise`: the
+        calibrated radius is then a function of the image alone, not of the key).
     """
 
     sampler: str = "vae"
@@ -234,8 +234,7 @@ def latent_offsets(
             low, high = jnp.asarray(band, jnp.float32).T  # [Z] each
             return jax.random.uniform(key, shape, jnp.float32, low, high)
         return scale * jax.random.normal(key, shape)
-    if draw == "antithetic":  # rows 2i and 2i + 1 mirror each other about the code (the band's
-        # centre)
+    if draw == "antithetic":  # rows 2i, 2i + 1 mirror each other about the code (band: centre)
         half = latent_offsets(key, (num + 1) // 2, dim, scale=scale, band=band)
         mirror = -half if band is None else jnp.sum(jnp.asarray(band, jnp.float32), 1) - half
         return jnp.stack([half, mirror], axis=1).reshape(-1, dim)[:num]
