@@ -224,6 +224,10 @@ def test_bad_draw_configs(kwargs, message):
     ({"method": "lasso", "lasso_smooth_grid": (float("nan"),)}, "finite"),
     ({"method": "ridge", "lasso_smooth_grid": (0.0, 0.2)}, "method is 'ridge'"),
     ({"method": "lasso", "lasso_smooth_tolerance": -1.0}, "lasso_smooth_tolerance"),
+    ({"method": "lasso", "lasso_screen": 0.0}, r"lasso_screen must be in \(0, 1\]"),
+    ({"method": "lasso", "lasso_screen": 1.5}, r"lasso_screen must be in \(0, 1\]"),
+    ({"method": "lasso", "lasso_screen": "half"}, "lasso_screen must be a number"),
+    ({"method": "ridge", "lasso_screen": 0.5}, "screens the lasso's pixels; method is 'ridge'"),
 ])
 def test_bad_student_stability_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -245,3 +249,79 @@ def test_interpolated_calibration_is_not_quantised():
         calibration="interpolate")), 1 - jax.nn.softmax(logits)[:, 0], rtol=1e-6)
     np.testing.assert_array_equal(neighbors.probe_flips(logits, jnp.array([0, 0]),
                                                         NeighborConfig()), [0.0, 1.0])
+
+
+def _sparse_case(seed, n=240, d=144, k=3, read=6):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, d)).astype(np.float32)
+    w_true = np.zeros((d, k))
+    w_true[rng.choice(d, read, replace=False)] = rng.normal(size=(read, k)) * 3
+    t = (x @ w_true + 0.1 * rng.normal(size=(n, k))).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(t)
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_the_screened_lasso_is_the_lasso_of_the_screened_pixels(group):
+    """lasso_screen: the fit on the ceil(share * D) pixels of the largest marginal correlation
+    (row norms of x_c^T y_c) is the lasso of those columns alone at the whole image's
+    lambda_max, scattered back; every other pixel's weight is exactly zero."""
+    x, t = _sparse_case(3)
+    d, keep_n = x.shape[1], int(np.ceil(0.3 * x.shape[1]))
+    _, _, xc, yc = student._centred(x, t)
+    score = np.linalg.norm(np.asarray(xc.T @ yc), axis=1)
+    keep = np.argsort(-score, kind="stable")[:keep_n]
+    w, b, lam = student.fit_lasso(x, t, 0.05, 40, group=group, reweight=2, rescale=True,
+                                  screen=0.3)
+    w_sub, _, lam_sub = student.fit_lasso(x[:, keep], t, 0.05, 40, group=group, reweight=2,
+                                          rescale=True)
+    full = np.zeros((d, t.shape[1]), np.float32)
+    full[keep] = np.asarray(w_sub)
+    assert float(lam) == pytest.approx(float(lam_sub), rel=1e-6)
+    np.testing.assert_allclose(w, full, atol=1e-5)
+    assert np.all(np.asarray(w)[np.setdiff1d(np.arange(d), keep)] == 0)
+    np.testing.assert_allclose(b, np.asarray(jnp.mean(t - jnp.mean(t, 1, keepdims=True), 0)
+                                             - jnp.mean(x, 0) @ w), atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_screening_keeps_a_sparse_teachers_converged_lasso(group):
+    """On independent pixels the 6 a linear teacher reads have the largest marginal
+    correlations, so the lasso on a quarter of the pixels converges to the lasso on all of
+    them (a screen that dropped a read pixel would not)."""
+    x, t = _sparse_case(4)
+    full = student.fit_lasso(x, t, 0.05, 3000, group=group)[0]
+    screened = student.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.25)[0]
+    assert np.sum(np.any(np.asarray(full) != 0, axis=1)) >= 6
+    np.testing.assert_allclose(screened, full, atol=2e-4)
+    # and the screen is not vacuous: a tenth of the pixels misses some of the read ones
+    few = student.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.03)[0]
+    assert np.max(np.abs(np.asarray(few) - np.asarray(full))) > 0.1
+
+
+def test_screening_with_smoothness_counts_screened_out_pixels_as_zero():
+    """With smoothness, the screened fit minimises the whole grid's penalty with the
+    screened-out pixels held at zero: 1/(2N) |x_k W - y|^2 + mu/2 W^T L_kk W + lambda sum_i
+    |W_i| over the kept pixels k (L_kk: the kept rows and columns of the grid Laplacian), the
+    same minimum as a plain proximal-gradient solver reaches here."""
+    side, share = 8, 0.5
+    x, t = _sparse_case(5, d=side * side)
+    n, d = x.shape
+    _, _, xc, yc = (np.asarray(a) for a in student._centred(x, t))
+    keep = np.argsort(-np.linalg.norm(xc.T @ yc, axis=1), kind="stable")[:int(share * d)]
+    w = student.fit_lasso(x, t, 0.05, 4000, group=True, smooth=0.5, shape=(side, side, 1),
+                          screen=share)[0]
+    lap = np.stack([np.asarray(student.grid_laplacian(jnp.asarray(e[:, None]), (side, side, 1)))
+                    [:, 0] for e in np.eye(d, dtype=np.float32)], 1)  # [D, D]
+    c = xc.T @ yc / n
+    lam = 0.05 * np.linalg.norm(c, axis=1).max()
+    mu = 0.5 * np.sum(xc**2) / (n * d)
+    hess = xc[:, keep].T @ xc[:, keep] / n + mu * lap[np.ix_(keep, keep)]
+    step = 1.0 / np.linalg.eigvalsh(hess).max()
+    v = np.zeros((len(keep), t.shape[1]))
+    for _ in range(20000):
+        u = v - step * (hess @ v - c[keep])
+        norm = np.linalg.norm(u, axis=1, keepdims=True)
+        v = u * np.maximum(1.0 - step * lam / np.maximum(norm, 1e-30), 0.0)
+    want = np.zeros((d, t.shape[1]))
+    want[keep] = v
+    np.testing.assert_allclose(np.asarray(w), want - want.mean(1, keepdims=True), atol=2e-4)
