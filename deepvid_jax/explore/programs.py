@@ -62,19 +62,7 @@ def explain_band(image: jax.Array, key: jax.Array, band: jax.Array, teacher_para
                                                use_posterior_std=nc.use_posterior_std,
                                                band=band, vae_config=config.vae))(images, keys)
     codes = rows
-    z_dim = rows.shape[-1]
-    if nc.patch_mix:
-        masks = jax.vmap(lambda k: dv_core._mix_masks(k, images.shape[1:], config))(keys)
-        index = jnp.zeros((*rows.shape[:2], 1), rows.dtype)
-        rows = jnp.concatenate([rows, index, masks.reshape(*rows.shape[:2], -1).astype(
-            rows.dtype)], -1)
-
-    def generate(r):
-        decoded = vae.decode(vae_params, r[:, :z_dim], config=config.vae)
-        if not nc.patch_mix:
-            return decoded
-        take = r[:, z_dim + 1:].reshape(*decoded.shape[:3], 1) > 0.5
-        return jnp.where(take, images[r[:, z_dim].astype(jnp.int32)], decoded)
+    rows, generate = dv_core.neighbour_rows(images, rows, keys, vae_params, config)
 
     if config.block_size is None:
         nb = jax.vmap(generate)(rows)

@@ -118,17 +118,25 @@ def test_fixed_probes_make_the_radius_a_function_of_the_image_alone():
         neighbors.probe_noise(jax.random.PRNGKey(1), NeighborConfig(probe_draw="fixed"), 3))
 
 
-def test_block_and_vmap_paths_agree_on_the_new_draws():
+@pytest.mark.parametrize("calibration", ["bisect", "interpolate"])
+def test_block_and_vmap_paths_agree_on_the_new_draws(calibration):
+    """Blocked and per-instance programs give the same explanations with every new option:
+    antithetic draws, fixed probes, both radius calibrations, patch mixing on a shifted grid
+    (its cells carried with the codes in the blocked program), a smoothness grid and a
+    screen."""
     tp = _teacher()
-    cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(num=32, draw="antithetic",
-                                                              probe_draw="fixed"),
+    cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(
+        num=32, draw="antithetic", probe_draw="fixed", calibration=calibration, patch_mix=3,
+        patch_mix_share=0.7, patch_mix_shift=True),
                            holdout=8, student=StudentConfig(
-                               method="lasso", steps=10, lasso_smooth_grid=(0.0, 0.5)))
+                               method="lasso", steps=10, lasso_smooth_grid=(0.0, 0.5),
+                               lasso_screen=0.5))
     keys = jax.random.split(jax.random.PRNGKey(1), len(IMAGES))
     kw = dict(teacher_apply=teacher_apply_for(TINY_TEACHER), teacher_params=tp, vae_params=VP)
     blocked = ex.explain_batch(IMAGES, keys, config=cfg, **kw)
     plain = ex.explain_batch(IMAGES, keys, config=ex.ExplainConfig(
         **{**cfg.__dict__, "block_size": None}), **kw)
+    np.testing.assert_allclose(blocked.scale, plain.scale, rtol=1e-5)
     np.testing.assert_allclose(blocked.weights, plain.weights, atol=1e-4)
     np.testing.assert_array_equal(blocked.smooth, plain.smooth)
     assert set(np.asarray(blocked.smooth).tolist()) <= {0.0, 0.5}

@@ -30,9 +30,10 @@ from deepvid_jax.explainers.deepvid.neighbors import (
     NeighborConfig,
     bisect_scale,
     calibrate_scale,
+    expand_patch_cells,
     latent_codes,
     mixed_rows,
-    patch_mix_masks,
+    patch_mix_cells,
     probe_flips,
     probe_noise,
     sample_neighbors,
@@ -247,14 +248,56 @@ def explain_instance(
     return _distil(image, nb, t_instance, t_logits, scale, config)
 
 
-def _mix_masks(key: jax.Array, image_shape, config: ExplainConfig) -> jax.Array:
-    """[N, H, W, 1] where a neighbour takes the instance's pixels (`NeighborConfig.patch_mix`;
-    all False without it); its key is ``fold_in(neighbour key, 1)``."""
+def _mix_cells(key: jax.Array, image_shape, config: ExplainConfig) -> jax.Array:
+    """`patch_mix_cells` of one instance's neighbours ([N, cells + 2]; `NeighborConfig.
+    patch_mix`, no cell taken without it); its key is ``fold_in(neighbour key, 1)``."""
     nc = config.neighbors
-    rows = mixed_rows(nc, config.num_fit)
-    return patch_mix_masks(jax.random.fold_in(key, 1), nc.num, rows, image_shape[0],
-                           image_shape[1], max(nc.patch_mix, 1), nc.patch_mix_keep,
-                           nc.patch_mix_shift)
+    return patch_mix_cells(jax.random.fold_in(key, 1), nc.num, mixed_rows(nc, config.num_fit),
+                           image_shape[0], image_shape[1], max(nc.patch_mix, 1),
+                           nc.patch_mix_keep, nc.patch_mix_shift)
+
+
+def _mix_masks(key: jax.Array, image_shape, config: ExplainConfig) -> jax.Array:
+    """[N, H, W, 1] where a neighbour takes the instance's pixels (all False without
+    ``patch_mix``): `_mix_cells` expanded."""
+    nc = config.neighbors
+    return expand_patch_cells(_mix_cells(key, image_shape, config), image_shape[0],
+                              image_shape[1], max(nc.patch_mix, 1), nc.patch_mix_shift)
+
+
+def neighbour_rows(
+    images: jax.Array, codes: jax.Array, keys: jax.Array, vae_params, config: ExplainConfig,
+) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """What `label_in_blocks` turns into VAE neighbours: (rows [B, N, R], generate).
+
+    Args:
+      images: [B, H, W, C] the instances; codes: [B, N, Z] their neighbours' latent codes;
+      keys: [B] the neighbours' keys (their patch cells come from ``fold_in(key, 1)``).
+
+    Returns:
+      rows: the codes, and with ``patch_mix`` each row's instance index and patch cells
+      (`patch_mix_cells`: a few dozen numbers, not the H x W mask, so the rows stay small);
+      generate: rows [M, R] -> neighbours [M, H, W, C], decoded and mixed with their instance.
+    """
+    nc = config.neighbors
+    z_dim, (h, w) = codes.shape[-1], images.shape[1:3]
+    rows = codes
+    if nc.patch_mix:
+        cells = jax.vmap(lambda k: _mix_cells(k, images.shape[1:], config))(keys)
+        index = jnp.broadcast_to(jnp.arange(images.shape[0])[:, None, None],
+                                 (*codes.shape[:2], 1))
+        rows = jnp.concatenate([codes, index.astype(codes.dtype), cells.astype(codes.dtype)],
+                               -1)
+
+    def generate(r):
+        decoded = vae.decode(vae_params, r[:, :z_dim], config=config.vae)
+        if not nc.patch_mix:
+            return decoded
+        take = expand_patch_cells(r[:, z_dim + 1:], h, w, max(nc.patch_mix, 1),
+                                  nc.patch_mix_shift)
+        return jnp.where(take, images[r[:, z_dim].astype(jnp.int32)], decoded)
+
+    return rows, generate
 
 
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
@@ -373,21 +416,7 @@ def explain_batch(
             vae_params, im, k, num=nc.num, scale=fixed if s is None else s,
             use_posterior_std=nc.use_posterior_std, band=nc.latent_band,
             vae_config=config.vae, draw=nc.draw, split=config.num_fit))(images, keys, scale)
-        z_dim = rows.shape[-1]
-        if nc.patch_mix:  # each row: its code, its instance's index, where it takes the image
-            masks = jax.vmap(lambda k: _mix_masks(k, images.shape[1:], config))(keys)
-            index = jnp.broadcast_to(jnp.arange(images.shape[0])[:, None, None],
-                                     (*rows.shape[:2], 1))
-            rows = jnp.concatenate([rows, index.astype(rows.dtype),
-                                    masks.reshape(*rows.shape[:2], -1).astype(rows.dtype)], -1)
-
-        def generate(r):
-            decoded = vae.decode(vae_params, r[:, :z_dim], config=config.vae)
-            if not nc.patch_mix:
-                return decoded
-            inst = images[r[:, z_dim].astype(jnp.int32)]
-            take = r[:, z_dim + 1 :].reshape(*decoded.shape[:3], 1) > 0.5
-            return jnp.where(take, inst, decoded)
+        rows, generate = neighbour_rows(images, rows, keys, vae_params, config)
     else:
         rows = jax.vmap(lambda im, k: sample_neighbors(im, k, None, nc, config.vae))(images,
                                                                                    keys)

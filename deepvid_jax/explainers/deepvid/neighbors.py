@@ -326,7 +326,8 @@ def probe_flips(logits: jax.Array, label: jax.Array, config: NeighborConfig) -> 
     1.0 / 0.0 ("bisect"), or 1 - the probability of ``label`` ("interpolate")."""
     if config.calibration == "interpolate":
         p = jax.nn.softmax(logits, axis=-1)
-        return 1.0 - jnp.take_along_axis(p, label[..., None].astype(jnp.int32), -1)[..., 0]
+        label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:-1])
+        return 1.0 - jnp.take_along_axis(p, label[..., None], -1)[..., 0]
     return (jnp.argmax(logits, -1) != label).astype(jnp.float32)
 
 
@@ -390,19 +391,41 @@ def patch_mix_masks(key: jax.Array, num: int, rows: tuple[int, int], height: int
     """[num, H, W, 1] bool, True where a neighbour takes the instance's pixel: rows
     ``rows[0]..rows[1]-1`` each patch (``patch`` pixels a side, the grid from the top-left) with
     probability ``keep``, other rows nowhere; with ``shift``, each row's grid is moved by a
-    random offset of 0 to ``patch - 1`` pixels down and right."""
+    random offset of 0 to ``patch - 1`` pixels down and right. `expand_patch_cells` of
+    `patch_mix_cells`."""
+    cells = patch_mix_cells(key, num, rows, height, width, patch, keep, shift)
+    return expand_patch_cells(cells, height, width, patch, shift)
+
+
+def patch_mix_cells(key: jax.Array, num: int, rows: tuple[int, int], height: int, width: int,
+                    patch: int, keep: float = 0.5, shift: bool = False) -> jax.Array:
+    """`patch_mix_masks` before its expansion to pixels: [num, gh * gw + 2] float32, per row its
+    cells (1 where the row takes the instance's patch; gh x gw = the patch grid, one more cell a
+    side with ``shift``) and its grid's offsets (down, right; 0 without ``shift``). Small enough
+    to travel with a neighbour's latent code (`expand_patch_cells` makes the mask)."""
+    validate.integer(patch, "patch", minimum=1)
     gh, gw = -(-height // patch) + shift, -(-width // patch) + shift
     cells = jax.random.bernoulli(key, keep, (num, gh, gw))
     row = jnp.arange(num)[:, None, None]
     cells = cells & (row >= rows[0]) & (row < rows[1])
-    if not shift:
-        pixels = jnp.repeat(jnp.repeat(cells, patch, axis=1), patch, axis=2)[:, :height, :width]
-        return pixels[..., None]
+    if shift:
+        offsets = jax.random.randint(jax.random.fold_in(key, 1), (2, num), 0, patch).T
+    else:
+        offsets = jnp.zeros((num, 2), jnp.int32)
+    return jnp.concatenate([cells.reshape(num, -1), offsets], 1).astype(jnp.float32)
+
+
+def expand_patch_cells(cells: jax.Array, height: int, width: int, patch: int,
+                       shift: bool = False) -> jax.Array:
+    """`patch_mix_cells`' rows [M, gh * gw + 2] -> masks [M, H, W, 1] bool."""
+    gh, gw = -(-height // patch) + shift, -(-width // patch) + shift
+    validate.array(cells, "cells", shape=(None, gh * gw + 2))
+    grid = cells[:, :-2].reshape(-1, gh, gw) > 0.5
+    oy, ox = cells[:, -2].astype(jnp.int32), cells[:, -1].astype(jnp.int32)
     # Each neighbour's grid moved by its own offset in [0, patch): no fixed cell boundaries.
-    oy, ox = jax.random.randint(jax.random.fold_in(key, 1), (2, num), 0, patch)
-    cy = (jnp.arange(height)[None, :] + oy[:, None]) // patch  # [num, H]
-    cx = (jnp.arange(width)[None, :] + ox[:, None]) // patch  # [num, W]
-    pixels = jax.vmap(lambda c, y, x: c[y[:, None], x[None, :]])(cells, cy, cx)
+    cy = (jnp.arange(height)[None, :] + oy[:, None]) // patch  # [M, H]
+    cx = (jnp.arange(width)[None, :] + ox[:, None]) // patch  # [M, W]
+    pixels = jax.vmap(lambda c, y, x: c[y[:, None], x[None, :]])(grid, cy, cx)
     return pixels[..., None]
 
 
