@@ -150,14 +150,17 @@ def _linear_case(w_true, rng, n=300, m=200, noise=0.5):
     return x[:n], t[:n], x[n:], t[n:]
 
 
-def test_smoothness_chosen_by_held_out_fit():
+@pytest.mark.parametrize(("tolerance", "relative"), [(1.0, 0.0), (0.0, 0.5), (1.0, 0.2)])
+def test_smoothness_chosen_by_held_out_fit(tolerance, relative):
     """A linear teacher of 6 single pixels gets no smoothness; one whose weights are a smooth
     blob gets the largest; each choice is the smoothest grid value whose held-out error is
-    within ``lasso_smooth_tolerance`` standard errors of the least (recomputed here from the
-    separate fits)."""
+    within ``lasso_smooth_tolerance`` standard errors plus ``lasso_smooth_relative`` times the
+    least error of the least (recomputed here from the separate fits)."""
     side = 12
     cfg = StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=3,
-                        steps=30, lasso_rescale=True, lasso_smooth_grid=(0.0, 0.2, 1.0))
+                        steps=30, lasso_rescale=True, lasso_smooth_grid=(0.0, 0.2, 1.0),
+                        lasso_smooth_tolerance=tolerance, lasso_smooth_relative=relative,
+                        lasso_screen=0.5)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:side, :side]
     for _ in range(2):
@@ -176,7 +179,8 @@ def test_smoothness_chosen_by_held_out_fit():
                                      - (th - th.mean(1, keepdims=True))) ** 2, axis=1)
                             for wg, bg, _ in fits])  # [G, M]
             diff = err - err[np.argmin(err.mean(1))]
-            ok = diff.mean(1) <= diff.std(1) / np.sqrt(len(xh) - 1) * cfg.lasso_smooth_tolerance
+            ok = diff.mean(1) <= (diff.std(1) / np.sqrt(len(xh) - 1) * tolerance
+                                  + relative * err.mean(1).min())
             assert cfg.lasso_smooth_grid[int(np.flatnonzero(ok).max())] == want
             np.testing.assert_allclose(w, fits[cfg.lasso_smooth_grid.index(want)][0], atol=1e-5)
 
@@ -232,6 +236,7 @@ def test_bad_draw_configs(kwargs, message):
     ({"method": "lasso", "lasso_smooth_grid": (float("nan"),)}, "finite"),
     ({"method": "ridge", "lasso_smooth_grid": (0.0, 0.2)}, "method is 'ridge'"),
     ({"method": "lasso", "lasso_smooth_tolerance": -1.0}, "lasso_smooth_tolerance"),
+    ({"method": "lasso", "lasso_smooth_relative": -0.5}, "lasso_smooth_relative"),
     ({"method": "lasso", "lasso_screen": 0.0}, r"lasso_screen must be in \(0, 1\]"),
     ({"method": "lasso", "lasso_screen": 1.5}, r"lasso_screen must be in \(0, 1\]"),
     ({"method": "lasso", "lasso_screen": "half"}, "lasso_screen must be a number"),
