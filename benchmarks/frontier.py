@@ -66,9 +66,9 @@ def registry_default(models, samples):
 
 # label -> (registered method, config factory (models, samples) -> config or None, samples).
 VARIANTS = {
-    "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512, 1024)),
+    "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
+    "deepvid_fixed_smooth": ("deepvid", deepvid_variant(ex.FIXED_SMOOTH), (512, 1024)),
     "deepvid_fast": ("deepvid_fast", deepvid_variant(ex.FAST), (512, 1024)),
-    "deepvid_stable": ("deepvid", deepvid_variant(ex.STABLE), (256, 512)),
     "lime": ("lime", registry_default, (512, 1024)),
     "rise": ("rise", registry_default, (1024,)),
 }

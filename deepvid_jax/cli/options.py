@@ -352,9 +352,9 @@ def models(args: argparse.Namespace, info: data.DatasetInfo, *, vae: bool = Fals
 # --------------------------------------------------------------------------------------------
 
 FAST_HELP = (f"DeepVID's fastest preset (deepvid.FAST: ridge over "
-             f"{deepvid.FAST.neighbors.num} plain VAE neighbours): 40 %% of the default's time "
-             "on a CPU, but relevance leaks onto pixels the teacher does not read "
-             "(docs/results/ground-truth.md).")
+             f"{deepvid.FAST.neighbors.num} plain VAE neighbours, solved in closed form; "
+             "docs/results/bench.md), but relevance leaks onto pixels the teacher does not "
+             "read (docs/results/ground-truth.md).")
 # The options that only DeepVID's config reads (argparse dest names -> flags).
 DEEPVID_ONLY = {"neighbors": "--neighbors", "latent_scale": "--latent-scale",
                 "target_flip": "--target-flip", "sampler": "--sampler", "student": "--student",
@@ -378,16 +378,18 @@ def explain_options(p: argparse.ArgumentParser, count: int) -> None:
     p.add_argument("--sampler", choices=neighbors.SAMPLERS, default=None,
                    help=f"How neighbours are drawn (default {d.neighbors.sampler}).")
     p.add_argument("--student", choices=student_lib.SOLVERS, default=None,
-                   help=f"Default {d.student.method}: the reweighted group lasso stopped early "
-                   "(ExplainConfig().student); ridge: closed form on centred logits (--fast); "
+                   help=f"Default {d.student.method}: the reweighted group lasso stopped "
+                   "early, its smoothness chosen per image (ExplainConfig().student); ridge: "
+                   "closed form on centred logits (--fast); "
                    "adam: Adam on the KD loss; kd: ridge then Adam on the KD loss.")
     p.add_argument("--lasso", type=finite(low=0.0, high=1.0, low_open=True, high_open=True),
                    default=None,
                    help=f"The lasso's L1 penalty, relative to the smallest that zeroes every "
                    f"weight (default {d.student.lasso}).")
     p.add_argument("--smooth", type=finite(low=0.0), default=None,
-                   help=f"The lasso's smoothness penalty on adjacent pixels' weights, relative "
-                   f"to the mean pixel variance (default {d.student.lasso_smooth}; 0 for a "
+                   help="The lasso's smoothness penalty on adjacent pixels' weights, relative "
+                   "to the mean pixel variance, the same for every image (default: chosen per "
+                   f"image from {d.student.lasso_smooth_grid} by held-out fit; 0 for a "
                    "classifier whose evidence is single pixels, not shapes).")
     p.add_argument("--fast", action="store_true",
                    help=FAST_HELP + " The other flags apply on top of it.")
@@ -455,7 +457,7 @@ def explain_config(args: argparse.Namespace, num_classes: int, vae_config) -> \
         if student.method != "lasso":
             raise ValueError(f"--smooth is the lasso student's smoothness penalty; the "
                              f"{student.method} student has none (use --student lasso).")
-        student = dataclasses.replace(student, lasso_smooth=args.smooth)
+        student = dataclasses.replace(student, lasso_smooth=args.smooth, lasso_smooth_grid=())
     return deepvid.ExplainConfig(
         num_classes=num_classes, vae=vae_config, chunk_size=args.chunk_size,
         holdout=max(1, min(d.holdout, nb.num // 4)), neighbors=nb, student=student)

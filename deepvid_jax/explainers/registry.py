@@ -143,11 +143,11 @@ register(Method("deepvid", deepvid.deepvid_attribution, deepvid.ExplainConfig(),
 # only their neighbours differ from it (docs/methods/deepvid.md).
 register(Method("noise", deepvid.deepvid_attribution,
                 deepvid.ExplainConfig(neighbors=NeighborConfig(sampler="pixel"),
-                                      student=StudentConfig()),
+                                      student=StudentConfig(), holdout=128),
                 description=_STUDENT + "Gaussian-noise neighbours"))
 register(Method("mask", deepvid.deepvid_attribution,
                 deepvid.ExplainConfig(neighbors=NeighborConfig(sampler="mask"),
-                                      student=StudentConfig()),
+                                      student=StudentConfig(), holdout=128),
                 description=_STUDENT + "random-mask neighbours"))
 register(Method("deepvid_fast", deepvid.deepvid_attribution, deepvid.FAST, ("vae",),
                 description="DeepVID's fastest preset: ridge over 512 plain VAE neighbours"))

@@ -261,10 +261,19 @@ def test_the_default_config_is_deepvids_and_the_presets_sit_beside_it():
     assert E.get("deepvid_fast").config == ex.FAST
     assert E.get("deepvid_fixed_radius").config == ex.FIXED_RADIUS
     default = ex.ExplainConfig()
-    assert default.neighbors.num == 1024 and default.holdout == 128
-    assert default.neighbors.patch_mix == 4 and default.student.method == "lasso"
+    assert default.neighbors.num == 512 and default.holdout == 64
+    assert default.neighbors.patch_mix == 2 and default.student.method == "lasso"
+    assert default.student.lasso_smooth_grid and default.student.lasso_screen < 1
+    assert default.neighbors.probe_draw == "fixed"
     assert ex.FAST.student.method == "ridge" and ex.FAST.neighbors.calibrated
     assert ex.FIXED_RADIUS.neighbors.latent_scale == 1.0
+    # the former default, kept as a preset
+    assert ex.FIXED_SMOOTH.neighbors.num == 1024 and ex.FIXED_SMOOTH.holdout == 128
+    former = ex.FIXED_SMOOTH.student
+    assert former.lasso_smooth == 0.2 and not former.lasso_smooth_grid
+    # the baselines and presets keep their held-out share of a quarter
+    for name in ("noise", "mask", "deepvid_fast", "deepvid_fixed_radius"):
+        assert E.get(name).config.holdout == 128, name
 
 
 def test_our_teacher_is_one_function_per_config(tiny_teacher):

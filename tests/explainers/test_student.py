@@ -310,9 +310,11 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
     weight; patches swapped in from the instance (patch_mix) plus the lasso student give it
     (nearly) none, and still fit held-out correlated neighbours. Two teachers: one whose weights
     are independent per pixel, one whose weights are smooth (blurred), as a CNN's evidence is.
-    The default's smoothness penalty assumes the latter: there it leaves a little weight in the
-    hidden column next to the border and none further in (on the per-pixel teacher it would
-    leak through the mirrored copies, README "Ground truth"; the lasso without it does not)."""
+    The former default's fixed smoothness penalty assumes the latter: there it leaves a little
+    weight in the hidden column next to the border and none further in (on the per-pixel
+    teacher it would leak through the mirrored copies; the lasso without it does not). The
+    default chooses the smoothness by held-out fit and keeps the leak below 0.1 on both (its
+    larger smoothness reaches a little further in)."""
     rng = np.random.default_rng(1)
     h = w = 8
     n_fit, n_hold = 384, 128
@@ -349,16 +351,24 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
                                   jnp.asarray(teacher(nb[:n_fit])), (0.3,))
         assert mass(plain.w)[hidden].sum() > 0.3, name
         fits = {"lasso": student.fit_lasso(fit, jnp.asarray(teacher(mixed[:n_fit])), 0.02, 500),
-                "the default without smoothness": student.fit_student(
+                "the former default without smoothness": student.fit_student(
                     fit, jnp.asarray(teacher(mixed[:n_fit])),
-                    dataclasses.replace(ex.ExplainConfig().student, lasso_smooth=0.0))}
-        if name == "smooth":  # the default student, as DeepVID fits it
-            fits["default"] = student.fit_student(fit, jnp.asarray(teacher(mixed[:n_fit])),
-                                                  ex.ExplainConfig().student, (h, w, 1))
+                    dataclasses.replace(ex.FIXED_SMOOTH.student, lasso_smooth=0.0)),
+                # the default: smoothness (none or some) chosen by the held-out fit
+                "default": student.fit_student_selected(
+                    fit, jnp.asarray(teacher(mixed[:n_fit])), jnp.asarray(held),
+                    jnp.asarray(teacher(nb[n_fit:])), ex.ExplainConfig().student,
+                    (h, w, 1))[:3]}
+        if name == "smooth":  # the former default's student, one smoothness for every image
+            fits["former default"] = student.fit_student(
+                fit, jnp.asarray(teacher(mixed[:n_fit])), ex.FIXED_SMOOTH.student, (h, w, 1))
         for which, (w_s, b_s, _) in fits.items():
             share = mass(w_s)[hidden].sum()
-            if which == "default":
+            if which == "former default":
                 assert 0.0 < share < 0.1 and mass(w_s)[:, : w // 2 - 1].sum() < 0.01, share
+            elif which == "default":  # its larger smoothness (1.5) reaches a column further:
+                # 0.02 of the mass beyond the border column on the smooth teacher
+                assert share < 0.1 and mass(w_s)[:, : w // 2 - 1].sum() < 0.05, (name, share)
             else:
                 assert share < 0.05, (name, which, share)
             top1 = np.mean(np.argmax(held @ np.asarray(w_s) + np.asarray(b_s), 1)
@@ -392,7 +402,7 @@ def test_patch_mix_keep_and_shift():
         NeighborConfig(patch_mix=4, patch_mix_keep=1.0)
 
 
-def test_the_defaults_smoothness_keeps_both_of_two_adjacent_correlated_pixels():
+def test_a_smoothness_penalty_keeps_both_of_two_adjacent_correlated_pixels():
     """Two adjacent pixels of a 2 x 4 image that move together (the second the first plus a
     little noise) and a teacher that reads the first. Without the smoothness penalty the
     reweighted group lasso keeps both only while it is stopped early and reweighted once; each
@@ -406,7 +416,7 @@ def test_the_defaults_smoothness_keeps_both_of_two_adjacent_correlated_pixels():
     a = rng.normal(size=(n, 1))
     x = np.concatenate([a, a + 0.05 * rng.normal(size=(n, 1)), rng.normal(size=(n, 6))], 1)
     y = x[:, :1] * np.array([[2.0, -1.0, -1.0]]) + 0.01 * rng.normal(size=(n, 3))
-    default = ex.ExplainConfig().student
+    default = ex.FIXED_SMOOTH.student  # the former default: one smoothness for every image
     assert default.steps == 30 and default.lasso_reweight == 3 and default.lasso_smooth > 0
 
     def rows(**fields):

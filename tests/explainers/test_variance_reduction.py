@@ -338,3 +338,14 @@ def test_screening_with_smoothness_counts_screened_out_pixels_as_zero():
     want = np.zeros((d, t.shape[1]))
     want[keep] = v
     np.testing.assert_allclose(np.asarray(w), want - want.mean(1, keepdims=True), atol=2e-4)
+
+
+def test_fit_student_refuses_a_smoothness_grid_it_cannot_choose_from():
+    """The default student chooses its smoothness by held-out fit: `fit_student`, which has no
+    held-out neighbours, says so instead of silently using ``lasso_smooth``."""
+    x, t = _sparse_case(6, d=16)
+    with pytest.raises(ValueError, match="fit_student_selected"):
+        student.fit_student(x, t, ex.ExplainConfig().student, (4, 4, 1))
+    w, _, _, chosen = student.fit_student_selected(x[:200], t[:200], x[200:], t[200:],
+                                                   ex.ExplainConfig().student, (4, 4, 1))
+    assert float(chosen) in ex.ExplainConfig().student.lasso_smooth_grid and w.shape == (16, 3)

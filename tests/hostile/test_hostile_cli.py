@@ -332,9 +332,12 @@ def test_every_commands_help_prints(command, capsys):
     ([], explain_lib.ExplainConfig()),  # the default
     (["--sparse"], explain_lib.ExplainConfig()),  # an alias of the default, kept for scripts
     (["--fast"], explain_lib.FAST),  # ridge over plain neighbours
-    (["--smooth", "0"], dataclasses.replace(  # the default without its smoothness penalty
+    (["--smooth", "0"], dataclasses.replace(  # the default, no smoothness for any image
         explain_lib.ExplainConfig(), student=dataclasses.replace(
-            explain_lib.ExplainConfig().student, lasso_smooth=0.0))),
+            explain_lib.ExplainConfig().student, lasso_smooth=0.0, lasso_smooth_grid=()))),
+    (["--smooth", "0.7"], dataclasses.replace(  # the default, one smoothness for every image
+        explain_lib.ExplainConfig(), student=dataclasses.replace(
+            explain_lib.ExplainConfig().student, lasso_smooth=0.7, lasso_smooth_grid=()))),
 ])
 def test_explain_presets(tmp_path, models, capsys, flags, preset):
     out = tmp_path / "preset"

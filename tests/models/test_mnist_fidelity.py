@@ -2,11 +2,13 @@
 
 Models are trained here on MNIST test[:8000] with a reduced budget (teacher 2 epochs, VAE 4
 epochs: ~1 min on 2 cores); explanations are of 24 images of test[8000:].
-Measured with this setup (seed 0) and today's default (the reweighted, smoothed group lasso,
-since 2026-11-25): held-out top-1 agreement 0.930 and KL 0.044 nats, mean over the 24
-instances (the first DeepVID default, Adam on the KD loss, gave 0.949 and 0.018 when this test
-was written). (The fully trained VAE's neighbours are more varied and harder to fit: see the
-README.) The floors below sit a little under the measurement.
+Measured with this setup (seed 0) and today's default (512 neighbours, the smoothness chosen
+per image): held-out top-1 agreement 0.923 and KL 0.067 nats, mean over the 24 instances. The
+former default (`FIXED_SMOOTH`: 1,024 neighbours, one smoothness) gave 0.930 and 0.044, the
+first DeepVID default (Adam on the KD loss) 0.949 and 0.018: each step bought stability or truth
+to the evidence with a little fit (docs/design/stable-default.md). (The fully trained VAE's
+neighbours are more varied and harder to fit: see the README.) The floors below sit a little
+under the measurement.
 """
 
 import dataclasses
@@ -20,8 +22,8 @@ from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.models import train
 from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for
 
-TOP1_FLOOR = 0.92
-KL_CEILING = 0.05
+TOP1_FLOOR = 0.91
+KL_CEILING = 0.075
 
 
 @pytest.fixture(scope="module")

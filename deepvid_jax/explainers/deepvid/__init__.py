@@ -2,8 +2,8 @@
 by the teacher, distilled into a linear student whose weight images are the explanation.
 
 - `core`: the explanation of one image and of a batch (`explain_batch`), its config (whose
-  default is DeepVID's) and presets (`FAST`, `FIXED_RADIUS`), and the registered explainer
-  function `deepvid_attribution`;
+  default is DeepVID's) and presets (`FAST`, `FIXED_RADIUS`, `FIXED_SMOOTH`: the former
+  default), and the registered explainer function `deepvid_attribution`;
 - `neighbors`: where neighbours come from (VAE latent bands, pixel noise, masks);
 - `student`: the linear students (exact ridge, the sparse lasso, the KD student).
 """
@@ -11,6 +11,7 @@ by the teacher, distilled into a linear student whose weight images are the expl
 from deepvid_jax.explainers.deepvid.core import (
     FAST,
     FIXED_RADIUS,
+    FIXED_SMOOTH,
     ExplainConfig,
     Explanation,
     deepvid_attribution,
@@ -19,11 +20,16 @@ from deepvid_jax.explainers.deepvid.core import (
     explain_instance,
 )
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig, sample_neighbors
-from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student
+from deepvid_jax.explainers.deepvid.student import (
+    StudentConfig,
+    fit_student,
+    fit_student_selected,
+)
 
 __all__ = [
     "FAST",
     "FIXED_RADIUS",
+    "FIXED_SMOOTH",
     "ExplainConfig",
     "Explanation",
     "NeighborConfig",
@@ -33,5 +39,6 @@ __all__ = [
     "explain_images",
     "explain_instance",
     "fit_student",
+    "fit_student_selected",
     "sample_neighbors",
 ]

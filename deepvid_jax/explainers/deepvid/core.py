@@ -49,20 +49,22 @@ from deepvid_jax.models.networks import TeacherApply, VAEConfig
 class ExplainConfig:
     """Everything that shapes an explanation (hashable: it is a static argument of `jit`).
 
-    ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 1,024 VAE neighbours
-    (896 to fit), 35 % of those fitted on taking random 4x4 patches from the instance on a grid
-    shifted per neighbour, so that pixels which move together in VAE decodings come apart; the
-    student is the group lasso over classes (a pixel is kept or dropped for every class),
-    penalty 0.02, reweighted three times (small weights, which on unread pixels are sampling
-    noise, penalised more; large ones less), each of the four fits stopped after 30 FISTA
-    iterations, with a smoothness penalty (0.2 of the mean pixel variance) on adjacent pixels'
-    weights, and finally rescaled by the one factor that fits the teacher best. The early stop
-    and the smoothness are for stability: run to convergence without them, the lasso keeps a
-    different one of two adjacent pixels that move together for each seed; the smoothness
-    shares their weight, at the price of some weight one pixel beyond the evidence, which the
-    third round takes back. On a teacher blind to a region, this puts at most 0.10 of the
-    relevance there (ridge: 0.28-0.57), at about 2.5x the time of `FAST` on a CPU
-    (docs/design/sparse-default.md).
+    ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 512 VAE neighbours
+    (448 to fit) at a radius calibrated per image (fixed probes, the radius interpolated: a
+    function of the image alone, not of the key); 70 % of those fitted on take random 2x2
+    patches from the instance on a grid shifted per neighbour, so that pixels which move
+    together in VAE decodings come apart. The student is the group lasso over classes (a pixel
+    is kept or dropped for every class) on the half of the pixels most correlated with the
+    teacher's logits, penalty 0.02, reweighted three times (small weights, which on unread
+    pixels are sampling noise, penalised more; large ones less), each of the four fits stopped
+    after 30 FISTA iterations, and finally rescaled by the one factor that fits the teacher
+    best; fitted twice, without and with a smoothness penalty on adjacent pixels' weights
+    (1.5 of the mean pixel variance), and the smooth fit kept unless it costs more than 30 %
+    of the other's held-out error, so a teacher that reads strokes gets a smooth map, stable
+    across seeds, and one that reads single pixels a per-pixel map. Chosen on the frontier of
+    seed agreement, leak onto pixels a teacher cannot see and time
+    (docs/design/stable-default.md); the former default (1,024 neighbours, one smoothness for
+    every image) is `FIXED_SMOOTH`.
     `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
     student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
 
@@ -87,12 +89,15 @@ class ExplainConfig:
 
     num_classes: int = 10
     vae: VAEConfig = VAEConfig()
-    neighbors: NeighborConfig = NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.35,
-                                               patch_mix_shift=True)
+    neighbors: NeighborConfig = NeighborConfig(num=512, patch_mix=2, patch_mix_share=0.7,
+                                               patch_mix_shift=True, probe_draw="fixed",
+                                               calibration="interpolate")
     student: StudentConfig = StudentConfig(method="lasso", lasso=0.02, lasso_group=True,
-                                           lasso_reweight=3, steps=30, lasso_smooth=0.2,
-                                           lasso_rescale=True)
-    holdout: int = 128
+                                           lasso_reweight=3, steps=30, lasso_rescale=True,
+                                           lasso_screen=0.5, lasso_smooth_grid=(0.0, 1.5),
+                                           lasso_smooth_tolerance=0.0,
+                                           lasso_smooth_relative=0.3)
+    holdout: int = 64
     chunk_size: int = 64
     block_size: int | None = 1024
     return_neighbors: bool = False
@@ -132,26 +137,25 @@ class ExplainConfig:
 Fidelity = metrics.Fidelity  # re-exported: explanations carry one
 
 # Presets beside the default `ExplainConfig()`.
-# Ridge over 512 plain VAE neighbours, radius calibrated: 40 % of the default's time on a CPU,
-# but on a teacher blind to a region it puts 0.28-0.57 of its relevance there
-# (docs/results/ground-truth.md). For users who want DeepVID's fastest explanations, not its
-# most truthful ones (registered "deepvid_fast").
-FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig())
+# Ridge over 512 plain VAE neighbours, radius calibrated, solved in closed form: DeepVID's
+# fastest (docs/results/bench.md), but on a teacher blind to a region it puts 0.28-0.57 of its
+# relevance there (docs/results/ground-truth.md). For users who want DeepVID's fastest
+# explanations, not its most truthful ones (registered "deepvid_fast").
+FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig(), holdout=128)
 # `FAST` with the latent radius fixed at 1 prior std instead of calibrated per instance
 # (registered "deepvid_fixed_radius"): no probe decodes, but the share of neighbours the
 # teacher relabels then varies with the data set.
-FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0), student=StudentConfig())
-# The steadier candidate of issue 31 at 512 neighbours (benchmarks/frontier.py): fixed orthonormal
-# calibration probes with an interpolated radius (no dependence on the key, no quantisation),
-# 70 % of the fitted neighbours patch-mixed, and each image's smoothness chosen from
-# (0, 0.3, 1.5) by held-out fit within 4 standard errors (none for a teacher that reads single
-# pixels). Not the default: on KMNIST its seed agreement stays below LIME's (frontier results).
-STABLE = dataclasses.replace(
-    ExplainConfig(),
-    neighbors=dataclasses.replace(ExplainConfig().neighbors, probe_draw="fixed",
-                                  calibration="interpolate", patch_mix_share=0.7),
-    student=dataclasses.replace(ExplainConfig().student, lasso_smooth_grid=(0.0, 0.3, 1.5),
-                                lasso_smooth_tolerance=4.0)).with_samples(512)
+FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0),
+                             student=StudentConfig(), holdout=128)
+# The default until the frontier study (docs/design/stable-default.md): 1,024 neighbours, 35 %
+# patch-mixed with 4x4 patches, random calibration probes bisected, one smoothness (0.2) for
+# every image, no screen. Its leak is as low, but its maps agree less across seeds (0.66-0.71)
+# and on a teacher that reads single pixels 0.39-0.50 of its relevance lies off them.
+FIXED_SMOOTH = ExplainConfig(
+    neighbors=NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.35, patch_mix_shift=True),
+    student=StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=3,
+                          steps=30, lasso_smooth=0.2, lasso_rescale=True),
+    holdout=128)
 
 
 class Explanation(NamedTuple):

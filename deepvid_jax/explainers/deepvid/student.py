@@ -521,6 +521,8 @@ def fit_student(
       teacher_logits: [N, K].
       config: `StudentConfig`.
       shape: the image shape (H, W, C), H * W * C = D; needed by ``config.lasso_smooth``.
+        A config with a smoothness grid (the default `ExplainConfig().student`) needs held-out
+        neighbours: `fit_student_selected`.
 
     Returns:
       (W [D, K], b [K], penalty []): W and b are centred over classes (each row of W and b
@@ -531,6 +533,10 @@ def fit_student(
     """
     validate.array(x, "x", ndim=2)
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
+    if config.lasso_smooth_grid:
+        raise ValueError("StudentConfig.lasso_smooth_grid chooses the smoothness by held-out "
+                         "fit: use fit_student_selected with held-out neighbours, or a fixed "
+                         "smoothness (lasso_smooth_grid=(), lasso_smooth=...).")
     if config.method == "ridge":
         fit = fit_ridge(x, teacher_logits, config.penalties)
         return fit.w, fit.b, fit.penalty
