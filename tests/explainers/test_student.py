@@ -9,8 +9,8 @@ import pytest
 
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers.deepvid import core as ex
+from deepvid_jax.explainers.deepvid import lasso, student
 from deepvid_jax.explainers.deepvid import neighbors as neighbors_lib
-from deepvid_jax.explainers.deepvid import student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models.networks import VAEConfig
@@ -130,13 +130,13 @@ def test_lasso_equals_sklearn_on_each_class():
     x = rng.normal(size=(120, 30)).astype(np.float32)
     w_true = np.where(rng.random((30, 4)) < 0.2, rng.normal(size=(30, 4)), 0.0)
     t = (x @ w_true + 0.05 * rng.normal(size=(120, 4))).astype(np.float32)
-    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.05, 3000)
+    w, b, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.05, 3000)
     y = t - t.mean(1, keepdims=True)
     ref = Lasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y)
     want = ref.coef_.T - ref.coef_.T.mean(1, keepdims=True)
     np.testing.assert_allclose(w, want, atol=2e-4)
     np.testing.assert_allclose(b, ref.intercept_ + x.mean(0) @ (ref.coef_.T - want), atol=2e-3)
-    zero, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500)
+    zero, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500)
     assert np.abs(np.asarray(zero)).max() < 0.01 * np.abs(np.asarray(w)).max()  # at lambda_max
     with pytest.raises(ValueError, match="StudentConfig.lasso"):
         StudentConfig(method="lasso", lasso=1.0)
@@ -149,7 +149,7 @@ def test_relaxed_lasso_equals_least_squares_on_the_lasso_support():
     x = rng.normal(size=(120, 30)).astype(np.float32)
     w_true = np.where(rng.random((30, 4)) < 0.2, rng.normal(size=(30, 4)), 0.0)
     t = (x @ w_true + 0.05 * rng.normal(size=(120, 4))).astype(np.float32)
-    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, refit_steps=3000)
+    w, b, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, refit_steps=3000)
     y = t - t.mean(1, keepdims=True)
     support = Lasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y).coef_.T != 0
     want = np.zeros((30, 4))
@@ -159,7 +159,7 @@ def test_relaxed_lasso_equals_least_squares_on_the_lasso_support():
     want -= want.mean(1, keepdims=True)
     np.testing.assert_allclose(w, want, atol=2e-4)
     np.testing.assert_allclose(b, y.mean(0) - x.mean(0) @ want, atol=2e-3)
-    shrunk, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000)
+    shrunk, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000)
     assert np.abs(np.asarray(shrunk) - want).max() > 0.05  # the refit changed the weights
     with pytest.raises(ValueError, match="lasso_refit"):
         StudentConfig(method="lasso", lasso_refit=-1)
@@ -179,7 +179,7 @@ def test_group_lasso_equals_sklearn_multitask_lasso():
     from sklearn.linear_model import MultiTaskLasso
 
     x, t, y = _sparse_problem(2, rows_shared=True)
-    w, b, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True)
+    w, b, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True)
     c = (x - x.mean(0)).T @ (y - y.mean(0)) / len(x)
     np.testing.assert_allclose(lam, 0.1 * np.linalg.norm(c, axis=1).max(), rtol=1e-5)
     ref = MultiTaskLasso(alpha=float(lam), tol=1e-10, max_iter=100_000).fit(x, y)
@@ -188,7 +188,7 @@ def test_group_lasso_equals_sklearn_multitask_lasso():
     rows = np.abs(np.asarray(w)).sum(1) > 1e-6
     assert 0 < rows.sum() < 30  # whole rows are dropped, the others kept for every class
     np.testing.assert_array_equal(rows, np.abs(ref.coef_).sum(0) > 0)
-    zero, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500, group=True)
+    zero, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.999, 500, group=True)
     assert np.abs(np.asarray(zero)).max() < 0.01 * np.abs(np.asarray(w)).max()
 
 
@@ -200,7 +200,7 @@ def test_reweighted_lasso_equals_the_weighted_lasso_of_the_first_fit(group):
     from sklearn.linear_model import Lasso, MultiTaskLasso
 
     x, t, y = _sparse_problem(3, rows_shared=group)
-    w2, _, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group,
+    w2, _, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group,
                                    reweight=1)
     solver = MultiTaskLasso if group else Lasso
     w1 = solver(alpha=float(lam), tol=1e-12, max_iter=200_000).fit(x, y).coef_.T  # the first fit
@@ -218,7 +218,7 @@ def test_reweighted_lasso_equals_the_weighted_lasso_of_the_first_fit(group):
     np.testing.assert_allclose(w2, want, atol=5e-4)
     used = lambda w: (np.abs(np.asarray(w)).sum(1) > 1e-6).sum()  # noqa: E731  pixels kept
     assert used(w2) < used(w1)  # sparser
-    flat, _, _ = student.fit_lasso(jnp.asarray(x), jnp.zeros_like(jnp.asarray(t)), 0.1, 50,
+    flat, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.zeros_like(jnp.asarray(t)), 0.1, 50,
                                    group=group, reweight=1)  # nothing to fit: zeros, not NaN
     np.testing.assert_array_equal(flat, 0.0)
     with pytest.raises(ValueError, match="lasso_reweight"):
@@ -233,8 +233,8 @@ def test_rescaled_lasso_is_the_least_squares_multiple_of_the_lasso(group):
     centred logits best: the same pixels, the same map up to that factor (> 1: the shrinkage is
     undone), a smaller residual; a fit of all zeros stays zero."""
     x, t, y = _sparse_problem(6, rows_shared=group)
-    plain, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group)
-    scaled, b, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group,
+    plain, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group)
+    scaled, b, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=group,
                                      rescale=True)
     xc, yc = (x - x.mean(0)).astype(np.float64), (y - y.mean(0)).astype(np.float64)
     fit = xc @ np.asarray(plain, np.float64)
@@ -248,7 +248,7 @@ def test_rescaled_lasso_is_the_least_squares_multiple_of_the_lasso(group):
     assert residual(scaled) < residual(plain)
     np.testing.assert_allclose(np.asarray(b), y.mean(0) - x.mean(0) @ np.asarray(scaled),
                                atol=1e-4)
-    flat, _, _ = student.fit_lasso(jnp.asarray(x), jnp.zeros_like(jnp.asarray(t)), 0.1, 50,
+    flat, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.zeros_like(jnp.asarray(t)), 0.1, 50,
                                    group=group, rescale=True)
     np.testing.assert_array_equal(flat, 0.0)
     with pytest.raises(ValueError, match="lasso_rescale"):
@@ -275,11 +275,11 @@ def test_smooth_lasso_equals_sklearn_on_rows_that_add_the_grid_penalty(group):
 
     shape, smooth = (3, 5, 2), 0.5
     x, t, y = _sparse_problem(4, rows_shared=group)
-    w, _, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 4000, group=group,
+    w, _, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 4000, group=group,
                                   smooth=smooth, shape=shape)
     inc = _grid_incidence(*shape)
     z = np.random.default_rng(5).normal(size=(30, 4)).astype(np.float32)
-    np.testing.assert_allclose(student.grid_laplacian(jnp.asarray(z), shape), inc.T @ inc @ z,
+    np.testing.assert_allclose(lasso.grid_laplacian(jnp.asarray(z), shape), inc.T @ inc @ z,
                                atol=1e-5)
     n = len(x)
     xc, yc = x - x.mean(0), y - y.mean(0)
@@ -294,10 +294,10 @@ def test_smooth_lasso_equals_sklearn_on_rows_that_add_the_grid_penalty(group):
         want = np.stack([Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=200_000)
                          .fit(rows, targets[:, k]).coef_ for k in range(4)], 1)
     np.testing.assert_allclose(w, want - want.mean(1, keepdims=True), atol=5e-4)
-    plain, _, _ = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 4000, group=group)
+    plain, _, _ = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 4000, group=group)
     assert np.abs(np.asarray(plain) - np.asarray(w)).max() > 0.01  # the penalty does something
     with pytest.raises(ValueError, match="image shape"):
-        student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 10, smooth=0.5, shape=(5, 5, 1))
+        lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 10, smooth=0.5, shape=(5, 5, 1))
     with pytest.raises(ValueError, match="image shape"):
         student.fit_student(jnp.asarray(x), jnp.asarray(t),
                             StudentConfig(method="lasso", lasso_smooth=0.5))
@@ -350,7 +350,7 @@ def test_the_remedy_finds_a_masked_linear_teachers_blind_half():
         plain = student.fit_ridge(jnp.asarray(nb[:n_fit].reshape(n_fit, -1)),
                                   jnp.asarray(teacher(nb[:n_fit])), (0.3,))
         assert mass(plain.w)[hidden].sum() > 0.3, name
-        fits = {"lasso": student.fit_lasso(fit, jnp.asarray(teacher(mixed[:n_fit])), 0.02, 500),
+        fits = {"lasso": lasso.fit_lasso(fit, jnp.asarray(teacher(mixed[:n_fit])), 0.02, 500),
                 "the former default without smoothness": student.fit_student(
                     fit, jnp.asarray(teacher(mixed[:n_fit])),
                     dataclasses.replace(ex.FIXED_SMOOTH.student, lasso_smooth=0.0)),

@@ -9,7 +9,7 @@ from conftest import TINY_TEACHER
 
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers.deepvid import core as ex
-from deepvid_jax.explainers.deepvid import neighbors, student
+from deepvid_jax.explainers.deepvid import lasso, neighbors, student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import vae
@@ -190,9 +190,9 @@ def test_ridge_solve_equals_the_closed_form_ridge(n, d):
     rng = np.random.default_rng(1)
     x = rng.random((n, d)).astype(np.float32)
     t = (x @ rng.normal(size=(d, 3)) + 0.1 * rng.normal(size=(n, 3))).astype(np.float32)
-    _, _, xc, yc = student._centred(jnp.asarray(x), jnp.asarray(t))
+    _, _, xc, yc = lasso._centred(jnp.asarray(x), jnp.asarray(t))
     want = student.fit_ridge(jnp.asarray(x), jnp.asarray(t), (0.3,)).w
-    got = student.ridge_solve(xc, yc, 0.3)
+    got = lasso.ridge_solve(xc, yc, 0.3)
     np.testing.assert_allclose(got - got.mean(1, keepdims=True), want, atol=2e-4, rtol=2e-3)
 
 
@@ -207,10 +207,10 @@ def test_the_ridge_start_is_the_lasso_weighted_by_the_ridge_fit():
     w_true = np.zeros((d, k))
     w_true[:4] = rng.normal(size=(4, k)) * 3
     t = (x @ w_true + 0.1 * rng.normal(size=(n, k))).astype(np.float32)
-    w, _, lam = student.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True,
+    w, _, lam = lasso.fit_lasso(jnp.asarray(x), jnp.asarray(t), 0.1, 3000, group=True,
                                   ridge_start=0.3)
-    _, _, xc, yc = student._centred(jnp.asarray(x), jnp.asarray(t))
-    m = np.linalg.norm(np.asarray(student.ridge_solve(xc, yc, 0.3)), axis=1)
+    _, _, xc, yc = lasso._centred(jnp.asarray(x), jnp.asarray(t))
+    m = np.linalg.norm(np.asarray(lasso.ridge_solve(xc, yc, 0.3)), axis=1)
     factor = (m.mean()) / (m + 0.1 * m.mean())
     y = np.asarray(yc)
     want = MultiTaskLasso(alpha=float(lam), tol=1e-12, max_iter=200_000).fit(
@@ -280,12 +280,12 @@ def test_the_screened_lasso_is_the_lasso_of_the_screened_pixels(group):
     lambda_max, scattered back; every other pixel's weight is exactly zero."""
     x, t = _sparse_case(3)
     d, keep_n = x.shape[1], int(np.ceil(0.3 * x.shape[1]))
-    _, _, xc, yc = student._centred(x, t)
+    _, _, xc, yc = lasso._centred(x, t)
     score = np.linalg.norm(np.asarray(xc.T @ yc), axis=1)
     keep = np.argsort(-score, kind="stable")[:keep_n]
-    w, b, lam = student.fit_lasso(x, t, 0.05, 40, group=group, reweight=2, rescale=True,
+    w, b, lam = lasso.fit_lasso(x, t, 0.05, 40, group=group, reweight=2, rescale=True,
                                   screen=0.3)
-    w_sub, _, lam_sub = student.fit_lasso(x[:, keep], t, 0.05, 40, group=group, reweight=2,
+    w_sub, _, lam_sub = lasso.fit_lasso(x[:, keep], t, 0.05, 40, group=group, reweight=2,
                                           rescale=True)
     full = np.zeros((d, t.shape[1]), np.float32)
     full[keep] = np.asarray(w_sub)
@@ -302,12 +302,12 @@ def test_screening_keeps_a_sparse_teachers_converged_lasso(group):
     correlations, so the lasso on a quarter of the pixels converges to the lasso on all of
     them (a screen that dropped a read pixel would not)."""
     x, t = _sparse_case(4)
-    full = student.fit_lasso(x, t, 0.05, 3000, group=group)[0]
-    screened = student.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.25)[0]
+    full = lasso.fit_lasso(x, t, 0.05, 3000, group=group)[0]
+    screened = lasso.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.25)[0]
     assert np.sum(np.any(np.asarray(full) != 0, axis=1)) >= 6
     np.testing.assert_allclose(screened, full, atol=2e-4)
     # and the screen is not vacuous: a tenth of the pixels misses some of the read ones
-    few = student.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.03)[0]
+    few = lasso.fit_lasso(x, t, 0.05, 3000, group=group, screen=0.03)[0]
     assert np.max(np.abs(np.asarray(few) - np.asarray(full))) > 0.1
 
 
@@ -319,11 +319,11 @@ def test_screening_with_smoothness_counts_screened_out_pixels_as_zero():
     side, share = 8, 0.5
     x, t = _sparse_case(5, d=side * side)
     n, d = x.shape
-    _, _, xc, yc = (np.asarray(a) for a in student._centred(x, t))
+    _, _, xc, yc = (np.asarray(a) for a in lasso._centred(x, t))
     keep = np.argsort(-np.linalg.norm(xc.T @ yc, axis=1), kind="stable")[:int(share * d)]
-    w = student.fit_lasso(x, t, 0.05, 4000, group=True, smooth=0.5, shape=(side, side, 1),
+    w = lasso.fit_lasso(x, t, 0.05, 4000, group=True, smooth=0.5, shape=(side, side, 1),
                           screen=share)[0]
-    lap = np.stack([np.asarray(student.grid_laplacian(jnp.asarray(e[:, None]), (side, side, 1)))
+    lap = np.stack([np.asarray(lasso.grid_laplacian(jnp.asarray(e[:, None]), (side, side, 1)))
                     [:, 0] for e in np.eye(d, dtype=np.float32)], 1)  # [D, D]
     c = xc.T @ yc / n
     lam = 0.05 * np.linalg.norm(c, axis=1).max()

@@ -11,6 +11,10 @@ student's weight image of the requested class, for "deepvid" and every variant o
 
 Instance ``i`` of a call always uses the key ``fold_in(key, i)``, so a result does not depend on
 the chunk size, the device count, or which other images share the batch.
+
+The module is long because the per-instance program and the blocked batch program are two
+orders of the same steps (calibrate, draw and mix, label, distil): they share those pieces and
+are read, and must be kept equal (tests), side by side.
 """
 
 from __future__ import annotations
