@@ -143,8 +143,8 @@ ROWS = (
         "docs/results/evaluation.md", "evaluate_{mnist,kmnist}.json"),
     Row("Share of relevance on pixels the teacher never sees (lower is better), MNIST / KMNIST",
         _ground_truth, "docs/results/ground-truth.md", "ground_truth.json"),
-    Row("DeepVID (default) on CPU, batch 256, 512 neighbours",
-        _bench("cpu", "deepvid", 256, 512, "bench_default/bench.json"),
+    Row("DeepVID (default) on CPU, batch 64, 512 neighbours",
+        _bench("cpu", "deepvid", 64, 512, "bench_default/bench.json"),
         "docs/results/bench.md", "bench_default/bench.json"),
     Row("DeepVID with 3 reweighting rounds (a former default) on GPU, batch 1024, 1,024 "
         "neighbours",
