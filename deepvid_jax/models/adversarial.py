@@ -74,12 +74,13 @@ def fgsm(
 ) -> jax.Array:
     """Fast gradient sign method: images [B, H, W, C] in [0, 1], labels [B] -> [B, H, W, C].
 
-    ``labels`` are the true labels (untargeted) or the targets (targeted).
+    ``labels`` are the true labels (untargeted) or the targets (targeted). `attack` with
+    ``AttackConfig(method="fgsm")``.
     """
     validate.number(epsilon, "epsilon", low=0.0, high=1.0)
-    sign = -1.0 if targeted else 1.0
-    g = _loss_grad(teacher_apply, params, images, labels)
-    return project(images + sign * epsilon * jnp.sign(g), images, epsilon)
+    return attack(images, labels, jax.random.PRNGKey(0), teacher_apply=teacher_apply,
+                  teacher_params=params,
+                  config=AttackConfig(method="fgsm", epsilon=epsilon, targeted=targeted))
 
 
 def pgd(
@@ -88,14 +89,23 @@ def pgd(
     targeted: bool = False,
 ) -> jax.Array:
     """Projected gradient descent in L-inf: -> [B, H, W, C], within epsilon and in [0, 1].
-    Image ``i``'s random start is drawn from ``fold_in(key, i)``."""
+    Image ``i``'s random start is drawn from ``fold_in(key, i)``. `attack` with
+    ``AttackConfig(method="pgd")``."""
     validate.number(epsilon, "epsilon", low=0.0, high=1.0)
     validate.integer(steps, "steps", minimum=1)
     if step_size is not None:
         validate.number(step_size, "step_size", low=0.0, low_open=True)
-    return _pgd(teacher_apply, params, images, labels,
-                driver.instance_keys(key, 0, images.shape[0]), epsilon=epsilon, steps=steps,
-                step_size=step_size, random_start=random_start, targeted=targeted)
+    return attack(images, labels, key, teacher_apply=teacher_apply, teacher_params=params,
+                  config=AttackConfig(method="pgd", epsilon=epsilon, steps=steps,
+                                      step_size=step_size, random_start=random_start,
+                                      targeted=targeted))
+
+
+def _fgsm(teacher_apply, params, images, labels, *, epsilon, targeted):
+    """`fgsm`, unchecked."""
+    sign = -1.0 if targeted else 1.0
+    g = _loss_grad(teacher_apply, params, images, labels)
+    return project(images + sign * epsilon * jnp.sign(g), images, epsilon)
 
 
 def _pgd(teacher_apply, params, images, labels, keys, *, epsilon, steps, step_size,
@@ -144,8 +154,8 @@ def _attack(
     contract, so a chunk's results do not depend on the chunk."""
     labels = jnp.asarray(labels, jnp.int32)
     if config.method == "fgsm":
-        return fgsm(teacher_apply, teacher_params, images, labels, epsilon=config.epsilon,
-                    targeted=config.targeted)
+        return _fgsm(teacher_apply, teacher_params, images, labels, epsilon=config.epsilon,
+                     targeted=config.targeted)
     return _pgd(teacher_apply, teacher_params, images, labels, keys, epsilon=config.epsilon,
                 steps=config.steps, step_size=config.alpha, random_start=config.random_start,
                 targeted=config.targeted)

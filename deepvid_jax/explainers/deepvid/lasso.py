@@ -129,6 +129,10 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     ``smooth`` may be a traced scalar (e.g. under `jax.vmap` over several values, which then
     share the Gram matrix and the power iterations).
 
+    The fit is one jitted program per setting (all but ``x``, ``teacher_logits``,
+    ``relative_penalty`` and an array ``smooth`` are static), so calls outside `jit` cost one
+    compilation, not a dispatch per operation.
+
     Args:
       x: [N, D] neighbours; teacher_logits: [N, K].
 
@@ -136,6 +140,20 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
       (W [D, K] centred over classes, b [K], lambda []).
     """
     validate.number(screen, "screen", low=0.0, high=1.0, low_open=True)
+    validate.array(x, "x", ndim=2)
+    validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
+    settings = dict(steps=steps, refit_steps=refit_steps, group=group, reweight=reweight,
+                    shape=None if shape is None else tuple(shape), rescale=rescale,
+                    ridge_start=ridge_start, screen=screen)
+    if isinstance(smooth, (int, float)):
+        return _lasso_fixed_smooth(x, teacher_logits, relative_penalty, smooth=smooth,
+                                   **settings)
+    return _lasso_array_smooth(x, teacher_logits, relative_penalty, smooth, **settings)
+
+
+def _fit_lasso(x, teacher_logits, relative_penalty, smooth, *, steps, refit_steps, group,
+               reweight, shape, rescale, ridge_start, screen):
+    """`fit_lasso`'s program (arguments as there, validated)."""
     n, d = x.shape
     smoothing = not (isinstance(smooth, (int, float)) and smooth == 0)
     if smoothing:
@@ -217,3 +235,9 @@ def fit_lasso(x: jax.Array, teacher_logits: jax.Array, relative_penalty: float, 
     if keep is not None:
         w = jnp.zeros((d, w.shape[1]), w.dtype).at[keep].set(w)
     return w, mu_y - mu_x @ w, lam
+
+
+_LASSO_SETTINGS = ("steps", "refit_steps", "group", "reweight", "shape", "rescale",
+                   "ridge_start", "screen")
+_lasso_fixed_smooth = jax.jit(_fit_lasso, static_argnames=(*_LASSO_SETTINGS, "smooth"))
+_lasso_array_smooth = jax.jit(_fit_lasso, static_argnames=_LASSO_SETTINGS)

@@ -22,6 +22,7 @@ logits, config) that `jax.vmap` maps over instances:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -257,9 +258,17 @@ def fit_student_selected(
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
     validate.array(x_held, "x_held", shape=(None, x.shape[1]))
     validate.array(teacher_held, "teacher_held", shape=(x_held.shape[0], teacher_logits.shape[1]))
+    validate.config(config, StudentConfig, "config")
     if not config.lasso_smooth_grid:
         w, b, penalty = fit_student(x, teacher_logits, config, shape)
         return w, b, penalty, jnp.asarray(config.lasso_smooth, x.dtype)
+    return _fit_selected(x, teacher_logits, x_held, teacher_held, config=config,
+                         shape=_static_shape(shape))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "shape"))
+def _fit_selected(x, teacher_logits, x_held, teacher_held, *, config: StudentConfig, shape):
+    """`fit_student_selected`'s program with a smoothness grid (validated arguments)."""
     grid = jnp.asarray(config.lasso_smooth_grid, x.dtype)
     w, b, penalty = jax.vmap(lambda m: _lasso(x, teacher_logits, config, shape, m))(grid)
     y = teacher_held - jnp.mean(teacher_held, axis=1, keepdims=True)
@@ -332,10 +341,24 @@ def fit_student(
     """
     validate.array(x, "x", ndim=2)
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
+    validate.config(config, StudentConfig, "config")
     if config.lasso_smooth_grid:
         raise ValueError("StudentConfig.lasso_smooth_grid chooses the smoothness by held-out "
                          "fit: use fit_student_selected with held-out neighbours, or a fixed "
                          "smoothness (lasso_smooth_grid=(), lasso_smooth=...).")
+    return _fit_student(x, teacher_logits, config=config, shape=_static_shape(shape))
+
+
+def _static_shape(shape) -> tuple[int, ...] | None:
+    """``shape`` as a hashable static argument (a list becomes a tuple)."""
+    return None if shape is None else tuple(shape)
+
+
+# One compiled program per (config, shape, input shapes): outside `jit` a fit then costs one
+# compilation instead of a dispatch per operation (and a recompiled loop body per call).
+@functools.partial(jax.jit, static_argnames=("config", "shape"))
+def _fit_student(x, teacher_logits, *, config: StudentConfig, shape):
+    """`fit_student`'s program (validated arguments)."""
     if config.method == "ridge":
         fit = fit_ridge(x, teacher_logits, config.penalties)
         return fit.w, fit.b, fit.penalty
