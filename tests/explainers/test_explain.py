@@ -212,8 +212,8 @@ def test_sharded_over_four_cpu_devices_equals_one(setup, tmp_path):
     # instead of training the same ones again.
     models = tmp_path / "models.pkl"
     models.write_bytes(pickle.dumps(jax.tree_util.tree_map(np.asarray, setup)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
-                                      "--xla_cpu_multi_thread_eigen=false",
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=false",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(models)], env=env,
                           capture_output=True, text=True, timeout=300)
