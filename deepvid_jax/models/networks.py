@@ -80,7 +80,21 @@ class Teacher(nn.Module):
 
 def init_teacher(key: jax.Array, config: TeacherConfig) -> dict:
     """Fresh teacher parameters for inputs of shape ``config.image_shape``."""
-    return Teacher(config).init(key, jnp.zeros((1, *config.image_shape)))["params"]
+    validate.config(config, TeacherConfig, "config")
+    return _init_params(Teacher, config, key, ((1, *config.image_shape),))
+
+
+# One compiled program per architecture: initialised outside `jit`, every layer's initialiser
+# and forward operation was compiled on its own, once per parameter shape.
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _init_params(module: type[nn.Module], config, key: jax.Array,
+                 input_shapes: tuple) -> dict:
+    """``module(config).init`` on zero inputs of ``input_shapes`` (a shape, or a tuple of
+    shapes for an argument that is a tuple of arrays): its parameters."""
+    def zeros(shape):
+        return tuple(map(zeros, shape)) if isinstance(shape[0], tuple) else jnp.zeros(shape)
+
+    return module(config).init(key, *map(zeros, input_shapes))["params"]
 
 
 def teacher_logits(params: dict, images: jax.Array, config: TeacherConfig = TeacherConfig()):
@@ -396,14 +410,14 @@ class Surrogate(nn.Module):
 
 def init_vae(key: jax.Array, config: VAEConfig) -> dict:
     """Fresh VAE parameters for images of shape ``config.image_shape``."""
-    x = jnp.zeros((1, *config.image_shape))
-    eps = jnp.zeros((1, config.latent_dim))
-    return VAE(config).init(key, x, eps)["params"]
+    validate.config(config, VAEConfig, "config")
+    return _init_params(VAE, config, key, ((1, *config.image_shape), (1, config.latent_dim)))
 
 
 def init_surrogate(key: jax.Array, config: SurrogateConfig) -> dict:
     """Fresh surrogate parameters."""
-    return Surrogate(config).init(key, jnp.zeros((1, *config.image_shape)))["params"]
+    validate.config(config, SurrogateConfig, "config")
+    return _init_params(Surrogate, config, key, ((1, *config.image_shape),))
 
 
 def surrogate_forward(params: dict, images: jax.Array, config: SurrogateConfig):
@@ -454,6 +468,7 @@ class SaliencyNet(nn.Module):
 
 def init_explainer(key: jax.Array, config: ExplainerConfig) -> dict:
     """Fresh explanation-network parameters."""
+    validate.config(config, ExplainerConfig, "config")
     h, w, _ = config.image_shape
-    maps = tuple(jnp.zeros((1, h >> i, w >> i)) for i in range(config.num_stages))
-    return SaliencyNet(config).init(key, jnp.zeros((1, *config.image_shape)), maps)["params"]
+    maps = tuple((1, h >> i, w >> i) for i in range(config.num_stages))
+    return _init_params(SaliencyNet, config, key, ((1, *config.image_shape), maps))

@@ -222,8 +222,9 @@ def _fit_lasso(x, teacher_logits, relative_penalty, smooth, *, steps, refit_step
     w = jnp.zeros((m, yc.shape[1]), x.dtype)
     first = 1.0 if ridge_start is None else weights(ridge_solve(xc, yc, ridge_start))
     w = run(shrink(first), w, steps)
-    for _ in range(reweight):
-        w = run(shrink(weights(w)), w, steps)
+    if reweight:  # one loop over the rounds: the program holds one copy of a round, not three
+        w, _ = jax.lax.scan(lambda w, _: (run(shrink(weights(w)), w, steps), None), w, None,
+                            reweight)
     if refit_steps:
         support = (w != 0).astype(x.dtype)
         w = run(lambda u: u * support, w, refit_steps)
