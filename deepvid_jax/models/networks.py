@@ -23,7 +23,24 @@ TeacherApply = Callable[[object, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherConfig:
+class _ClassifierConfig:
+    """The fields the teacher and the attentive surrogate share (each documents them)."""
+
+    num_classes: int = 10
+    features: tuple[int, ...] = (32, 64)
+    hidden: int = 128
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    def __post_init__(self):
+        validate.fields(self, positive_int=("hidden",), positive_ints=("features",),
+                        image_shape=("image_shape",))
+        if validate.integer(self.num_classes, f"{type(self).__name__}.num_classes") < 2:
+            raise ValueError(f"{type(self).__name__}.num_classes must be >= 2, got "
+                             f"{self.num_classes}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig(_ClassifierConfig):
     """A small CNN classifier: conv blocks (3x3 conv, ReLU, 2x2 max-pool), then an MLP head.
 
     Attributes:
@@ -32,23 +49,6 @@ class TeacherConfig:
       hidden: width of the dense layer before the logits.
       image_shape: (H, W, C) of inputs; taken from the data by the training code.
     """
-
-    num_classes: int = 10
-    features: tuple[int, ...] = (32, 64)
-    hidden: int = 128
-    image_shape: tuple[int, int, int] = (28, 28, 1)
-
-    def __post_init__(self):
-        _check_classifier_config(self)
-
-
-def _check_classifier_config(config) -> None:
-    """The fields the teacher and the surrogate share."""
-    validate.fields(config, positive_int=("hidden",), positive_ints=("features",),
-                    image_shape=("image_shape",))
-    if validate.integer(config.num_classes, f"{type(config).__name__}.num_classes") < 2:
-        raise ValueError(f"{type(config).__name__}.num_classes must be >= 2, got "
-                         f"{config.num_classes}.")
 
 
 class Teacher(nn.Module):
@@ -360,7 +360,7 @@ class VAE(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class SurrogateConfig:
+class SurrogateConfig(_ClassifierConfig):
     """A student CNN whose every stage is gated by a spatial attention map.
 
     Attributes:
@@ -369,14 +369,6 @@ class SurrogateConfig:
       hidden: width of the dense layer before the logits.
       image_shape: (H, W, C).
     """
-
-    num_classes: int = 10
-    features: tuple[int, ...] = (32, 64)
-    hidden: int = 128
-    image_shape: tuple[int, int, int] = (28, 28, 1)
-
-    def __post_init__(self):
-        _check_classifier_config(self)
 
 
 class SpatialAttention(nn.Module):

@@ -62,9 +62,12 @@ def test_attack_batch_equals_loop(trained):
     cfg = AttackConfig(epsilon=EPS, steps=5, random_start=True)
     batched = adversarial.pgd(APPLY, tp, x[:6], y[:6], key, epsilon=EPS, steps=5)
     for i in range(6):
-        # Instance i's random start is fold_in(key, i): pass that row alone with its index.
-        one = adversarial.pgd(APPLY, tp, x[: i + 1], y[: i + 1], key, epsilon=EPS, steps=5)[i]
-        np.testing.assert_allclose(one, batched[i], atol=1e-6)
+        # Instance i's random start is fold_in(key, i): row i among five other images (one
+        # shape, so one compiled program) is attacked as in the batch.
+        others = adversarial.pgd(APPLY, tp, x[6:12].at[i].set(x[i]), y[6:12].at[i].set(y[i]),
+                                 key, epsilon=EPS, steps=5)
+        np.testing.assert_allclose(others[i], batched[i], atol=1e-6)
+        assert not np.allclose(others[i - 1], batched[i - 1])  # the other rows did differ
     f = adversarial.attack(x[:6], y[:6], key, teacher_apply=APPLY, teacher_params=tp,
                            config=dataclasses.replace(cfg, method="fgsm"))
     for i in range(6):
