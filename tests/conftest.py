@@ -182,37 +182,34 @@ def run_store(tmp_path_factory, run_checkpoints) -> Path:
     return path
 
 
-# The modules whose tests take longest, longest first (seconds each alone on the 2-core
-# machine, 2026-12): run first, so that with `-n 2` (one module per worker: --dist loadfile in
-# pyproject.toml) the two workers end on short modules at about the same time. The other
-# modules (a few seconds each) follow in their usual order. The MNIST test comes second: the
-# two workers start on modules that share no fixture, so the second to need the tiny teacher
-# loads its compiled training step from the compilation cache.
+# The modules whose tests take longest, longest first (seconds of test time each in one
+# `-n 2` run of the whole suite on the 2-core machine): run first, so that with `-n 2` (one
+# module per worker: --dist loadfile in pyproject.toml) the two workers end on short modules
+# at about the same time. The other modules (a few seconds each) follow in their usual order.
 SLOW_MODULES = (
-    "explainers/test_explainers.py",  # 140
-    "models/test_mnist_fidelity.py",  # 75
-    "explainers/test_explain.py",  # 105
-    "runner/test_run.py",  # 95
-    "hostile/test_hostile_cli.py",  # 80
-    "models/test_train.py",  # 70
-    "explore/test_explore.py",  # 64
-    "runner/test_bench.py",  # 59
-    "data/test_colour.py",  # 58
-    "models/test_adapters.py",  # 56
-    "models/test_checkpoint.py",  # 45
-    "models/test_consistency.py",  # 42
-    "hostile/test_hostile_api.py",  # 40
-    "metrics/test_registry.py",  # 39
-    "metrics/test_evaluation.py",  # 38
-    "explainers/test_variance_reduction.py",  # 35
-    "explainers/test_student.py",  # 32
-    "hostile/test_hostile_store.py",  # 29
-    "explainers/test_neighborhoods.py",  # 28
-    "explainers/test_surrogate.py",  # 27
-    "cli/test_commands.py",  # 16
-    "runner/test_report.py",  # 15
-    "data/test_image_folder.py",  # 9
-    "metrics/test_localisation.py",  # 7
+    "explainers/test_explainers.py",  # 111
+    "hostile/test_hostile_cli.py",  # 86
+    "explainers/test_explain.py",  # 85
+    "explainers/test_variance_reduction.py",  # 78
+    "runner/test_run.py",  # 77
+    "models/test_mnist_fidelity.py",  # 76
+    "explainers/test_student.py",  # 58
+    "data/test_colour.py",  # 57
+    "models/test_train.py",  # 40
+    "metrics/test_evaluation.py",  # 39
+    "metrics/test_registry.py",  # 37
+    "models/test_adapters.py",  # 37
+    "runner/test_bench.py",  # 36
+    "models/test_checkpoint.py",  # 34
+    "explore/test_explore.py",  # 34
+    "explainers/test_surrogate.py",  # 33
+    "hostile/test_hostile_api.py",  # 29
+    "models/test_consistency.py",  # 27
+    "explainers/test_neighborhoods.py",  # 25
+    "hostile/test_hostile_store.py",  # 12
+    "runner/test_report.py",  # 11
+    "metrics/test_localisation.py",  # 9
+    "data/test_image_folder.py",  # 8
 )
 
 
