@@ -259,8 +259,9 @@ def fit_student_selected(
     validate.array(x_held, "x_held", shape=(None, x.shape[1]))
     validate.array(teacher_held, "teacher_held", shape=(x_held.shape[0], teacher_logits.shape[1]))
     validate.config(config, StudentConfig, "config")
-    if not config.lasso_smooth_grid:
-        w, b, penalty = fit_student(x, teacher_logits, config, shape)
+    if not config.lasso_smooth_grid:  # validated above: fit_student's program directly
+        w, b, penalty = _fit_student(x, teacher_logits, config=config,
+                                     shape=_static_shape(shape))
         return w, b, penalty, jnp.asarray(config.lasso_smooth, x.dtype)
     return _fit_selected(x, teacher_logits, x_held, teacher_held, config=config,
                          shape=_static_shape(shape))
