@@ -1,14 +1,12 @@
 """DeepVID on real MNIST: students distilled from VAE neighbours are faithful to the teacher.
 
-Models are trained here on MNIST test[:8000] with a reduced budget (teacher 2 epochs, VAE 4
-epochs: ~1 min on 2 cores); explanations are of 24 images of test[8000:].
-Measured with this setup (seed 0) and today's default (512 neighbours, the smoothness chosen
-per image): held-out top-1 agreement 0.923 and KL 0.067 nats, mean over the 24 instances. The
-former default (`FIXED_SMOOTH`: 1,024 neighbours, one smoothness) gave 0.930 and 0.044, the
-first DeepVID default (Adam on the KD loss) 0.949 and 0.018: each step bought stability or truth
-to the evidence with a little fit (docs/design/stable-default.md). (The fully trained VAE's
-neighbours are more varied and harder to fit: see the README.) The floors below sit a little
-under the measurement.
+Models of half the default widths are trained here on MNIST test[:8000] with a reduced budget
+(teacher 2 epochs, VAE 4 epochs: ~20 s on 2 cores); explanations are of 24 images of
+test[8000:] with the default `ExplainConfig`. Measured with this setup (seed 0): teacher accuracy
+0.966, held-out top-1 agreement 0.960 and KL 0.028 nats (mean over the 24 instances), the same
+at XLA's optimisation levels 1 (the tests') and 2. The floors below sit under the measurement
+by more than float rounding moves a two-epoch training. (The README's fully trained VAE has
+more varied neighbours, which are harder to fit: see the README.)
 """
 
 import dataclasses
@@ -22,16 +20,16 @@ from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.models import train
 from deepvid_jax.models.networks import TeacherConfig, VAEConfig, teacher_apply_for
 
-TOP1_FLOOR = 0.91
-KL_CEILING = 0.075
+TOP1_FLOOR = 0.93
+KL_CEILING = 0.05
 
 
 @pytest.fixture(scope="module")
 def mnist_models(data_dir):
     tr = data.load("mnist", "test[:8000]", data_dir=data_dir)
     ev = data.load("mnist", "test[8000:]", data_dir=data_dir)
-    tcfg = TeacherConfig(image_shape=tr.info.image_shape)
-    vcfg = VAEConfig(image_shape=tr.info.image_shape)
+    tcfg = TeacherConfig(features=(16, 32), hidden=64, image_shape=tr.info.image_shape)
+    vcfg = VAEConfig(features=(16, 32), hidden=128, image_shape=tr.info.image_shape)
     tp, th = train.train_teacher((tr.images, tr.labels), (ev.images, ev.labels), tcfg,
                                  dataclasses.replace(train.TEACHER_TRAIN, epochs=2),
                                  progress=False)
