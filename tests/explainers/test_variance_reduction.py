@@ -296,6 +296,22 @@ def test_the_screened_lasso_is_the_lasso_of_the_screened_pixels(group):
                                              - jnp.mean(x, 0) @ w), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 1), (4, 6, 3)])
+def test_the_screened_laplacian_is_the_grid_laplacian_of_the_kept_pixels(shape):
+    """The screened smooth lasso's Laplacian, from neighbours looked up once, is the whole
+    grid's (`grid_laplacian`, screened-out pixels at 0) read at the kept pixels; corners,
+    edges and channels included."""
+    d = int(np.prod(shape))
+    rng = np.random.default_rng(5)
+    keep = np.sort(rng.choice(d, d // 2, replace=False))
+    z = rng.normal(size=(len(keep), 3)).astype(np.float32)
+    full = np.zeros((d, 3), np.float32)
+    full[keep] = z
+    want = np.asarray(lasso.grid_laplacian(jnp.asarray(full), shape))[keep]
+    got = lasso._screened_laplacian(jnp.asarray(keep), shape)(jnp.asarray(z))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 @pytest.mark.parametrize("group", [False, True])
 def test_screening_keeps_a_sparse_teachers_converged_lasso(group):
     """On independent pixels the 6 a linear teacher reads have the largest marginal
