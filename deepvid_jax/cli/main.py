@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from deepvid_jax.cli import (
     bench,
@@ -28,6 +31,34 @@ COMMANDS = (train_teacher, train_vae, train_surrogate, demo, explain, bench, run
 INTERRUPTED = 130
 
 
+class _RepeatedInterrupt:
+    """A SIGINT handler: KeyboardInterrupt, raised again each ``every`` seconds until the
+    command has seen one (`seen`).
+
+    One raise alone can be lost: JAX wraps calls that follow an XLA compilation in bare
+    ``except:`` clauses, and a signal that arrives while a program compiles is raised at the
+    first Python line after it, inside one of them; the command then ran to its end.
+    """
+
+    def __init__(self, every: float = 1.0):
+        self.every, self.pending, self.seen = every, False, False
+
+    def __call__(self, signum, frame):
+        if self.seen:  # a repeat that crossed the command's handling of the first
+            return
+        if not self.pending:
+            self.pending = True
+            threading.Thread(target=self._repeat, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self) -> None:
+        while True:
+            threading.Event().wait(self.every)
+            if self.seen:
+                return
+            _thread.interrupt_main(signal.SIGINT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``deepvid`` parser with every subcommand of `COMMANDS`."""
     parser = argparse.ArgumentParser(
@@ -47,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     threads are mid-computation; with ``argv`` given the code is returned.
     """
     args = build_parser().parse_args(argv)
+    interrupt = _RepeatedInterrupt()
+    if (argv is None and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, interrupt)  # (not where SIGINT is ignored, as by nohup)
     try:
         return args.func(args)
     except (data.DataNotFoundError, data.CorruptDataError, checkpoint.CheckpointError,
@@ -60,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        interrupt.seen = True
         print(f"deepvid {args.command}: interrupted; checkpoints and result files are the "
               "previous complete ones.", file=sys.stderr)
         if argv is None:
@@ -67,3 +103,5 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(INTERRUPTED)
         return INTERRUPTED
+    finally:
+        interrupt.seen = True  # a command that ended before an interrupt re-raised: no more
