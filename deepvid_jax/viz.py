@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # Files only; never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from deepvid_jax import files
 
-from deepvid_jax import files  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot, imported at the first figure (half a second that `import deepvid_jax`
+    and every `deepvid` command that draws nothing do not pay); on the file-only Agg backend
+    unless the caller already chose one by importing pyplot."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
@@ -29,7 +39,7 @@ def _save(fig, path: str | Path) -> Path:
     try:
         return files.savefig(fig, path, dpi=110, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def reconstruction_grid(
@@ -37,7 +47,7 @@ def reconstruction_grid(
 ) -> Path:
     """Two rows: originals [N, H, W, C] above reconstructions [N, H, W, C]; saves a PNG."""
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.5), squeeze=False)
+    fig, axes = pyplot().subplots(2, n, figsize=(1.1 * n, 2.5), squeeze=False)
     for i in range(n):
         _show(axes[0, i], originals[i], vmin=0, vmax=1)
         _show(axes[1, i], reconstructions[i], vmin=0, vmax=1)
@@ -50,7 +60,7 @@ def reconstruction_grid(
 
 def training_curves(history: Sequence[dict], keys: Sequence[str], path: str | Path) -> Path:
     """One panel per metric name in ``keys``, plotted against epoch."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
     epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes[0], keys, strict=True):
         ax.plot(epochs, [h[key] for h in history], marker="o")
@@ -86,7 +96,7 @@ def explanation_figure(
     """
     k = weights.shape[-1]
     cols = max(k, num_neighbors)
-    fig, axes = plt.subplots(3, cols, figsize=(1.25 * cols, 4.6), squeeze=False)
+    fig, axes = pyplot().subplots(3, cols, figsize=(1.25 * cols, 4.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     pred = int(np.argmax(teacher_probs))
@@ -136,7 +146,7 @@ def _show_return(ax, image, **kwargs):
 def traversal_figure(traversal: np.ndarray, values: Sequence[float], path: str | Path) -> Path:
     """Latent traversal [Z, V, H, W, C]: row d moves latent dimension d through ``values``."""
     z, v = traversal.shape[:2]
-    fig, axes = plt.subplots(z, v, figsize=(0.9 * v, 0.9 * z), squeeze=False)
+    fig, axes = pyplot().subplots(z, v, figsize=(0.9 * v, 0.9 * z), squeeze=False)
     for d in range(z):
         for j in range(v):
             _show(axes[d, j], traversal[d, j], vmin=0, vmax=1)
@@ -169,8 +179,8 @@ def neuron_top_images_figure(
       scores: [F] consistency shown beside each row.
     """
     k = min(real_top.shape[1], 8)
-    fig, axes = plt.subplots(len(neurons), 2 * k, figsize=(0.75 * 2 * k + 1, 0.9 * len(neurons)),
-                             squeeze=False)
+    fig, axes = pyplot().subplots(len(neurons), 2 * k,
+                                  figsize=(0.75 * 2 * k + 1, 0.9 * len(neurons)), squeeze=False)
     for r, n in enumerate(neurons):
         for j in range(k):
             i = int(real_top[n, j])
@@ -194,7 +204,7 @@ def consistency_histogram(
     scores: dict[str, np.ndarray], path: str | Path, *, title: str = "", floor: float | None = None
 ) -> Path:
     """Overlaid histograms of per-neuron consistency, one per model: {label: [F]}."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6, 3.4))
     bins = np.linspace(0, 1, 26)
     for label, s in scores.items():
         s = np.asarray(s)
@@ -217,7 +227,7 @@ def saliency_grid(
     each map drawn over its image with its own colour scale."""
     n = len(images)
     rows = 1 + len(maps)
-    fig, axes = plt.subplots(rows, n, figsize=(1.2 * n + 1.2, 1.25 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, n, figsize=(1.2 * n + 1.2, 1.25 * rows), squeeze=False)
     for i in range(n):
         _show(axes[0, i], images[i], vmin=0, vmax=1)
         if labels is not None:
@@ -248,7 +258,7 @@ def neighbour_rows(
       image: [H, W, C]; rows: name -> (neighbours [n, H, W, C], teacher labels [n]).
     """
     n = max(len(nb) for nb, _ in rows.values())
-    fig, axes = plt.subplots(len(rows), n + 1, figsize=(1.05 * (n + 1), 1.35 * len(rows)),
+    fig, axes = pyplot().subplots(len(rows), n + 1, figsize=(1.05 * (n + 1), 1.35 * len(rows)),
                              squeeze=False)
     for r, (name, (nb, labels)) in enumerate(rows.items()):
         _show(axes[r, 0], image, vmin=0, vmax=1)
@@ -278,7 +288,7 @@ def attribution_figure(image: np.ndarray, attribution: np.ndarray, path: str | P
     """
     relevance = np.asarray(attribution, np.float64).sum(axis=-1)
     vmax = float(np.abs(relevance).max()) or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(6.0, 2.3), squeeze=False)
+    fig, axes = pyplot().subplots(1, 3, figsize=(6.0, 2.3), squeeze=False)
     _show(axes[0, 0], image, vmin=0, vmax=1)
     axes[0, 0].set_title("input", fontsize=8)
     im = axes[0, 1].imshow(relevance, cmap="RdBu_r", vmin=-vmax, vmax=vmax)

@@ -6,6 +6,8 @@ Layers, lowest first: the leaves (`validate`, `logs`, `files`, `driver`, `ops`, 
 and the layers below it; ``deepvid_jax/__init__.py`` (the public facade) may import anything."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,14 @@ def test_long_modules_say_why(module):
         assert "long because" in doc, (f"{path.relative_to(PACKAGE.parent)} has {lines} lines: "
                                        "split it by idea or say in its docstring why it is long "
                                        "because ...")
+
+
+def test_importing_the_library_and_its_command_line_leaves_matplotlib_out():
+    """matplotlib (half a second) is imported at the first figure, not by `import deepvid_jax`
+    or by a `deepvid` command that draws nothing."""
+    code = ("import sys, deepvid_jax, deepvid_jax.cli.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+

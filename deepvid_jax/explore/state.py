@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from deepvid_jax import validate
+from deepvid_jax import validate, viz
 from deepvid_jax.data.sources import Dataset
 from deepvid_jax.explainers import registry
 from deepvid_jax.explainers.deepvid.student import StudentConfig
@@ -475,10 +475,7 @@ def _usable(method, models: Models) -> bool:
 
 
 def _export_png(path: Path, image: np.ndarray, weights: np.ndarray, probs: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     k = weights.shape[-1]
     fig, axes = plt.subplots(1, k + 1, figsize=(1.3 * (k + 1), 1.6))

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import driver, files, validate
+from deepvid_jax import driver, files, validate, viz
 from deepvid_jax.explainers import registry
 from deepvid_jax.explainers.deepvid import core as deepvid
 from deepvid_jax.explainers.deepvid.neighbors import latent_codes
@@ -409,10 +409,7 @@ def slug(name: str) -> str:
 
 def plot(result: dict, path: Path) -> Path:
     """Explanations/s against batch size, one line per (method, samples); lime_image dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 5))
     series: dict[str, list] = {}

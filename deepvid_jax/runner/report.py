@@ -19,16 +19,12 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from deepvid_jax import files  # noqa: E402
-from deepvid_jax.data import sources as data  # noqa: E402
-from deepvid_jax.runner import integrity  # noqa: E402
-from deepvid_jax.runner.integrity import INPUTS, RunError, open_store  # noqa: E402
+from deepvid_jax import files, viz
+from deepvid_jax.data import sources as data
+from deepvid_jax.runner import integrity
+from deepvid_jax.runner.integrity import INPUTS, RunError, open_store
 
 GALLERY = 8  # instances per gallery
 
@@ -53,7 +49,7 @@ window.addEventListener('load', () => {
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    viz.pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -88,7 +84,8 @@ def _fidelity_figure(root, explainers: list[str], ready: np.ndarray) -> str | No
                                                    "fidelity_r2") if k in root[e]]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
+    fig, axes = viz.pyplot().subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6),
+                                      squeeze=False)
     for ax, (e, k) in zip(axes[0], panels, strict=True):
         v = _rows(root[e][k], ready).astype(np.float64)
         v = v[np.isfinite(v)]
@@ -102,7 +99,7 @@ def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready:
                         class_names: list[str]) -> str:
     """Per explainer, the mean map of the images explained for each class (done chunks)."""
     present = sorted(set(classes[ready].tolist()))
-    fig, axes = plt.subplots(len(explainers), len(present),
+    fig, axes = viz.pyplot().subplots(len(explainers), len(present),
                              figsize=(1.3 * len(present) + 1, 1.4 * len(explainers)),
                              squeeze=False)
     for r, e in enumerate(explainers):
@@ -128,7 +125,7 @@ def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready:
 def _gallery_figure(root, explainers: list[str], rows: np.ndarray, images, labels, classes,
                     probs, class_names: list[str], title: str) -> str:
     cols = (1 if images is not None else 0) + len(explainers)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols + 0.5, 1.6 * len(rows)),
+    fig, axes = viz.pyplot().subplots(len(rows), cols, figsize=(1.5 * cols + 0.5, 1.6 * len(rows)),
                              squeeze=False)
     for r, i in enumerate(rows):
         c0 = 0
