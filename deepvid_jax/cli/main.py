@@ -40,7 +40,7 @@ class _RepeatedInterrupt:
     first Python line after it, inside one of them; the command then ran to its end.
     """
 
-    def __init__(self, every: float = 1.0):
+    def __init__(self, every: float = 0.05):
         self.every, self.pending, self.seen = every, False, False
 
     def __call__(self, signum, frame):
