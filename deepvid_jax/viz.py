@@ -259,7 +259,7 @@ def neighbour_rows(
     """
     n = max(len(nb) for nb, _ in rows.values())
     fig, axes = pyplot().subplots(len(rows), n + 1, figsize=(1.05 * (n + 1), 1.35 * len(rows)),
-                             squeeze=False)
+                                  squeeze=False)
     for r, (name, (nb, labels)) in enumerate(rows.items()):
         _show(axes[r, 0], image, vmin=0, vmax=1)
         axes[r, 0].set_title(f"input: {class_names[label]}", fontsize=8)

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from deepvid_jax.cli import (
     bench,
@@ -53,7 +54,7 @@ class _RepeatedInterrupt:
 
     def _repeat(self) -> None:
         while True:
-            threading.Event().wait(self.every)
+            time.sleep(self.every)
             if self.seen:
                 return
             _thread.interrupt_main(signal.SIGINT)

@@ -100,8 +100,8 @@ def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready:
     """Per explainer, the mean map of the images explained for each class (done chunks)."""
     present = sorted(set(classes[ready].tolist()))
     fig, axes = viz.pyplot().subplots(len(explainers), len(present),
-                             figsize=(1.3 * len(present) + 1, 1.4 * len(explainers)),
-                             squeeze=False)
+                                      figsize=(1.3 * len(present) + 1, 1.4 * len(explainers)),
+                                      squeeze=False)
     for r, e in enumerate(explainers):
         attr = root[e]["attributions"]
         sums = {k: 0.0 for k in present}
@@ -125,8 +125,8 @@ def _class_means_figure(root, explainers: list[str], classes: np.ndarray, ready:
 def _gallery_figure(root, explainers: list[str], rows: np.ndarray, images, labels, classes,
                     probs, class_names: list[str], title: str) -> str:
     cols = (1 if images is not None else 0) + len(explainers)
-    fig, axes = viz.pyplot().subplots(len(rows), cols, figsize=(1.5 * cols + 0.5, 1.6 * len(rows)),
-                             squeeze=False)
+    fig, axes = viz.pyplot().subplots(len(rows), cols,
+                                      figsize=(1.5 * cols + 0.5, 1.6 * len(rows)), squeeze=False)
     for r, i in enumerate(rows):
         c0 = 0
         if images is not None:

@@ -10,6 +10,7 @@ penalty keeps one of each correlated group (docs/results/ground-truth.md).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -176,10 +177,9 @@ def _fit_lasso(x, teacher_logits, relative_penalty, smooth, *, steps, refit_step
     else:
         hess = lambda v: xc.T @ (xc @ v) / n  # noqa: E731
 
-    if keep is None:
-        laplacian = lambda z: grid_laplacian(z, shape)  # noqa: E731
-    elif smoothing:
-        laplacian = _screened_laplacian(keep, shape)
+    if smoothing:  # of the whole grid (screened-out pixels at 0)
+        laplacian = (functools.partial(grid_laplacian, shape=shape) if keep is None
+                     else _screened_laplacian(keep, shape))
 
     def power(v, _):
         v = hess(v)
@@ -247,11 +247,11 @@ def _screened_laplacian(keep: jax.Array, shape: tuple[int, int, int]):
     m = keep.shape[0]
     row, col = keep // (w * c), (keep // c) % w
     slot = jnp.full((h * w * c,), m, keep.dtype).at[keep].set(jnp.arange(m, dtype=keep.dtype))
-    steps = ((-1, 0), (1, 0), (0, -1), (0, 1))
+    offsets = ((-1, 0), (1, 0), (0, -1), (0, 1))
     inside = jnp.stack([(row + dy >= 0) & (row + dy < h) & (col + dx >= 0) & (col + dx < w)
-                        for dy, dx in steps], axis=1)  # [M, 4]
+                        for dy, dx in offsets], axis=1)  # [M, 4]
     near = jnp.stack([slot[jnp.clip(keep + (dy * w + dx) * c, 0, h * w * c - 1)]
-                      for dy, dx in steps], axis=1)
+                      for dy, dx in offsets], axis=1)
     near = jnp.where(inside, near, m)  # [M, 4]: rows of the padded weights (m: a zero row)
     degree = jnp.sum(inside, axis=1, keepdims=True)
 
