@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 import warnings
@@ -15,6 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from forkserver import ForkServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -350,40 +349,35 @@ def test_sigkill_at_any_point_of_a_save_keeps_a_complete_checkpoint(tmp_path):
     new = init_teacher(jax.random.PRNGKey(2), SMALL)
     template = checkpoint.save(tmp_path / "template", old, kind="teacher", config=SMALL)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    preload = ["jax", "deepvid_jax.files", "deepvid_jax.models.checkpoint",
+               "deepvid_jax.models.networks"]
+    with ForkServer(preload, env) as server:
 
-    def child(name, kill_at):
-        target = tmp_path / name
-        shutil.copytree(template, target)
-        return target, subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(target),
-                                         str(kill_at), "2"], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        def child(name, kill_at):
+            target = tmp_path / name
+            shutil.copytree(template, target)
+            return target, server.start(KILL_SCRIPT, [target, kill_at, 2],
+                                        tmp_path / f"{name}.out")
 
-    target, dry = child("dry", 10 ** 9)
-    out, err = dry.communicate(timeout=240)
-    assert dry.returncode == 0, err
-    lines = int(out.split("LINES")[1])
-    assert _equal(checkpoint.restore(target, kind="teacher")[0], new)
+        target, dry = child("dry", 10 ** 9)
+        assert dry.wait() == 0, dry.output()
+        lines = int(dry.output().split("LINES")[1])
+        assert _equal(checkpoint.restore(target, kind="teacher")[0], new)
 
-    points = sorted({int(p) for p in np.linspace(1, lines, 7)} | {lines - 3, lines - 1})
-    procs = [(n, *child(f"kill{n}", n)) for n in points]
-    try:
+        points = sorted({int(p) for p in np.linspace(1, lines, 7)} | {lines - 3, lines - 1})
+        procs = [(n, *child(f"kill{n}", n)) for n in points]
         for delay in (0.05, 0.3):  # timed kills: inside orbax's own threads and files
             target, proc = child(f"timed{delay}", 10 ** 9)
             procs.append((delay, target, proc))
-            assert proc.stdout.readline().strip() == "SAVING"
+            proc.wait_for("SAVING")
             time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
+            proc.kill(signal.SIGKILL)
         for _, _, proc in procs:
-            proc.communicate(timeout=240)
-    finally:
-        for _, _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            proc.wait()
     outcomes = {}
     for n, target, proc in procs:
         if isinstance(n, int):
-            assert proc.returncode == -signal.SIGKILL, (n, lines, proc.returncode)
+            assert proc.returncode == -signal.SIGKILL, (n, lines, proc.output()[-2000:])
         restored = checkpoint.restore(target, kind="teacher")[0]
         outcomes[n] = "old" if _equal(restored, old) else "new" if _equal(restored, new) else "?"
         assert outcomes[n] != "?", n

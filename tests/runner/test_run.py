@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import RUN_CONFIG, RUN_EXPLAINERS, RUN_SPLIT
+from forkserver import ForkServer
 
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers import registry as E
@@ -143,19 +144,23 @@ def _cli(args: list[str], *prefix: str, timeout: int = 300) -> subprocess.Comple
 def test_killed_runs_resume_to_the_uninterrupted_arrays(tmp_path, checkpoints, clean):
     store = tmp_path / "store.zarr"
     args = [*CLI, "--checkpoints", str(checkpoints), "--out", str(store)]
-    # SIGKILL while creating the store, in the middle of a chunk's arrays, and halfway
-    # through writing a chunk file; each later run resumes the same store.
-    for kill_at, mode in [(6, "whole"), (25, "whole"), (9, "half")]:
-        proc = _cli(args, str(kill_at), mode)
-        assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stderr[-2000:])
-    done = _cli(args, "0", "whole")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "found done" in done.stdout and "complete store" in done.stdout
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with ForkServer(["zarr.storage._local", "deepvid_jax.cli.main"], env) as server:
+        # SIGKILL while creating the store, in the middle of a chunk's arrays, and halfway
+        # through writing a chunk file; each later run resumes the same store.
+        for kill_at, mode in [(6, "whole"), (25, "whole"), (9, "half")]:
+            proc = server.start(KILLER, [kill_at, mode, *args], logs / f"{kill_at}.txt")
+            assert proc.wait() == -signal.SIGKILL, (kill_at, proc.output()[-2000:])
+        done = server.start(KILLER, [0, "whole", *args], logs / "done.txt")
+        assert done.wait() == 0, done.output()[-2000:]
+    assert "found done" in done.output() and "complete store" in done.output()
     got, want = _arrays(store), _arrays(clean)
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "store.zarr"]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("store.zarr", "logs")]
     assert all(n.startswith(".store.zarr.tmp-") for n in leftovers), leftovers
 
 
