@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 SERVER = textwrap.dedent("""
-    import importlib, json, os, sys, traceback
+    import importlib, json, os, signal, sys, time, traceback
     for name in sys.argv[1:]:
         importlib.import_module(name)
     from jax._src import xla_bridge
@@ -28,10 +29,20 @@ SERVER = textwrap.dedent("""
     reply = sys.stdout
     for line in sys.stdin:
         job = json.loads(line)
-        if "wait" in job:
-            _, status = os.waitpid(job["wait"], 0)
+        if "wait" in job:  # a child still running at the deadline is killed and reported
+            pid, end, timed_out = job["wait"], time.monotonic() + job["timeout"], False
+            done, status = os.waitpid(pid, os.WNOHANG)
+            while not done:
+                if time.monotonic() > end:
+                    os.kill(pid, signal.SIGKILL)
+                    timed_out = True
+                    done, status = os.waitpid(pid, 0)
+                else:
+                    time.sleep(0.01)
+                    done, status = os.waitpid(pid, os.WNOHANG)
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            print(json.dumps({"returncode": code}), file=reply, flush=True)
+            print(json.dumps({"returncode": code, "timed_out": timed_out}), file=reply,
+                  flush=True)
             continue
         sys.stdout.flush(); sys.stderr.flush()
         pid = os.fork()
@@ -47,10 +58,12 @@ SERVER = textwrap.dedent("""
             os.close(0)
             sys.argv = ["-c", *job["argv"]]
             exec(compile(job["script"], "<forked>", "exec"), {"__name__": "__main__"})
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, int) and e.code is not None:
+        except SystemExit as e:  # as Python's own exit: None is 0, a message is printed, 1
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
                 print(e.code, file=sys.stderr)
+                code = 1
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -82,10 +95,14 @@ class Child:
     def kill(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
-    def wait(self) -> int:
-        """Its exit status (``-signal`` when a signal ended it)."""
+    def wait(self, timeout: float = 300) -> int:
+        """Its exit status (``-signal`` when a signal ended it); a child still running after
+        ``timeout`` seconds is killed and `TimeoutError` raised."""
         if self.returncode is None:
-            self.returncode = self.server._ask({"wait": self.pid})["returncode"]
+            reply = self.server._ask({"wait": self.pid, "timeout": timeout})
+            self.returncode = reply["returncode"]
+            if reply["timed_out"]:
+                raise TimeoutError(f"the child ran over {timeout} s: {self.output()[-2000:]}")
         return self.returncode
 
 
@@ -113,10 +130,6 @@ class ForkServer:
         self.children.append(child)
         return child
 
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
     def __enter__(self) -> ForkServer:
         return self
 
@@ -124,7 +137,7 @@ class ForkServer:
         for child in self.children:  # a failed test leaves no child running
             if child.returncode is None:
                 try:
-                    child.kill(9)
+                    child.kill(signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         if self.proc.poll() is None:

@@ -360,7 +360,7 @@ def test_sigkill_at_any_point_of_a_save_keeps_a_complete_checkpoint(tmp_path):
                                         tmp_path / f"{name}.out")
 
         target, dry = child("dry", 10 ** 9)
-        assert dry.wait() == 0, dry.output()
+        assert dry.wait(timeout=240) == 0, dry.output()
         lines = int(dry.output().split("LINES")[1])
         assert _equal(checkpoint.restore(target, kind="teacher")[0], new)
 
@@ -373,7 +373,7 @@ def test_sigkill_at_any_point_of_a_save_keeps_a_complete_checkpoint(tmp_path):
             time.sleep(delay)
             proc.kill(signal.SIGKILL)
         for _, _, proc in procs:
-            proc.wait()
+            proc.wait(timeout=240)
     outcomes = {}
     for n, target, proc in procs:
         if isinstance(n, int):
