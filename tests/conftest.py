@@ -11,15 +11,39 @@ import pytest
 os.environ["DEEPVID_OFFLINE"] = "1"
 
 # The tests compile hundreds of small programs and run most of them once: compiling is most of
-# their time (81 % of tests/explainers/test_explainers.py's). LLVM's optimisation level 1
-# instead of XLA's default 2 halves the compile time; the programs are the same HLO, their
-# results equal to float rounding (4e-7 of 0.3 on DeepVID's weights; a seeded MNIST training
-# and its explanations the same to three decimals). Set before jax is imported, so that the
-# tests' child processes inherit it. DEEPVID_TEST_XLA_OPT=2 runs them as users' programs run.
-_XLA_OPT = os.environ.get("DEEPVID_TEST_XLA_OPT", "1")
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_backend_optimization_level={_XLA_OPT}").strip()
+# their time (about 70 % of the workers' CPU time in one `-n 2` run, measured with
+# `jax.monitoring`'s compile events). Two XLA CPU settings cut it: LLVM's optimisation level 0
+# instead of XLA's default 2, and XLA's older loop emitters for fusions instead of its MLIR
+# fusion emitters (`--xla_cpu_use_fusion_emitters=false`), whose compiles cost more on these
+# tiny programs. Together they took the suite from 8:52 to 5:59 on the 2-core machine (one
+# run each). The programs are the same HLO, their results equal to float rounding (8e-6 of
+# 0.4 on DeepVID's weights between two programs; a seeded two-epoch MNIST training's
+# explanations fit its teacher on held-out neighbours with top-1 0.958 against 0.960, KL
+# 0.028 both). Set before jax is imported, so that the tests' child processes inherit them; a
+# jaxlib that no longer knows a flag would abort at its first computation, so each flag is
+# first tried in a child (once, in the first pytest process). DEEPVID_TEST_XLA=default runs
+# the tests as users' programs run.
+_XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _known_xla_flags(flags: tuple[str, ...]) -> list[str]:
+    """Those of ``flags`` this jaxlib accepts (an unknown XLA flag is a fatal error)."""
+    import subprocess
+    import sys
+
+    probe = "import jax, jax.numpy as jnp; jnp.zeros(2).block_until_ready()"
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+    if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0:
+        return list(flags)
+    return [f for f in flags if subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                               env={**env, "XLA_FLAGS": f}).returncode == 0]
+
+
+if (os.environ.get("DEEPVID_TEST_XLA", "fast") != "default"
+        and "DEEPVID_TEST_XLA_FLAGS" not in os.environ):  # the first pytest process
+    os.environ["DEEPVID_TEST_XLA_FLAGS"] = " ".join(_known_xla_flags(_XLA_TEST_FLAGS))
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                               + os.environ["DEEPVID_TEST_XLA_FLAGS"]).strip()
 
 # One compilation cache per test run (issue 28: compile reuse). The first pytest process of a
 # run (xdist's controller, or the only process) makes an empty folder and removes it at the
