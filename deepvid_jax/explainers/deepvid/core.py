@@ -67,8 +67,8 @@ class ExplainConfig:
     of the other's held-out error, so a teacher that reads strokes gets a smooth map, stable
     across seeds, and one that reads single pixels a per-pixel map. Chosen on the frontier of
     seed agreement, leak onto pixels a teacher cannot see and time
-    (docs/design/stable-default.md); the former default (1,024 neighbours, one smoothness for
-    every image) is `FIXED_SMOOTH`.
+    (docs/design/stable-default.md); one smoothness for every image, at 1,024 neighbours, is
+    `FIXED_SMOOTH`.
     `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
     student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
 
@@ -151,10 +151,10 @@ FAST = ExplainConfig(neighbors=NeighborConfig(), student=StudentConfig(), holdou
 # teacher relabels then varies with the data set.
 FIXED_RADIUS = ExplainConfig(neighbors=NeighborConfig(latent_scale=1.0),
                              student=StudentConfig(), holdout=128)
-# The default until the frontier study (docs/design/stable-default.md): 1,024 neighbours, 35 %
-# patch-mixed with 4x4 patches, random calibration probes bisected, one smoothness (0.2) for
-# every image, no screen. Its leak is as low, but its maps agree less across seeds (0.66-0.71)
-# and on a teacher that reads single pixels 0.39-0.50 of its relevance lies off them.
+# One smoothness (0.2) for every image, at 1,024 neighbours, 35 % patch-mixed with 4x4
+# patches, random calibration probes bisected, no screen (docs/design/stable-default.md). Its
+# leak is as low, but its maps agree less across seeds (0.66-0.71) and on a teacher that reads
+# single pixels 0.39-0.50 of its relevance lies off them.
 FIXED_SMOOTH = ExplainConfig(
     neighbors=NeighborConfig(num=1024, patch_mix=4, patch_mix_share=0.35, patch_mix_shift=True),
     student=StudentConfig(method="lasso", lasso=0.02, lasso_group=True, lasso_reweight=3,
