@@ -41,7 +41,10 @@ def _known_xla_flags(flags: tuple[str, ...]) -> list[str]:
 
 if (os.environ.get("DEEPVID_TEST_XLA", "fast") != "default"
         and "DEEPVID_TEST_XLA_FLAGS" not in os.environ):  # the first pytest process
-    os.environ["DEEPVID_TEST_XLA_FLAGS"] = " ".join(_known_xla_flags(_XLA_TEST_FLAGS))
+    # a setting the caller's own XLA_FLAGS already makes is theirs
+    _unset = tuple(f for f in _XLA_TEST_FLAGS
+                   if f.split("=")[0] not in os.environ.get("XLA_FLAGS", ""))
+    os.environ["DEEPVID_TEST_XLA_FLAGS"] = " ".join(_known_xla_flags(_unset) if _unset else [])
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                                + os.environ["DEEPVID_TEST_XLA_FLAGS"]).strip()
 
