@@ -59,11 +59,11 @@ class ExplainConfig:
     patches from the instance on a grid shifted per neighbour, so that pixels which move
     together in VAE decodings come apart. The student is the group lasso over classes (a pixel
     is kept or dropped for every class) on the half of the pixels most correlated with the
-    teacher's logits, penalty 0.02, reweighted three times (small weights, which on unread
+    teacher's logits, penalty 0.025, reweighted three times (small weights, which on unread
     pixels are sampling noise, penalised more; large ones less), each of the four fits stopped
     after 30 FISTA iterations, and finally rescaled by the one factor that fits the teacher
     best; fitted twice, without and with a smoothness penalty on adjacent pixels' weights
-    (1.5 of the mean pixel variance), and the smooth fit kept unless it costs more than 30 %
+    (1.5 of the mean pixel variance), and the smooth fit kept unless it costs more than 40 %
     of the other's held-out error, so a teacher that reads strokes gets a smooth map, stable
     across seeds, and one that reads single pixels a per-pixel map. Chosen on the frontier of
     seed agreement, leak onto pixels a teacher cannot see and time
@@ -96,11 +96,11 @@ class ExplainConfig:
     neighbors: NeighborConfig = NeighborConfig(num=512, patch_mix=2, patch_mix_share=0.7,
                                                patch_mix_shift=True, probe_draw="fixed",
                                                calibration="interpolate")
-    student: StudentConfig = StudentConfig(method="lasso", lasso=0.02, lasso_group=True,
+    student: StudentConfig = StudentConfig(method="lasso", lasso=0.025, lasso_group=True,
                                            lasso_reweight=3, steps=30, lasso_rescale=True,
                                            lasso_screen=0.5, lasso_smooth_grid=(0.0, 1.5),
                                            lasso_smooth_tolerance=0.0,
-                                           lasso_smooth_relative=0.3)
+                                           lasso_smooth_relative=0.4)
     holdout: int = 64
     chunk_size: int = 64
     block_size: int | None = 1024
