@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import fmt_interval, interval
 from ground_truth import blind_setting
-from scipy.special import gammaln
+from scipy.stats import binom
 
 import deepvid_jax as dv
 from deepvid_jax import files, validate
@@ -121,8 +121,7 @@ def calibration(runs: list[dv.Attribution], target: float = 0.2) -> dict:
         out["top1"] = interval(over["fidelity_top1"].mean(0))
     if "flip_fraction" in over:
         out["flip_fraction"] = interval(over["flip_fraction"].mean(0))
-        out["flip_near_target"] = float(np.mean(np.abs(over["flip_fraction"][0] - target)
-                                                <= FLIP_WIDTH + 1e-12))
+        out["flip_near_target"] = float(np.mean(near_target(over["flip_fraction"][0], target)))
     if "scale" in over:
         s = over["scale"]
         out["scale_spread_p90"] = float(np.percentile((s.max(0) - s.min(0)) / s.mean(0), 90))
@@ -133,14 +132,17 @@ def calibration(runs: list[dv.Attribution], target: float = 0.2) -> dict:
     return out
 
 
-def near_target_ceiling(rows: int, target: float, width: float = FLIP_WIDTH) -> float:
-    """The share of images whose flip fraction over ``rows`` neighbours lies within
-    ``target`` +- ``width`` when the radius hits the target exactly: P(|Binomial(rows, target)
-    / rows - target| <= width). No calibration scores above it."""
+def near_target(fraction, target: float) -> np.ndarray:
+    """Whether each flip fraction lies within ``target`` +- `FLIP_WIDTH` (bounds included)."""
+    return np.abs(np.asarray(fraction) - target) <= FLIP_WIDTH + 1e-12
+
+
+def near_target_ceiling(rows: int, target: float) -> float:
+    """The share of images whose flip fraction over ``rows`` neighbours is `near_target` when
+    the radius hits the target exactly: P(|Binomial(rows, target) / rows - target| <=
+    `FLIP_WIDTH`). No calibration scores above it."""
     k = np.arange(rows + 1)
-    pmf = np.exp(gammaln(rows + 1) - gammaln(k + 1) - gammaln(rows - k + 1)
-                 + k * np.log(target) + (rows - k) * np.log1p(-target))
-    return float(pmf[np.abs(k / rows - target) <= width + 1e-12].sum())
+    return float(binom.pmf(k, rows, target)[near_target(k / rows, target)].sum())
 
 
 def plain_flips(models: dv.Models, x, config: ex.ExplainConfig) -> dict:
@@ -157,8 +159,7 @@ def plain_flips(models: dv.Models, x, config: ex.ExplainConfig) -> dict:
     label = np.argmax(e.teacher_probs, -1)[:, None]
     frac = np.mean(np.argmax(e.neighbor_probs[:, plain], -1) != label, axis=1)
     return {"flip_plain": interval(frac), "flip_plain_rows": int(len(plain)),
-            "flip_plain_near_target": float(np.mean(np.abs(frac - nc.target_flip)
-                                                    <= FLIP_WIDTH + 1e-12)),
+            "flip_plain_near_target": float(np.mean(near_target(frac, nc.target_flip))),
             "flip_plain_ceiling": near_target_ceiling(len(plain), nc.target_flip),
             "flip_ceiling": near_target_ceiling(nc.num, nc.target_flip)}
 
@@ -171,8 +172,8 @@ def measure(label: str, samples: int, ctx: dict, args) -> dict:
     row = {"variant": label, "method": method, "samples": samples,
            "seed_agreement": interval(seed_agreement(jnp.stack([r.attributions
                                                                 for r in runs]))),
-           **calibration(runs, getattr(getattr(config, "neighbors", None), "target_flip",
-                                       0.2)), "leak": {}}
+           **calibration(runs, config.neighbors.target_flip
+                         if isinstance(config, ex.ExplainConfig) else 0.2), "leak": {}}
     key = jax.random.PRNGKey(0)
     for region, (blind, blind_classes, hidden) in ctx["blind"].items():
         a = dv.explain(method, x, blind_classes, key, models=blind, config=config)
