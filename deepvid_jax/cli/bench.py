@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--samples", type=options.int_list, default=d.samples,
                    help="Neighbours / perturbations / masks per explanation, comma-separated.")
     p.add_argument("--repeats", type=options.POSITIVE, default=d.repeats)
+    p.add_argument("--pairs", type=options.NON_NEGATIVE, default=d.pairs,
+                   help="Alternating timed calls of each DeepVID row and decode_classify; "
+                   "their median time ratio is the one reported (0: the rows' own ratio).")
     p.add_argument("--lime-images", type=options.POSITIVE, default=d.lime_images)
     p.add_argument("--out", default="runs/bench")
     p.set_defaults(func=run)
@@ -49,7 +52,7 @@ def _models(args: argparse.Namespace, info) -> tuple[Models, bool]:
 def run(args: argparse.Namespace) -> int:
     """Benchmarks, writes the results, prints the ratios."""
     config = bench_lib.BenchConfig(methods=args.methods, batch_sizes=args.batch_sizes,
-                                   samples=args.samples, repeats=args.repeats,
+                                   samples=args.samples, repeats=args.repeats, pairs=args.pairs,
                                    lime_images=args.lime_images)
     out = files.check_writable_dir(args.out, "--out")
     ds = options.load(args, args.split)

@@ -62,6 +62,11 @@ class BenchConfig:
       lime_images: images explained by the `lime` package per sample count.
       block_size: the ``block_size`` of the configs that have one (DeepVID's) and of
         ``decode_classify``.
+      pairs: after the rows, each DeepVID row (`paired`) and ``decode_classify`` at its batch
+        size and sample count are called alternately this many times (A B, then B A), and the
+        median of the per-pair time ratios is reported (``decode_classify_ratio``): a machine
+        whose speed drifts between rows measured minutes apart slows both calls of a pair
+        alike. 0: the ratio of the two rows' own medians.
     """
 
     methods: tuple[str, ...] = ROWS
@@ -71,11 +76,12 @@ class BenchConfig:
     min_seconds: float = 0.5
     lime_images: int = 4
     block_size: int = deepvid.ExplainConfig.block_size
+    pairs: int = 3
 
     def __post_init__(self):
         validate.fields(self, positive_ints=("batch_sizes", "samples"),
                         positive_int=("repeats", "lime_images", "block_size"),
-                        nonneg=("min_seconds",))
+                        nonneg=("min_seconds",), nonneg_int=("pairs",))
         if not self.methods:
             raise ValueError("BenchConfig.methods is empty.")
         for m in self.methods:
@@ -179,6 +185,12 @@ def program(method: str, models: Models, samples: int, block_size: int) -> Calla
 def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
             min_seconds: float = 0.5) -> dict:
     """Compile ``fn`` for this batch, then time ``repeats`` calls or more (median)."""
+    return _measure(fn, images, classes, repeats, min_seconds)[0]
+
+
+def _measure(fn, images, classes, repeats, min_seconds) -> tuple[dict, Callable[[], float]]:
+    """`measure`'s row, and a function that times one more call of the compiled program
+    (seconds)."""
     x, c = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
     keys = driver.instance_keys(jax.random.PRNGKey(0), 0, len(images))
     start = time.perf_counter()
@@ -196,11 +208,15 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
         if have and need > 0.8 * have:  # refuse before running, not an allocator crash
             raise MemoryError(f"needs {need / 2**30:.1f} GiB, the device has "
                               f"{have / 2**30:.1f} GiB")
-    seconds = []  # at least `repeats` calls, and more (up to 50) until min_seconds passed
-    while len(seconds) < repeats or (sum(seconds) < min_seconds and len(seconds) < 50):
+
+    def call() -> float:
         start = time.perf_counter()
         jax.block_until_ready(compiled(x, c, keys))
-        seconds.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    seconds = []  # at least `repeats` calls, and more (up to 50) until min_seconds passed
+    while len(seconds) < repeats or (sum(seconds) < min_seconds and len(seconds) < 50):
+        seconds.append(call())
     sec = float(np.median(seconds))
     b = len(images)
     row = {"explanations_per_s": b / sec, "seconds": sec, "compile_s": compile_s,
@@ -210,7 +226,29 @@ def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
         row["temp_mib"] = mem.temp_size_in_bytes / 2**20
         row["memory_mib"] = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                              + mem.output_size_in_bytes) / 2**20
-    return row
+    return row, call
+
+
+def paired(method: str) -> bool:
+    """Whether ``method``'s rows get a paired ratio to ``decode_classify``
+    (`BenchConfig.pairs`): DeepVID's, whose floor that reference is."""
+    return method.startswith("deepvid")
+
+
+def paired_ratio(call: Callable[[], float], reference: Callable[[], float],
+                 pairs: int) -> list[float]:
+    """``pairs`` ratios of the seconds of ``call`` to those of ``reference``, the two called
+    alternately (A B, then B A, ...) so that a drift in the machine's speed slows both alike."""
+    validate.integer(pairs, "pairs", minimum=1)
+    out = []
+    for i in range(pairs):
+        if i % 2:
+            r = reference()
+            out.append(call() / r)
+        else:
+            a = call()
+            out.append(a / reference())
+    return out
 
 
 def device_memory_bytes() -> int | None:
@@ -301,7 +339,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
     device = device_info()
     peak = matmul_flops_per_second()
     log(f"device: {device['name']}; float32 2048^2 matmul {peak / 1e9:.1f} GFLOP/s")
-    rows = []
+    rows, calls = [], {}  # calls: (method, batch, samples) -> time one more call
     for method in config.methods:
         for s in (config.samples if method in SAMPLED else (None,)):
             if method == "lime_image":
@@ -321,7 +359,8 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
             for b in config.batch_sizes:
                 x, c = batch_of(images, classes, b)
                 try:
-                    r = measure(fn, x, c, config.repeats, config.min_seconds)
+                    r, calls[method, b, s] = _measure(fn, x, c, config.repeats,
+                                                      config.min_seconds)
                 except (MemoryError, jax.errors.JaxRuntimeError) as e:  # too big here: say so
                     reason = str(e).strip().splitlines()[0][:200]
                     rows.append({"method": method, "batch": b, "samples": s, "error": reason})
@@ -333,6 +372,16 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
                     f"{r['achieved_flops_per_s'] / 1e9:7.1f} GFLOP/s "
                     f"({100 * r['fraction_of_matmul']:.0f} % of matmul), "
                     f"{r.get('memory_mib', float('nan')):.0f} MiB")
+    for r in rows:
+        ref = calls.get(("decode_classify", r["batch"], r["samples"]))
+        if config.pairs and paired(r["method"]) and ref and (r["method"], r["batch"],
+                                                             r["samples"]) in calls:
+            runs = paired_ratio(calls[r["method"], r["batch"], r["samples"]], ref, config.pairs)
+            r["decode_classify_ratio"] = float(np.median(runs))
+            r["decode_classify_ratios"] = runs
+            log(f"{r['method']:22s} B={r['batch']:5d} S={r['samples']}: "
+                f"{r['decode_classify_ratio']:.2f}x decode_classify (median of {len(runs)} "
+                "alternating pairs)")
     return {"device": device, "matmul_flops_per_s": peak, "rows": rows,
             "config": dataclasses.asdict(config), "models_trained": trained,
             "image_shape": list(images.shape[1:])}
@@ -356,9 +405,15 @@ def ratios(result: dict) -> list[str]:
             out.append(f"S={s}: DeepVID (batch {best['batch']}) is "
                        f"{best['explanations_per_s'] / lime:.1f}x lime_image's explanations/s")
         for r in rows:
-            if r["method"].startswith("deepvid") and r["samples"] == s:
+            if paired(r["method"]) and r["samples"] == s:
                 ref = rate("decode_classify", r["batch"], s)
-                if ref:
+                if "decode_classify_ratio" in r:
+                    n = len(r["decode_classify_ratios"])
+                    out.append(f"S={s} B={r['batch']}: {r['method']} takes "
+                               f"{r['decode_classify_ratio']:.2f}x the time of decoding and "
+                               "classifying its neighbours alone (median of "
+                               f"{n} alternating pair{'s' * (n > 1)})")
+                elif ref:
                     out.append(f"S={s} B={r['batch']}: {r['method']} takes "
                                f"{ref / r['explanations_per_s']:.2f}x the time of decoding and "
                                "classifying its neighbours alone")

@@ -155,6 +155,8 @@ def test_a_foreign_json_in_out_is_refused_not_overwritten(tiny_run, tmp_path):
     ({"batch_sizes": (0,)}, "batch_sizes"),
     ({"samples": (1,)}, "samples must be >= 2"),
     ({"repeats": 0}, "repeats"),
+    ({"pairs": -1}, "pairs"),
+    ({"pairs": 1.5}, "pairs"),
 ])
 def test_bad_bench_settings_are_clear(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -182,6 +184,31 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     result = next(iter(json.loads((tmp_path / "bench.json").read_text())["runs"].values()))
     assert [r["method"] for r in result["rows"]] == ["deepvid", "decode_classify"]
     assert np.isfinite(result["matmul_flops_per_s"])
+
+
+def test_deepvid_rows_get_the_median_ratio_of_alternating_pairs(tiny_run):
+    rows = {(r["method"], r["batch"]): r for r in tiny_run["rows"]}
+    for (method, _), r in rows.items():
+        assert ("decode_classify_ratio" in r) == bench.paired(method)
+    r = rows["deepvid", BATCH]
+    runs = r["decode_classify_ratios"]
+    assert len(runs) == bench.BenchConfig().pairs and all(v > 0 for v in runs)
+    assert r["decode_classify_ratio"] == pytest.approx(np.median(runs))
+    assert f"{r['decode_classify_ratio']:.2f}x the time of decoding" in "\n".join(
+        bench.ratios(tiny_run))
+
+
+def test_a_paired_ratio_alternates_the_calls_and_divides_the_right_way():
+    order = []
+
+    def timer(name, seconds):
+        return lambda: order.append(name) or seconds
+
+    runs = bench.paired_ratio(timer("a", 3.0), timer("ref", 2.0), 4)
+    assert runs == [1.5] * 4
+    assert order == ["a", "ref", "ref", "a", "a", "ref", "ref", "a"]
+    with pytest.raises(ValueError, match="pairs"):
+        bench.paired_ratio(timer("a", 1.0), timer("ref", 1.0), 0)
 
 
 def test_a_program_too_big_for_the_device_is_a_row_that_says_so(tiny_models, monkeypatch):
