@@ -404,6 +404,12 @@ def ratios(result: dict) -> list[str]:
         if best and lime:
             out.append(f"S={s}: DeepVID (batch {best['batch']}) is "
                        f"{best['explanations_per_s'] / lime:.1f}x lime_image's explanations/s")
+        ours = max((r for r in rows if r["method"] == "lime" and r["samples"] == s),
+                   key=lambda r: r["explanations_per_s"], default=None)
+        if best and ours:
+            out.append(f"S={s}: DeepVID (batch {best['batch']}) is "
+                       f"{best['explanations_per_s'] / ours['explanations_per_s']:.1f}x our "
+                       f"batched LIME's explanations/s (batch {ours['batch']})")
         for r in rows:
             if paired(r["method"]) and r["samples"] == s:
                 ref = rate("decode_classify", r["batch"], s)

@@ -198,6 +198,29 @@ def test_deepvid_rows_get_the_median_ratio_of_alternating_pairs(tiny_run):
         bench.ratios(tiny_run))
 
 
+def test_the_ratios_compare_the_fastest_deepvid_with_both_limes_and_its_floor():
+    def row(method, batch, rate, **extra):
+        return {"method": method, "batch": batch, "samples": 512, "explanations_per_s": rate,
+                **extra}
+
+    result = {"rows": [row("deepvid", 16, 6.0), row("deepvid", 64, 8.0),
+                       row("lime", 16, 4.0), row("lime", 64, 5.0), row("lime_image", 1, 10.0),
+                       row("decode_classify", 16, 7.5),
+                       row("decode_classify", 64, 10.0, decode_classify_ratio=9.9),
+                       row("deepvid_fast", 64, 9.0, decode_classify_ratio=1.1,
+                           decode_classify_ratios=[1.0, 1.1, 1.2])]}
+    lines = bench.ratios(result)
+    assert "S=512: DeepVID (batch 64) is 0.8x lime_image's explanations/s" in lines
+    assert ("S=512: DeepVID (batch 64) is 1.6x our batched LIME's explanations/s (batch 64)"
+            in lines)
+    # unpaired rows: the ratio of the rates; paired ones: their median, and how many pairs
+    assert ("S=512 B=16: deepvid takes 1.25x the time of decoding and classifying its "
+            "neighbours alone") in lines
+    assert ("S=512 B=64: deepvid_fast takes 1.10x the time of decoding and classifying its "
+            "neighbours alone (median of 3 alternating pairs)") in lines
+    assert "S=512: DeepVID at batch 64 runs 1.33x its explanations/s at batch 16" in lines
+
+
 def test_a_paired_ratio_alternates_the_calls_and_divides_the_right_way():
     order = []
 
