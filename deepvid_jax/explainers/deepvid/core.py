@@ -55,11 +55,11 @@ class ExplainConfig:
 
     ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 512 VAE neighbours (448
     to fit) at a radius calibrated per image (fixed probes, the radius interpolated: a function
-    of the image alone, not of the key) to a soft flip fraction of 0.16, at which about a fifth
-    of the plain decodings change the teacher's label; 70 % of those fitted on take random 2x2
-    patches from the instance on a grid shifted per neighbour, so that pixels which move
-    together in VAE decodings come apart. The student is the group lasso over classes (a pixel
-    is kept or dropped for every class) on the half of the pixels most correlated with the
+    of the image alone, not of the key) to a soft flip fraction of 0.16, at which a fifth to a
+    quarter of the plain decodings change the teacher's label; 70 % of those fitted on take
+    random 2x2 patches from the instance on a grid shifted per neighbour, so that pixels which
+    move together in VAE decodings come apart. The student is the group lasso over classes (a
+    pixel is kept or dropped for every class) on the half of the pixels most correlated with the
     teacher's logits, penalty 0.025, reweighted three times (small weights, which on unread
     pixels are sampling noise, penalised more; large ones less), each of the four fits stopped
     after 30 FISTA iterations, and finally rescaled by the one factor that fits the teacher
