@@ -339,7 +339,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
     device = device_info()
     peak = matmul_flops_per_second()
     log(f"device: {device['name']}; float32 2048^2 matmul {peak / 1e9:.1f} GFLOP/s")
-    rows, calls = [], {}  # calls: (method, batch, samples) -> time one more call
+    rows, calls = [], {}  # (method, batch, samples) -> time one more call (paired rows)
     for method in config.methods:
         for s in (config.samples if method in SAMPLED else (None,)):
             if method == "lime_image":
@@ -359,13 +359,14 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
             for b in config.batch_sizes:
                 x, c = batch_of(images, classes, b)
                 try:
-                    r, calls[method, b, s] = _measure(fn, x, c, config.repeats,
-                                                      config.min_seconds)
+                    r, call = _measure(fn, x, c, config.repeats, config.min_seconds)
                 except (MemoryError, jax.errors.JaxRuntimeError) as e:  # too big here: say so
                     reason = str(e).strip().splitlines()[0][:200]
                     rows.append({"method": method, "batch": b, "samples": s, "error": reason})
                     log(f"{method:22s} B={b:5d} S={s or '-'}: not run ({reason})")
                     continue
+                if paired(method) or method == "decode_classify":  # for the paired ratios
+                    calls[method, b, s] = call
                 r["fraction_of_matmul"] = r["achieved_flops_per_s"] / peak
                 rows.append({"method": method, "batch": b, "samples": s, **r})
                 log(f"{method:22s} B={b:5d} S={s or '-'}: {r['explanations_per_s']:9.2f} expl/s, "
@@ -373,10 +374,10 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
                     f"({100 * r['fraction_of_matmul']:.0f} % of matmul), "
                     f"{r.get('memory_mib', float('nan')):.0f} MiB")
     for r in rows:
+        mine = calls.get((r["method"], r["batch"], r["samples"]))
         ref = calls.get(("decode_classify", r["batch"], r["samples"]))
-        if config.pairs and paired(r["method"]) and ref and (r["method"], r["batch"],
-                                                             r["samples"]) in calls:
-            runs = paired_ratio(calls[r["method"], r["batch"], r["samples"]], ref, config.pairs)
+        if config.pairs and paired(r["method"]) and mine and ref:
+            runs = paired_ratio(mine, ref, config.pairs)
             r["decode_classify_ratio"] = float(np.median(runs))
             r["decode_classify_ratios"] = runs
             log(f"{r['method']:22s} B={r['batch']:5d} S={r['samples']}: "
