@@ -26,13 +26,19 @@ os.environ["DEEPVID_OFFLINE"] = "1"
 _XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
+def cpu_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process that runs JAX: this one's on the CPU (a child on an
+    accelerator would contend with this process for it), with ``extra`` variables set."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+
+
 def _known_xla_flags(flags: tuple[str, ...]) -> list[str]:
     """Those of ``flags`` this jaxlib accepts (an unknown XLA flag is a fatal error)."""
     import subprocess
     import sys
 
     probe = "import jax, jax.numpy as jnp; jnp.zeros(2).block_until_ready()"
-    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(XLA_FLAGS=" ".join(flags))
     if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0:
         return list(flags)
     return [f for f in flags if subprocess.run([sys.executable, "-c", probe], capture_output=True,

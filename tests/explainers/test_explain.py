@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_TEACHER, TINY_TRAIN
+from conftest import TINY_TEACHER, TINY_TRAIN, cpu_env
 
 import deepvid_jax as dv
 from deepvid_jax.data import sources as data
@@ -212,9 +212,8 @@ def test_sharded_over_four_cpu_devices_equals_one(setup, tmp_path):
     # instead of training the same ones again.
     models = tmp_path / "models.pkl"
     models.write_bytes(pickle.dumps(jax.tree_util.tree_map(np.asarray, setup)))
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-           + " --xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=false",
-           "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                  + " --xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=false")
     proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(models)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import cpu_env
 
 from deepvid_jax import cli, files
 from deepvid_jax.data import sources as data
@@ -520,7 +521,7 @@ def test_a_teacher_module_of_the_current_folder_is_searched_after_installed_ones
 
 def test_sigint_during_explain_exits_130_without_a_crash(tmp_path, models):
     out = tmp_path / "ex"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    env = cpu_env(PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepvid_jax.cli", "explain", "--checkpoints",
          str(models["digits"]), "--indices", "0:300", "--neighbors", "64", "--chunk-size", "8",

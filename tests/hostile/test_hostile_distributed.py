@@ -5,7 +5,6 @@ the timeout given, with a message naming it."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import jax
 import pytest
+from conftest import cpu_env
 
 from deepvid_jax import cli
 
@@ -78,7 +78,7 @@ def _closed_port() -> int:
 
 def test_an_unreachable_coordinator_is_named_within_the_timeout(tmp_path):
     address = f"127.0.0.1:{_closed_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = cpu_env()
     proc = subprocess.run(
         [sys.executable, "-m", "deepvid_jax.cli", *RUN, "--out", str(tmp_path / "s.zarr"),
          "--coordinator", address, "--num-processes", "2", "--process-id", "1",

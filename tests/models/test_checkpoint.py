@@ -1,7 +1,6 @@
 import dataclasses
 import errno
 import json
-import os
 import shutil
 import signal
 import textwrap
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import cpu_env
 from forkserver import ForkServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -348,7 +348,7 @@ def test_sigkill_at_any_point_of_a_save_keeps_a_complete_checkpoint(tmp_path):
     old = init_teacher(jax.random.PRNGKey(1), SMALL)
     new = init_teacher(jax.random.PRNGKey(2), SMALL)
     template = checkpoint.save(tmp_path / "template", old, kind="teacher", config=SMALL)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    env = cpu_env(PYTHONUNBUFFERED="1")
     preload = ["jax", "deepvid_jax.files", "deepvid_jax.models.checkpoint",
                "deepvid_jax.models.networks"]
     with ForkServer(preload, env) as server:

@@ -1,7 +1,6 @@
 """The dataset runner: store contents, kill-and-resume, several processes, clear errors."""
 
 import dataclasses
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import zarr
-from conftest import RUN_CONFIG, RUN_EXPLAINERS, RUN_SPLIT
+from conftest import RUN_CONFIG, RUN_EXPLAINERS, RUN_SPLIT, cpu_env
 from forkserver import ForkServer
 
 from deepvid_jax.data import sources as data
@@ -136,7 +135,7 @@ KILLER = textwrap.dedent("""
 
 
 def _cli(args: list[str], *prefix: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = cpu_env()
     return subprocess.run([sys.executable, "-c", KILLER, *prefix, *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -144,7 +143,7 @@ def _cli(args: list[str], *prefix: str, timeout: int = 300) -> subprocess.Comple
 def test_killed_runs_resume_to_the_uninterrupted_arrays(tmp_path, checkpoints, clean):
     store = tmp_path / "store.zarr"
     args = [*CLI, "--checkpoints", str(checkpoints), "--out", str(store)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = cpu_env()
     logs = tmp_path / "logs"
     logs.mkdir()
     with ForkServer(["zarr.storage._local", "deepvid_jax.cli.main"], env) as server:
@@ -175,7 +174,7 @@ def test_two_processes_write_the_one_process_store(tmp_path, checkpoints, clean)
     port = _free_port()
     args = [*CLI, "--checkpoints", str(checkpoints), "--out", str(store),
             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = cpu_env()
     procs = [subprocess.Popen([sys.executable, "-c", KILLER, "0", "whole", *args,
                                "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
