@@ -168,13 +168,19 @@ def timing(method: str, models: dv.Models, images, classes, *, config: Any = Non
     """`bench.measure` of the registered explainer ``method`` (its config, else the default) as
     one compiled program on all of ``images`` [B, H, W, C] for ``classes`` [B]: explanations/s,
     seconds (median of ``repeats`` calls or more), compile seconds, FLOPs and memory."""
+    return timer(method, models, images, classes, config=config, repeats=repeats)[0]
+
+
+def timer(method: str, models: dv.Models, images, classes, *, config: Any = None,
+          repeats: int = 3) -> tuple[dict, Callable[[], float]]:
+    """`timing`'s row, and a function that times one more call (`bench.measure_timer`)."""
     m = explainers.get(method)
     config = m.config if config is None else config
     m.check(models, config)
     params, static = models.params(), models.static()
-    return bench.measure(lambda x, c, keys: m.fn(params, x, c, keys, models=static,
-                                                 config=config),
-                         np.asarray(images), np.asarray(classes), repeats)
+    return bench.measure_timer(lambda x, c, keys: m.fn(params, x, c, keys, models=static,
+                                                       config=config),
+                               np.asarray(images), np.asarray(classes), repeats)
 
 
 def interval(x) -> dict:

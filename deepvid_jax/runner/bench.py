@@ -185,12 +185,13 @@ def program(method: str, models: Models, samples: int, block_size: int) -> Calla
 def measure(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
             min_seconds: float = 0.5) -> dict:
     """Compile ``fn`` for this batch, then time ``repeats`` calls or more (median)."""
-    return _measure(fn, images, classes, repeats, min_seconds)[0]
+    return measure_timer(fn, images, classes, repeats, min_seconds)[0]
 
 
-def _measure(fn, images, classes, repeats, min_seconds) -> tuple[dict, Callable[[], float]]:
+def measure_timer(fn: Callable, images: np.ndarray, classes: np.ndarray, repeats: int,
+                  min_seconds: float = 0.5) -> tuple[dict, Callable[[], float]]:
     """`measure`'s row, and a function that times one more call of the compiled program
-    (seconds)."""
+    (seconds): two programs' timers go to `paired_ratio`."""
     x, c = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
     keys = driver.instance_keys(jax.random.PRNGKey(0), 0, len(images))
     start = time.perf_counter()
@@ -359,7 +360,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
             for b in config.batch_sizes:
                 x, c = batch_of(images, classes, b)
                 try:
-                    r, call = _measure(fn, x, c, config.repeats, config.min_seconds)
+                    r, call = measure_timer(fn, x, c, config.repeats, config.min_seconds)
                 except (MemoryError, jax.errors.JaxRuntimeError) as e:  # too big here: say so
                     reason = str(e).strip().splitlines()[0][:200]
                     rows.append({"method": method, "batch": b, "samples": s, "error": reason})

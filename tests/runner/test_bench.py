@@ -234,6 +234,24 @@ def test_a_paired_ratio_alternates_the_calls_and_divides_the_right_way():
         bench.paired_ratio(timer("a", 1.0), timer("ref", 1.0), 0)
 
 
+def test_measure_timer_gives_the_row_and_a_timer_of_the_same_compiled_program():
+    """What a benchmark pairs with `paired_ratio`: `measure`'s row, and a timer that runs the
+    program compiled for it (no new trace: a traced Python side effect happens once)."""
+    traces = []
+
+    def fn(x, c, keys):
+        traces.append(1)
+        return jnp.sum(x, axis=(1, 2, 3)) + c
+
+    images, classes = np.ones((4, 8, 8, 1), np.float32), np.arange(4)
+    row, call = bench.measure_timer(fn, images, classes, 2)
+    assert set(row) == set(bench.measure(fn, images, classes, 2))
+    assert row["seconds"] > 0 and row["explanations_per_s"] == pytest.approx(4 / row["seconds"])
+    count = len(traces)
+    seconds = [call() for _ in range(3)]
+    assert all(isinstance(t, float) and t > 0 for t in seconds) and len(traces) == count
+
+
 def test_a_program_too_big_for_the_device_is_a_row_that_says_so(tiny_models, monkeypatch):
     monkeypatch.setattr(bench, "device_memory_bytes", lambda: 1024)
     images = data.load("digits", "test[:6]").images
