@@ -276,14 +276,14 @@ def markdown(result: dict) -> str:
                     if "x_decode_classify_pairs" in r})
     unpaired = any("x_decode_classify" in r and "x_decode_classify_pairs" not in r
                    for r in result["rows"].values())
-    lines += ["", "x decode+classify: " + "; ".join(
-        [*(f"the median ratio over {p} alternating pairs of calls" for p in pairs),
-         *(["* the ratio of two medians timed one after the other (rows measured before the "
-            "pairing; the machine's drift between them enters it)"] if unpaired else [])])
-        + ". Flip target: each row's config's `target_flip`.",
-        *(f"Rows merged by `{c}`." for c in dict.fromkeys(
-            m["command"] for m in result.get("merged", [])))]
-    return "\n".join(lines) + "\n"
+    timed = [*(f"the median ratio over {p} alternating pairs of calls" for p in pairs),
+             *(["* the ratio of two medians timed one after the other (rows measured before "
+                "the pairing; the machine's drift between them enters it)"] if unpaired else [])]
+    notes = [("x decode+classify: " + "; ".join(timed) + ". " if timed else "")
+             + "Flip target: each row's config's `target_flip`.",
+             *(f"Rows merged by `{c}`." for c in dict.fromkeys(
+                 m["command"] for m in result.get("merged", [])))]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
 def ratio_cell(row: dict) -> str:
