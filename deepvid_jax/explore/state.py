@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import math
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from deepvid_jax import validate, viz
+from deepvid_jax import files, validate, viz
 from deepvid_jax.data.sources import Dataset
 from deepvid_jax.explainers import registry
 from deepvid_jax.explainers.deepvid.student import StudentConfig
@@ -358,10 +357,7 @@ class Session:
             "num_neighbors": int(codes.shape[0]), "class": cls,
             "weights": _floats(w.mean(axis=2).transpose(2, 0, 1), 6),  # [K, H, W]
             "evidence": _floats((w[..., cls] * image).mean(axis=2), 6),
-            "teacher_probs": _floats(e.teacher_probs[0]),
-            "student_probs": _floats(e.student_probs[0]),
-            "fidelity": {k: float(v[0]) for k, v in e.fidelity._asdict().items()},
-            "flip_fraction": float(e.flip_fraction[0]),
+            **_numbers(e, student),
             "neighbors": _b64(nb), "neighbor_labels": nb_labels.tolist(),
             "compilations": self.live.compilations(), "ms": ms,
             "student": dataclasses.asdict(student)["method"],
@@ -453,14 +449,13 @@ class Session:
         settings = {"dataset": self.meta()["dataset"], "index": i, "key": seed,
                     "band": band.tolist(), "student": dataclasses.asdict(student),
                     "neighbors": int(codes.shape[0])}
-        numbers = {"teacher_probs": _floats(e.teacher_probs[0]),
-                   "student_probs": _floats(e.student_probs[0]),
-                   "fidelity": {k: float(v[0]) for k, v in e.fidelity._asdict().items()},
-                   "flip_fraction": float(e.flip_fraction[0])}
-        stem.with_suffix(".json").write_text(json.dumps({"settings": settings,
-                                                         "numbers": numbers}, indent=1))
-        np.savez(stem.with_suffix(".npz"), weights=e.weights[0], bias=e.bias[0],
-                 image=self.images[i], band=band, codes=codes)
+        # Each file is written whole or not at all (a full disk or a stopped server leaves the
+        # earlier export of the same name intact).
+        files.write_json(stem.with_suffix(".json"), {"settings": settings,
+                                                     "numbers": _numbers(e, student)})
+        with files.atomic_path(stem.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+            np.savez(f, weights=e.weights[0], bias=e.bias[0], image=self.images[i], band=band,
+                     codes=codes)
         _export_png(stem.with_suffix(".png"), self.images[i], e.weights[0],
                     np.asarray(e.teacher_probs[0]))
         return {"files": [str(stem.with_suffix(s)) for s in (".png", ".json", ".npz")]}
@@ -472,6 +467,24 @@ def _usable(method, models: Models) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _numbers(e, student: StudentConfig) -> dict:
+    """The numbers of a one-instance `Explanation` the page shows and an export keeps: the
+    teacher's and student's probabilities, the held-out fidelity, the share of neighbours
+    relabelled, the regression students' penalty (None for "kd"), and the lasso's smoothness
+    (None for the others) with the grid it was chosen from: 0 of a grid says smoothing cost
+    this fit too much (the teacher reads single pixels here), the largest value that it cost
+    little."""
+    lasso = student.method == "lasso"
+    return {"teacher_probs": _floats(e.teacher_probs[0]),
+            "student_probs": _floats(e.student_probs[0]),
+            "fidelity": {k: float(v[0]) for k, v in e.fidelity._asdict().items()},
+            "flip_fraction": float(e.flip_fraction[0]),
+            "penalty": None if e.penalty is None else float(e.penalty[0]),
+            "smooth": float(e.smooth[0]) if e.smooth is not None else
+            (student.lasso_smooth if lasso else None),
+            "smooth_grid": list(student.lasso_smooth_grid) if lasso else []}
 
 
 def _export_png(path: Path, image: np.ndarray, weights: np.ndarray, probs: np.ndarray) -> None:
@@ -487,8 +500,10 @@ def _export_png(path: Path, image: np.ndarray, weights: np.ndarray, probs: np.nd
         axes[c + 1].set_title(f"{c}: {probs[c]:.2f}", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        files.savefig(fig, path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def validate_dataset(dataset: Dataset, models: Models | None) -> None:

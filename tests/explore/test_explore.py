@@ -54,12 +54,13 @@ def session(models, dataset, config, tmp_path_factory):
 
 
 def direct(models, config, image, band, seed):
-    """DeepVID's weights [H, W, C, K] by `dv.explain` with the band as a config."""
+    """DeepVID's extras of one image by `dv.explain` with the band as a config ("weights"
+    [1, H, W, C, K], "smooth" [1], ...)."""
     c = dataclasses.replace(config, vae=models.vae_config, neighbors=dataclasses.replace(
         config.neighbors, latent_band=tuple(tuple(map(float, b)) for b in band)))
     out = dv.explain("deepvid", image[None], key=jax.random.PRNGKey(seed), models=models,
                      config=c)
-    return out.extras["weights"][0]
+    return out.extras
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,9 +74,14 @@ def test_band_program_equals_dv_explain_and_never_recompiles(session, models, co
     band = np.linspace(-1.5, 1.0, 2 * z).reshape(z, 2)
     band.sort(axis=1)
     r = session.handle("explain", {"index": 3, "band": band.tolist(), "key": 7, "full": True})
-    w = direct(models, config, dataset.images[3], band, 7)
+    extras = direct(models, config, dataset.images[3], band, 7)
+    w = extras["weights"][0]
     np.testing.assert_allclose(np.asarray(r["weights"]), w.mean(axis=2).transpose(2, 0, 1),
                                atol=2e-5)  # two programs: float rounding through the FISTA steps
+    # the student's choice of smoothness, shown beside the maps, is dv.explain's
+    assert r["smooth_grid"] == list(config.student.lasso_smooth_grid)
+    assert r["smooth"] == float(extras["smooth"][0]) and r["smooth"] in r["smooth_grid"]
+
     # every sampled offset lies in its band, and the band reached is the band asked for
     sampled = np.asarray(r["sampled_band"])
     assert np.all(sampled[:, 0] >= band[:, 0] - 1e-5) and np.all(sampled[:, 1] <= band[:, 1] + 1e-5)
@@ -86,6 +92,48 @@ def test_band_program_equals_dv_explain_and_never_recompiles(session, models, co
             session.handle("explain", {"index": i + 5, "band": (band * scale).tolist(),
                                        "key": i, "full": full})
     assert session.live.compilations() == before == 2
+
+
+def test_numbers_say_which_smoothness_the_student_chose():
+    from deepvid_jax.explainers.deepvid.core import Explanation
+    from deepvid_jax.explainers.deepvid.student import StudentConfig
+    from deepvid_jax.metrics.fidelity import Fidelity
+
+    def numbers(student, smooth, penalty=0.25):
+        e = Explanation(weights=np.zeros((1, 2, 2, 1, 3)), bias=np.zeros((1, 3)),
+                        teacher_probs=np.full((1, 3), 1 / 3), student_probs=np.full((1, 3), 1 / 3),
+                        fidelity=Fidelity(*(np.ones(1),) * 3), flip_fraction=np.array([0.5]),
+                        penalty=None if penalty is None else np.array([penalty]),
+                        smooth=None if smooth is None else np.array([smooth]))
+        return state._numbers(e, student)
+
+    grid = registry.get("deepvid").config.student
+    assert (numbers(grid, 0.0)["smooth"], numbers(grid, 1.5)["smooth"]) == (0.0, 1.5)
+    assert numbers(grid, 1.5)["smooth_grid"] == list(grid.lasso_smooth_grid)
+    fixed = StudentConfig(method="lasso", lasso_smooth=0.7)  # no grid: the fixed value
+    assert (numbers(fixed, None)["smooth"], numbers(fixed, None)["smooth_grid"]) == (0.7, [])
+    ridge = numbers(StudentConfig(), None)
+    assert ridge["smooth"] is None and ridge["penalty"] == 0.25
+    assert numbers(StudentConfig(method="kd"), None, penalty=None)["penalty"] is None
+
+
+def test_an_export_is_whole_or_leaves_the_last_one(session, monkeypatch):
+    z = session.live.latent_dim
+    msg = {"index": 2, "band": [[-1.0, 1.0]] * z, "key": 5}
+    paths = [Path(f) for f in session.handle("export", msg)["files"]]
+    before = {f: f.read_bytes() for f in paths}
+    assert json.loads(paths[1].read_text())["numbers"]["smooth"] in \
+        registry.get("deepvid").config.student.lasso_smooth_grid
+
+    def full_disk(file, **arrays):
+        file.write(b"half an archive")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(state.np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        session.handle("export", msg)
+    assert {f: f.read_bytes() for f in paths} == before  # the same key: the same files
+    assert sorted(p.name for p in session.export_dir.iterdir()) == sorted(f.name for f in paths)
 
 
 def test_bad_requests_are_messages(session):
@@ -299,7 +347,7 @@ def test_dragging_a_handle_changes_the_weights_as_dv_explain(page, session, mode
     assert after["band"] != before["band"] and after["band"] == page.state("__explore.band")
     assert not np.allclose(after["weights"], before["weights"])
     w = direct(models, config, dataset.images[after["index"]], np.asarray(after["band"]),
-               after["key"])
+               after["key"])["weights"][0]
     np.testing.assert_allclose(np.asarray(after["weights"]), w.mean(axis=2).transpose(2, 0, 1),
                                atol=2e-5)  # two programs: float rounding through the FISTA steps
     assert after["compilations"] == 2  # one drag program, one release program, ever
@@ -411,6 +459,11 @@ def test_export_writes_png_json_npz(page, session):
     last = page.state("__explore.lastExplain")
     assert saved["settings"]["band"] == last["band"]
     assert saved["numbers"]["flip_fraction"] == pytest.approx(last["flip_fraction"])
+    assert saved["numbers"]["smooth"] == last["smooth"]
+    shown = page.page.locator("#smooth").inner_text()  # the student view says which map it kept
+    grid = ", ".join(f"{v:g}" for v in last["smooth_grid"])
+    assert shown.startswith(f"smoothness {last['smooth']:g} of {{{grid}}} · "), shown
+    assert ("per-pixel map" in shown) == (last["smooth"] == 0)
     with np.load(files[2]) as z:
         np.testing.assert_allclose(z["weights"].mean(2).transpose(2, 0, 1), last["weights"],
                                    atol=1e-5)

@@ -538,6 +538,17 @@ function drawTraversals(r) {
   }
 }
 
+// The student's smoothness and penalty: which map the per-image choice kept, and why.
+function smoothText(r) {
+  const pen = r.penalty === null ? "" : `penalty ${r.penalty.toPrecision(3)}`;
+  if (r.smooth === null) return pen;
+  const grid = r.smooth_grid;
+  if (grid.length < 2) return `smoothness ${r.smooth} (fixed)${pen ? ", " + pen : ""}`;
+  const kept = r.smooth === Math.min(...grid) ? "per-pixel map: smoothing cost this fit too much"
+    : r.smooth === Math.max(...grid) ? "smooth map: smoothing cost this fit little" : "";
+  return `smoothness ${r.smooth} of {${grid.join(", ")}}${kept ? " · " + kept : ""}${pen ? " · " + pen : ""}`;
+}
+
 handlers.explain = (r) => {
   S.lastExplain = r;
   $("neighbor-count").textContent = `${r.num_neighbors}${r.full ? "" : " (dragging)"}`;
@@ -556,6 +567,7 @@ handlers.explain = (r) => {
   // student view
   const f = r.fidelity;
   $("fidelity").textContent = `held-out fidelity: top-1 ${f.top1.toFixed(3)}, KL ${f.kl.toFixed(4)}, R² ${f.r2.toFixed(3)}  ·  ${r.student} student, ${r.num_neighbors} neighbours, key ${r.key}, ${r.ms.toFixed(0)} ms`;
+  $("smooth").textContent = smoothText(r);
   const lim = absMax(r.weights);
   const w = $("weights");
   w.replaceChildren();
