@@ -519,11 +519,20 @@ def test_a_teacher_module_of_the_current_folder_is_searched_after_installed_ones
 # ------------------------------------------------------------------------------------------
 
 
+# The CLI as a terminal starts it: Python's own SIGINT handler, even where the test run
+# ignores SIGINT (a shell without job control starts background commands so, and a child
+# inherits it; the CLI then rightly leaves Ctrl-C alone, as under nohup).
+AS_IN_A_TERMINAL = ("import runpy, signal, sys; "
+                    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "sys.argv[0] = 'deepvid'; "
+                    "runpy.run_module('deepvid_jax.cli', run_name='__main__')")
+
+
 def test_sigint_during_explain_exits_130_without_a_crash(tmp_path, models):
     out = tmp_path / "ex"
     env = cpu_env(PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deepvid_jax.cli", "explain", "--checkpoints",
+        [sys.executable, "-c", AS_IN_A_TERMINAL, "explain", "--checkpoints",
          str(models["digits"]), "--indices", "0:300", "--neighbors", "64", "--chunk-size", "8",
          "--figures", "0", "--out", str(out)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
