@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepvid_jax import files, validate, viz
+from deepvid_jax import driver, files, validate, viz
 from deepvid_jax.explainers.deepvid import core as ex
 from deepvid_jax.explainers.deepvid import neighbors as nbm
 from deepvid_jax.models import vae
@@ -59,21 +59,6 @@ def _flips(models, mean, std, labels, eps, scale):
             jnp.mean((jnp.argmax(logits, -1) != labels[:, None]).astype(jnp.float32), 1))
 
 
-def _blocks(fn, block: int, *arrays):
-    """``fn`` of consecutive blocks of ``block`` rows of ``arrays`` (the last padded by repeating
-    its final row, so one program serves every block), concatenated (each output [B, ...])."""
-    n, outs = arrays[0].shape[0], []
-    for s in range(0, n, block):
-        part = [a[s:s + block] for a in arrays]
-        pad = block - part[0].shape[0]
-        if pad:
-            part = [jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]) for a in part]
-        out = fn(*part)
-        outs.append([np.asarray(o)[:block - pad] for o in (out if isinstance(out, tuple)
-                                                             else (out,))])
-    return [np.concatenate(o) for o in zip(*outs, strict=True)]
-
-
 def measure(models, images, args) -> dict:
     """The rows of one setting (see the module docstring)."""
     images = jnp.asarray(images, jnp.float32)
@@ -86,21 +71,34 @@ def measure(models, images, args) -> dict:
     ref_config = dataclasses.replace(DEFAULT, calibration="interpolate",
                                      calibration_steps=args.halvings)
 
-    @jax.jit
-    def reference_block(m, sd, lab):
-        return nbm.bisect_scale(lambda sc: _flips(models, m, sd, lab, ref_eps, sc)[0],
-                                ref_config, shape=(m.shape[0],))
+    inputs = {"mean": mean, "std": std, "labels": labels}
 
-    check_block = jax.jit(lambda m, sd, lab, sc: _flips(models, m, sd, lab, check_eps, sc))
+    def blocks(fn, seed: int = 0, **extra):
+        """``fn(inputs, keys)`` over blocks of ``args.block`` images (the last padded: one
+        program; image ``i`` gets ``fold_in(PRNGKey(seed), i)``), gathered on the host."""
+        return driver.map_instances(lambda _, x, keys: fn(x, keys), None, {**inputs, **extra},
+                                    jax.random.PRNGKey(seed), chunk_size=args.block,
+                                    full_chunks=True)
+
+    @jax.jit
+    def reference_block(x, keys):
+        return nbm.bisect_scale(
+            lambda sc: _flips(models, x["mean"], x["std"], x["labels"], ref_eps, sc)[0],
+            ref_config, shape=(x["mean"].shape[0],))
+
+    check_block = jax.jit(lambda x, keys: _flips(models, x["mean"], x["std"], x["labels"],
+                                                 check_eps, x["scale"]))
 
     def check(scale):
-        return _blocks(check_block, args.block, mean, std, labels, jnp.asarray(scale))
+        return blocks(check_block, scale=np.asarray(scale, np.float32))
 
-    reference = _blocks(reference_block, args.block, mean, std, labels)[0]
+    reference = blocks(reference_block)
     # Images the teacher already relabels at their own code (soft flip of the decoded code at
     # or past the target): no radius brings their neighbours down to it, and the search ends
     # at 0, so they are left out of the ratios (and count as off target in every row).
-    past = check(np.zeros(images.shape[0], np.float32))[0] >= DEFAULT.target_flip
+    at_code = jax.jit(lambda x, keys: _flips(models, x["mean"], x["std"], x["labels"],
+                                             jnp.zeros((1, z_dim)), jnp.zeros(len(keys)))[0])
+    past = blocks(at_code) >= DEFAULT.target_flip
     rows = {"reference": _row(reference, reference, past, *check(reference),
                               decodes=args.reference * args.halvings, spread=None, args=args)}
     print("reference", json.dumps(rows["reference"]), flush=True)
@@ -108,13 +106,12 @@ def measure(models, images, args) -> dict:
     teacher = lambda x: models.teacher_apply(models.teacher_params, x)  # noqa: E731
     for label, change in SCHEMES.items():
         config = dataclasses.replace(DEFAULT, **change)
-        calibrate = jax.jit(jax.vmap(lambda im, k, lab, c=config: nbm.calibrate_scale(
-            models.vae_params, im, k, teacher, lab, c, models.vae_config)))
-        scales = []
-        for seed in range(args.seeds if config.probe_draw == "random" else 1):
-            keys = jax.vmap(lambda i, s=seed: jax.random.fold_in(jax.random.PRNGKey(s), i))(
-                jnp.arange(images.shape[0]))
-            scales.append(_blocks(calibrate, args.block, images, keys, labels)[0])
+        calibrate = jax.jit(lambda x, keys, c=config: jax.vmap(
+            lambda im, k, lab: nbm.calibrate_scale(models.vae_params, im, k, teacher, lab, c,
+                                                   models.vae_config))(
+            x["images"], keys, x["labels"]))
+        scales = [blocks(calibrate, seed, images=images)
+                  for seed in range(args.seeds if config.probe_draw == "random" else 1)]
         scale = scales[0]
         spread = (np.max(scales, 0) / np.maximum(np.min(scales, 0), 1e-6) - 1.0
                   if len(scales) > 1 else None)

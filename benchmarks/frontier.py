@@ -68,6 +68,12 @@ def deepvid_variant(base: ex.ExplainConfig):
                                                        num_classes=models.num_classes)
 
 
+def default_with(**neighbors) -> ex.ExplainConfig:
+    """`ExplainConfig()` with these `NeighborConfig` fields changed."""
+    base = ex.ExplainConfig()
+    return dataclasses.replace(base, neighbors=dataclasses.replace(base.neighbors, **neighbors))
+
+
 def registry_default(models, samples):
     """The method's registered config (with the row's sample count)."""
     return None
@@ -77,15 +83,12 @@ def registry_default(models, samples):
 VARIANTS = {
     "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
     # The default with 16 calibration probes, one per latent direction (a full orthonormal
-    # basis), instead of 8: radii nearer their target (benchmarks/calibration.py).
-    "deepvid_16probes": ("deepvid", deepvid_variant(dataclasses.replace(
-        ex.ExplainConfig(), neighbors=dataclasses.replace(ex.ExplainConfig().neighbors,
-                                                          calibration_probes=16))), (512,)),
-    # ... with three halvings: 48 probe decodings in three rounds (the default: 32 in four).
-    "deepvid_16probes_3halvings": ("deepvid", deepvid_variant(dataclasses.replace(
-        ex.ExplainConfig(), neighbors=dataclasses.replace(
-            ex.ExplainConfig().neighbors, calibration_probes=16, calibration_steps=3))),
-        (512,)),
+    # basis), instead of 8: radii nearer their target (benchmarks/calibration.py); then with
+    # three halvings: 48 probe decodings in three rounds (the default: 32 in four).
+    "deepvid_16probes": ("deepvid", deepvid_variant(default_with(calibration_probes=16)),
+                         (512,)),
+    "deepvid_16probes_3halvings": ("deepvid", deepvid_variant(default_with(
+        calibration_probes=16, calibration_steps=3)), (512,)),
     "deepvid_fixed_smooth": ("deepvid", deepvid_variant(ex.FIXED_SMOOTH), (512, 1024)),
     "deepvid_fast": ("deepvid_fast", deepvid_variant(ex.FAST), (512, 1024)),
     "lime": ("lime", registry_default, (512, 1024)),
