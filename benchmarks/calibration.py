@@ -34,16 +34,17 @@ from deepvid_jax.models import vae
 DEFAULT = ex.ExplainConfig().neighbors
 
 # label -> `NeighborConfig` fields changed from the default's (every scheme interpolates soft
-# flips, as the default does, so all aim at the same quantity).
+# flips, as the default does, so all aim at the same quantity); the probe count always named,
+# so that a label says the same scheme whatever the default is.
 SCHEMES = {
-    "8 fixed x 4 (default)": {},
-    "8 random x 4": {"probe_draw": "random"},
-    "8 fixed x 3": {"calibration_steps": 3},
-    "8 fixed x 5": {"calibration_steps": 5},
+    "8 fixed x 4": {"calibration_probes": 8, "calibration_steps": 4},
+    "8 random x 4": {"calibration_probes": 8, "calibration_steps": 4, "probe_draw": "random"},
+    "8 fixed x 3": {"calibration_probes": 8, "calibration_steps": 3},
+    "8 fixed x 5": {"calibration_probes": 8, "calibration_steps": 5},
     "16 fixed x 2": {"calibration_probes": 16, "calibration_steps": 2},
     "16 fixed x 3": {"calibration_probes": 16, "calibration_steps": 3},
-    "16 fixed x 4": {"calibration_probes": 16},
-    "32 fixed x 4": {"calibration_probes": 32},
+    "16 fixed x 4": {"calibration_probes": 16, "calibration_steps": 4},
+    "32 fixed x 4": {"calibration_probes": 32, "calibration_steps": 4},
 }
 _REF_KEY, _CHECK_KEY = 101, 202  # the reference's and the check's draws (shared by all images)
 
@@ -156,16 +157,26 @@ def markdown(result: dict) -> str:
     for label, r in result["rows"].items():
         spread = "–" if r["key_spread_p90"] is None else f"{100 * r['key_spread_p90']:.0f}%"
         lines.append(
-            f"| {label} | {r['probe_decodes']} | {r['log_ratio']['median']:+.3f} | "
+            f"| {shown(label)} | {r['probe_decodes']} | {r['log_ratio']['median']:+.3f} | "
             f"{r['log_ratio']['iqr']:.3f} | {r['log_ratio']['std']:.3f} | "
             f"{100 * r['within_10pct']:.0f}% | "
             f"{common.fmt_interval(r['soft_flip'])} | {100 * r['soft_within']:.0f}% | "
             f"{common.fmt_interval(r['hard_flip'])} | {spread} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *("\n" + n for n in result.get("notes", []))]) + "\n"
 
 
-PLOTTED = ("8 fixed x 4 (default)", "8 random x 4",
-           "16 fixed x 4", "32 fixed x 4")
+PLOTTED = ("8 fixed x 4", "8 random x 4", "16 fixed x 4", "32 fixed x 4")
+
+
+def default_label() -> str | None:
+    """The `SCHEMES` label of today's default calibration (None if it is none of them)."""
+    return next((k for k, c in SCHEMES.items()
+                 if dataclasses.replace(DEFAULT, **c) == DEFAULT), None)
+
+
+def shown(label: str) -> str:
+    """``label`` as the table and figure show it: the default's marked."""
+    return f"{label} (default)" if label == default_label() else label
 
 
 def plot(result: dict, path):
@@ -192,7 +203,7 @@ def plot(result: dict, path):
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.set_title(f"{label}\n{100 * r['within_10pct']:.0f}% within 10 %", fontsize=8)
+        ax.set_title(f"{shown(label)}\n{100 * r['within_10pct']:.0f}% within 10 %", fontsize=8)
         ax.set_xlabel("reference radius", fontsize=8)
     axes[0][0].set_ylabel("calibrated radius", fontsize=8)
     fig.suptitle(f"{common.where(result)}: {int(keep.sum())} of {len(ref)} images (the others "
@@ -212,12 +223,19 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=0.03,
                    help="A soft flip this near the target counts as on target.")
     p.add_argument("--block", type=int, default=16, help="Images per compiled call.")
+    p.add_argument("--replot", action="store_true",
+                   help="Only redraw the tables and figures from the existing results.")
     args = p.parse_args(argv)
     for name in ("reference", "check", "halvings", "block"):
         validate.integer(getattr(args, name), f"--{name}", minimum=1)
     validate.number(args.tolerance, "--tolerance", low=0.0, high=1.0)
     out = common.out_dir(args, "calibration")
     for name in args.settings:
+        if args.replot:
+            result = json.loads((out / f"calibration_{name}.json").read_text())
+            common.write_study(out, f"calibration_{name}", result, markdown)
+            plot(result, out / f"calibration_{name}.png")
+            continue
         models, ds = common.load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
         s = common.setting(name)
         result = {**measure(models, ds.images, args), "images": len(ds.images),

@@ -82,13 +82,13 @@ def registry_default(models, samples):
 # label -> (registered method, config factory (models, samples) -> config or None, samples).
 VARIANTS = {
     "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
-    # The default with 16 calibration probes, one per latent direction (a full orthonormal
-    # basis), instead of 8: radii nearer their target (benchmarks/calibration.py); then with
-    # three halvings: 48 probe decodings in three rounds (the default: 32 in four).
-    "deepvid_16probes": ("deepvid", deepvid_variant(default_with(calibration_probes=16)),
-                         (512,)),
-    "deepvid_16probes_3halvings": ("deepvid", deepvid_variant(default_with(
-        calibration_probes=16, calibration_steps=3)), (512,)),
+    # The default with 8 calibration probes (half a basis of the 16-d latent; the default
+    # until 2026-12-03: radii farther from their target, benchmarks/calibration.py); then with
+    # three halvings: 48 probe decodings in three rounds (the default: 64 in four).
+    "deepvid_8probes": ("deepvid", deepvid_variant(default_with(calibration_probes=8)),
+                        (512,)),
+    "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(calibration_steps=3)),
+                          (512,)),
     "deepvid_fixed_smooth": ("deepvid", deepvid_variant(ex.FIXED_SMOOTH), (512, 1024)),
     "deepvid_fast": ("deepvid_fast", deepvid_variant(ex.FAST), (512, 1024)),
     "lime": ("lime", registry_default, (512, 1024)),
@@ -294,9 +294,17 @@ def markdown(result: dict) -> str:
                 "the pairing; the machine's drift between them enters it)"] if unpaired else [])]
     notes = [("x decode+classify: " + "; ".join(timed) + ". " if timed else "")
              + "Flip target: each row's config's `target_flip`.",
-             *(f"Rows merged by `{c}`." for c in dict.fromkeys(
-                 m["command"] for m in result.get("merged", [])))]
+             *(f"Rows merged by `{c}`." if kind == "command" else c
+               for kind, c in merges(result.get("merged", [])))]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def merges(merged: list[dict]) -> list[tuple[str, str]]:
+    """The merge records in order, as ("command", it) or ("note", it); a command repeated is
+    listed once, where it last ran (the rows it measured are its last run's)."""
+    items = [("command", m["command"]) if "command" in m else ("note", m["note"])
+             for m in merged]
+    return list(dict.fromkeys(reversed(items)))[::-1]
 
 
 def ratio_cell(row: dict) -> str:
@@ -361,10 +369,17 @@ def main(argv=None) -> int:
                    help="The regions hidden from the teacher (one blind teacher each).")
     p.add_argument("--merge", action="store_true",
                    help="Replace only these rows in the existing results (others kept).")
+    p.add_argument("--replot", action="store_true",
+                   help="Only redraw the tables and figures from the existing results.")
     args = p.parse_args(argv)
     validate.integer(args.seeds, "--seeds (seed agreement compares runs)", minimum=2)
     out = common.out_dir(args, "frontier")
     for name in args.settings:
+        if args.replot:
+            result = json.loads((out / f"frontier_{name}.json").read_text())
+            common.write_study(out, f"frontier_{name}", result, markdown)
+            plot(result, out / f"frontier_{name}.png")
+            continue
         result = run(name, args, args.variants)
         path = out / f"frontier_{name}.json"
         if args.merge and path.exists():

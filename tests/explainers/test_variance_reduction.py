@@ -1,6 +1,8 @@
 """Steadier DeepVID (issue 31): antithetic and lattice latent draws, key-free calibration
 probes, the ridge-started adaptive lasso and the smoothness chosen per image by held-out fit."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,6 +118,24 @@ def test_fixed_probes_make_the_radius_a_function_of_the_image_alone():
     np.testing.assert_array_equal(
         neighbors.probe_noise(jax.random.PRNGKey(0), NeighborConfig(probe_draw="fixed"), 3),
         neighbors.probe_noise(jax.random.PRNGKey(1), NeighborConfig(probe_draw="fixed"), 3))
+
+
+@pytest.mark.parametrize("probes, latent_dim", [(16, 16), (8, 16), (20, 8)])
+def test_fixed_probes_are_orthonormal_directions_at_the_typical_radius(probes, latent_dim):
+    """The default's 16 fixed probes on a 16-d latent are a whole basis (scaled to sqrt(Z), a
+    standard normal draw's typical length); fewer are orthogonal but span only part of it;
+    more come in blocks of Z, each block a basis. A key's random probes are none of these."""
+    cfg = NeighborConfig(probe_draw="fixed", calibration_probes=probes)
+    p = np.asarray(neighbors.probe_noise(jax.random.PRNGKey(0), cfg, latent_dim), np.float64)
+    assert p.shape == (probes, latent_dim)
+    np.testing.assert_allclose(np.linalg.norm(p, axis=1), np.sqrt(latent_dim), rtol=1e-5)
+    for start in range(0, probes, latent_dim):
+        block = p[start:start + latent_dim] / np.sqrt(latent_dim)
+        np.testing.assert_allclose(block @ block.T, np.eye(len(block)), atol=1e-5)
+    assert np.linalg.matrix_rank(p, tol=1e-3) == min(probes, latent_dim)
+    r = np.asarray(neighbors.probe_noise(
+        jax.random.PRNGKey(0), dataclasses.replace(cfg, probe_draw="random"), latent_dim))
+    assert np.abs(r @ r.T / latent_dim - np.eye(probes)).max() > 0.1
 
 
 @pytest.mark.parametrize("calibration", ["bisect", "interpolate"])

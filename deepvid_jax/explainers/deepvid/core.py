@@ -53,24 +53,24 @@ from deepvid_jax.models.networks import TeacherApply, VAEConfig
 class ExplainConfig:
     """Everything that shapes an explanation (hashable: it is a static argument of `jit`).
 
-    ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 512 VAE neighbours (448
-    to fit) at a radius calibrated per image (fixed probes, the radius interpolated: a function
-    of the image alone, not of the key) to a soft flip fraction of 0.16, at which a fifth to a
-    quarter of the plain decodings change the teacher's label; 70 % of those fitted on take
-    random 2x2 patches from the instance on a grid shifted per neighbour, so that pixels which
-    move together in VAE decodings come apart. The student is the group lasso over classes (a
-    pixel is kept or dropped for every class) on the half of the pixels most correlated with the
-    teacher's logits, penalty 0.025, reweighted three times (small weights, which on unread
-    pixels are sampling noise, penalised more; large ones less), each of the four fits stopped
-    after 30 FISTA iterations, and finally rescaled by the one factor that fits the teacher
-    best; fitted twice, without and with a smoothness penalty on adjacent pixels' weights (1.5
-    of the mean pixel variance), and the smooth fit kept unless it costs more than 40 % of the
-    other's held-out error, so a teacher that reads strokes gets a smooth map, stable across
-    seeds, and one that reads single pixels a per-pixel map. Chosen on the frontier of seed
-    agreement, leak onto pixels a teacher cannot see and time (docs/design/stable-default.md);
-    one smoothness for every image, at 1,024 neighbours, is `FIXED_SMOOTH`.
-    `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the ridge
-    student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
+    ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 512 VAE neighbours (448 to
+    fit) at a radius calibrated per image (16 fixed probes in orthonormal directions, a whole basis
+    of a 16-d latent space such as the README's VAEs have, and 4 halvings; the radius interpolated:
+    a function of the image alone, not of the key) to a soft flip fraction of 0.16, at which about a
+    fifth of the plain decodings change the teacher's label; 70 % of those fitted on take random 2x2
+    patches from the instance on a grid shifted per neighbour, so that pixels which move together in
+    VAE decodings come apart. The student is the group lasso over classes (a pixel is kept or
+    dropped for every class) on the half of the pixels most correlated with the teacher's logits,
+    penalty 0.025, reweighted three times (small weights, which on unread pixels are sampling noise,
+    penalised more; large ones less), each of the four fits stopped after 30 FISTA iterations, and
+    finally rescaled by the one factor that fits the teacher best; fitted twice, without and with a
+    smoothness penalty on adjacent pixels' weights (1.5 of the mean pixel variance), and the smooth
+    fit kept unless it costs more than 40 % of the other's held-out error, so a teacher that reads
+    strokes gets a smooth map, stable across seeds, and one that reads single pixels a per-pixel
+    map. Chosen on the frontier of seed agreement, leak onto pixels a teacher cannot see and time
+    (docs/design/stable-default.md); one smoothness for every image, at 1,024 neighbours, is
+    `FIXED_SMOOTH`. `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the
+    ridge student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
 
     Attributes:
       num_classes: K; the teacher must output K logits.
@@ -95,6 +95,7 @@ class ExplainConfig:
     vae: VAEConfig = VAEConfig()
     neighbors: NeighborConfig = NeighborConfig(num=512, patch_mix=2, patch_mix_share=0.7,
                                                patch_mix_shift=True, probe_draw="fixed",
+                                               calibration_probes=16,
                                                calibration="interpolate", target_flip=0.16)
     student: StudentConfig = StudentConfig(method="lasso", lasso=0.025, lasso_group=True,
                                            lasso_reweight=3, steps=30, lasso_rescale=True,
