@@ -321,6 +321,30 @@ def ceiling(row: dict, share: str, top: str) -> str:
     return f"{row[share]:.0%}" + (f" ({row[top]:.0%})" if top in row else "")
 
 
+# Where a point's label may go, in points from the point: tried in order, the first that
+# overlaps no label placed before is taken (rows close in time and value would overprint).
+_LABEL_OFFSETS = [(3, 3), (3, -10), (3, 12), (3, -19), (3, 21), (3, -28), (3, 30)]
+
+
+def place_labels(ax, labels: list[tuple[tuple[float, float], str]], size: float = 7) -> None:
+    """Annotate each (data point, text) of ``labels`` beside its point, at the first of
+    `_LABEL_OFFSETS` whose box (text at ``size`` pt, about 0.6 of the size per character)
+    overlaps no box placed before; the last offset when every one does."""
+    ax.figure.canvas.draw()  # the limits and scales final, so data -> points is too
+    per_point = 72.0 / ax.figure.dpi
+    boxes = []
+    for (x, y), text in sorted(labels, key=lambda item: item[0]):
+        px, py = ax.transData.transform((x, y)) * per_point
+        w, h = 0.6 * size * len(text), size + 1
+        for dx, dy in _LABEL_OFFSETS:
+            box = (px + dx, py + dy, px + dx + w, py + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in boxes):
+                break
+        boxes.append(box)
+        ax.annotate(text, (x, y), fontsize=size, xytext=(dx, dy), textcoords="offset points")
+
+
 def plot(result: dict, path: Path) -> Path:
     """Seed agreement and leak (first region) against ms / image, a point per row."""
     import matplotlib
@@ -334,6 +358,7 @@ def plot(result: dict, path: Path) -> Path:
               ("leak", f"leak ({region} hidden)", TARGETS["leak"])]
     rows = ordered(result["rows"])
     for ax, (col, title, target) in zip(axes, panels, strict=True):
+        labels = []
         for i, label in enumerate(dict.fromkeys(r["variant"] for r in rows)):
             pts = [(r["ms_per_image"], (r[col][region] if col == "leak" else r[col])["mean"],
                     r["samples"]) for r in rows if r["variant"] == label
@@ -342,11 +367,10 @@ def plot(result: dict, path: Path) -> Path:
                 continue
             xs, ys, ss = zip(*pts, strict=True)
             ax.plot(xs, ys, "o-", color=plt.cm.tab10(i % 10), lw=1, label=label)
-            for px, py, s in pts:
-                ax.annotate(f"{label} {s}", (px, py), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+            labels += [((px, py), f"{label} {s}") for px, py, s in pts]
         ax.axhline(target, ls="--", color="k", lw=1, label=f"target {target}")
         ax.set_xscale("log")
+        place_labels(ax, labels)
         ax.set_xlabel("ms / image")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3, which="both")
