@@ -232,9 +232,8 @@ def main(argv=None) -> int:
     out = common.out_dir(args, "calibration")
     for name in args.settings:
         if args.replot:
-            result = json.loads((out / f"calibration_{name}.json").read_text())
-            common.write_study(out, f"calibration_{name}", result, markdown)
-            plot(result, out / f"calibration_{name}.png")
+            plot(common.rewrite_study(out, f"calibration_{name}", markdown),
+                 out / f"calibration_{name}.png")
             continue
         models, ds = common.load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
         s = common.setting(name)

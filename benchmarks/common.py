@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -284,6 +285,17 @@ def write_study(out: str | Path, stem: str, result: dict,
     files.write_json(Path(out) / f"{stem}.json", result)
     files.write_text(Path(out) / f"{stem}.md", text)
     return result
+
+
+
+def rewrite_study(out: str | Path, stem: str, markdown: Callable[[dict], str]) -> dict:
+    """The stored ``<out>/<stem>.json`` written again by `write_study` (its Markdown redrawn by
+    ``markdown``; its command and machine kept): a study's ``--replot``. Returns the JSON."""
+    path = Path(out) / f"{stem}.json"
+    if not path.exists():
+        raise SystemExit(f"--replot: no stored results at {path}; run the study without "
+                         "--replot first.")
+    return write_study(out, stem, json.loads(path.read_text()), markdown)
 
 
 # --------------------------------------------------------------------------------------------

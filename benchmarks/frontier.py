@@ -82,9 +82,9 @@ def registry_default(models, samples):
 # label -> (registered method, config factory (models, samples) -> config or None, samples).
 VARIANTS = {
     "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
-    # The default with 8 calibration probes (half a basis of the 16-d latent; the default
-    # until 2026-12-03: radii farther from their target, benchmarks/calibration.py); then with
-    # three halvings: 48 probe decodings in three rounds (the default: 64 in four).
+    # The former default, with 8 calibration probes (half a basis of the 16-d latent: radii
+    # farther from their target, benchmarks/calibration.py); then the default with three
+    # halvings: 48 probe decodings in three rounds (the default: 64 in four).
     "deepvid_8probes": ("deepvid", deepvid_variant(default_with(calibration_probes=8)),
                         (512,)),
     "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(calibration_steps=3)),
@@ -400,9 +400,8 @@ def main(argv=None) -> int:
     out = common.out_dir(args, "frontier")
     for name in args.settings:
         if args.replot:
-            result = json.loads((out / f"frontier_{name}.json").read_text())
-            common.write_study(out, f"frontier_{name}", result, markdown)
-            plot(result, out / f"frontier_{name}.png")
+            plot(common.rewrite_study(out, f"frontier_{name}", markdown),
+                 out / f"frontier_{name}.png")
             continue
         result = run(name, args, args.variants)
         path = out / f"frontier_{name}.json"
