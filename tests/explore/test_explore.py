@@ -371,7 +371,12 @@ def test_lasso_selects_and_the_grid_filters(page):
     page.page.wait_for_function(f"__explore.selection && __explore.selection.size === "
                                 f"{len(inside)}", timeout=TIMEOUT_MS)
     assert set(page.state("[...__explore.selection]")) == inside
-    page.page.wait_for_function("document.getElementById('grid').dataset.indices !== undefined")
+    # The grid held the first images before the lasso (its indices already set): wait for it
+    # to show the selection, then check that it shows nothing else.
+    page.page.wait_for_function(
+        "(() => { const v = document.getElementById('grid').dataset.indices;"
+        " return v !== undefined && v.split(',').every(i => __explore.selection.has(+i)); })()",
+        timeout=TIMEOUT_MS)
     shown = [int(v) for v in page.page.locator("#grid").get_attribute("data-indices").split(",")]
     assert 0 < len(shown) <= 48 and set(shown) <= inside
 
