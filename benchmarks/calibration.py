@@ -19,6 +19,7 @@ how much the radius moves with the key.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 
 import common
@@ -33,9 +34,9 @@ from deepvid_jax.models import vae
 
 DEFAULT = ex.ExplainConfig().neighbors
 
-# label -> `NeighborConfig` fields changed from the default's (every scheme interpolates soft
-# flips, as the default does, so all aim at the same quantity); the probe count always named,
-# so that a label says the same scheme whatever the default is.
+# label -> `NeighborConfig` fields changed from the default's (every scheme measures soft flips,
+# as the default does, so all aim at the same quantity); the probe count, their draw and the
+# search always named, so that a label says the same scheme whatever the default is.
 SCHEMES = {
     "8 fixed x 4": {"calibration_probes": 8, "calibration_steps": 4},
     "8 random x 4": {"calibration_probes": 8, "calibration_steps": 4, "probe_draw": "random"},
@@ -45,7 +46,16 @@ SCHEMES = {
     "16 fixed x 3": {"calibration_probes": 16, "calibration_steps": 3},
     "16 fixed x 4": {"calibration_probes": 16, "calibration_steps": 4},
     "32 fixed x 4": {"calibration_probes": 32, "calibration_steps": 4},
+    "16 fixed x 2 secant": {"calibration_probes": 16, "calibration_steps": 2,
+                            "calibration": "secant"},
+    "16 fixed x 3 secant": {"calibration_probes": 16, "calibration_steps": 3,
+                            "calibration": "secant"},
+    "8 fixed x 4 secant": {"calibration_probes": 8, "calibration_steps": 4,
+                           "calibration": "secant"},
 }
+# The rows without "secant" in their label halve and interpolate.
+SCHEMES = {k: {"calibration": "interpolate", "probe_draw": "fixed", **v}
+           for k, v in SCHEMES.items()}
 _REF_KEY, _CHECK_KEY = 101, 202  # the reference's and the check's draws (shared by all images)
 
 
@@ -60,8 +70,9 @@ def _flips(models, mean, std, labels, eps, scale):
             jnp.mean((jnp.argmax(logits, -1) != labels[:, None]).astype(jnp.float32), 1))
 
 
-def measure(models, images, args) -> dict:
-    """The rows of one setting (see the module docstring)."""
+def measure(models, images, args, stored: dict | None = None) -> dict:
+    """The rows of one setting (see the module docstring); with ``stored`` (an earlier result
+    of the same images and arguments), only the `SCHEMES` it lacks, against its reference."""
     images = jnp.asarray(images, jnp.float32)
     labels = jnp.argmax(models.teacher_apply(models.teacher_params, images), -1)
     mean, logvar = vae.encode(models.vae_params, images, config=models.vae_config)
@@ -83,7 +94,7 @@ def measure(models, images, args) -> dict:
 
     @jax.jit
     def reference_block(x, keys):
-        return nbm.bisect_scale(
+        return nbm.search_scale(
             lambda sc: _flips(models, x["mean"], x["std"], x["labels"], ref_eps, sc)[0],
             ref_config, shape=(x["mean"].shape[0],))
 
@@ -93,6 +104,14 @@ def measure(models, images, args) -> dict:
     def check(scale):
         return blocks(check_block, scale=np.asarray(scale, np.float32))
 
+    if stored is not None:
+        reference = np.asarray(stored["reference_radius"], np.float32)
+        past = np.zeros(len(reference), bool)
+        past[stored["past_at_code"]] = True
+        rows = dict(stored["rows"])
+        return {**_schemes(models, images, labels, inputs, blocks, check, reference, past,
+                           rows, args), "reference_radius": stored["reference_radius"],
+                "past_at_code": stored["past_at_code"], "target_flip": DEFAULT.target_flip}
     reference = blocks(reference_block)
     # Images the teacher already relabels at their own code (soft flip of the decoded code at
     # or past the target): no radius brings their neighbours down to it, and the search ends
@@ -103,9 +122,17 @@ def measure(models, images, args) -> dict:
     rows = {"reference": _row(reference, reference, past, *check(reference),
                               decodes=args.reference * args.halvings, spread=None, args=args)}
     print("reference", json.dumps(rows["reference"]), flush=True)
+    return {**_schemes(models, images, labels, inputs, blocks, check, reference, past, rows,
+                       args), "reference_radius": np.asarray(reference).tolist(),
+            "past_at_code": np.flatnonzero(past).tolist(), "target_flip": DEFAULT.target_flip}
 
+
+def _schemes(models, images, labels, inputs, blocks, check, reference, past, rows, args):
+    """``{"rows": rows}`` with a row added for each of `SCHEMES` not in ``rows``."""
     teacher = lambda x: models.teacher_apply(models.teacher_params, x)  # noqa: E731
     for label, change in SCHEMES.items():
+        if label in rows:
+            continue
         config = dataclasses.replace(DEFAULT, **change)
         calibrate = jax.jit(lambda x, keys, c=config: jax.vmap(
             lambda im, k, lab: nbm.calibrate_scale(models.vae_params, im, k, teacher, lab, c,
@@ -120,9 +147,7 @@ def measure(models, images, args) -> dict:
                            decodes=config.calibration_probes * config.calibration_steps,
                            args=args)
         print(label, json.dumps(rows[label]), flush=True)
-    return {"rows": rows, "reference_radius": np.asarray(reference).tolist(),
-            "past_at_code": np.flatnonzero(past).tolist(),
-            "target_flip": DEFAULT.target_flip}
+    return {"rows": rows}
 
 
 def _row(scale, reference, past, soft, hard, *, decodes: int, spread, args) -> dict:
@@ -151,7 +176,7 @@ def markdown(result: dict) -> str:
         f"code the teacher already gives a soft flip of {t} or more (no radius brings them to "
         f"the target; they count as off target in every row).",
         "",
-        f"| probes x halvings | probe decodes | log(radius / reference): median | IQR | std | "
+        f"| probes x steps | probe decodes | log(radius / reference): median | IQR | std | "
         f"within 10 % | soft flip | within {t} ± {tol} | hard flip | key spread p90 |",
         "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in result["rows"].items():
@@ -223,6 +248,9 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=0.03,
                    help="A soft flip this near the target counts as on target.")
     p.add_argument("--block", type=int, default=16, help="Images per compiled call.")
+    p.add_argument("--merge", action="store_true",
+                   help="Add only the schemes the stored results lack, against their stored "
+                   "reference (same images and arguments), and note the command.")
     p.add_argument("--replot", action="store_true",
                    help="Only redraw the tables and figures from the existing results.")
     args = p.parse_args(argv)
@@ -237,11 +265,33 @@ def main(argv=None) -> int:
             continue
         models, ds = common.load(name, runs=args.runs, data_dir=args.data_dir, count=args.count)
         s = common.setting(name)
-        result = {**measure(models, ds.images, args), "images": len(ds.images),
+        stored = _stored(out, name, args) if args.merge else None
+        result = {**measure(models, ds.images, args, stored), "images": len(ds.images),
                   "dataset": s.dataset, "split": s.eval_split, "args": vars(args)}
+        if stored is not None:
+            added = [k for k in result["rows"] if k not in stored["rows"]]
+            result.update(args=stored["args"], command=stored["command"],
+                          machine=stored["machine"], notes=[
+                              *stored.get("notes", []),
+                              f"{datetime.date.today()}: rows {', '.join(added) or 'none'} "
+                              f"added by `{common.command()}` against the stored reference."])
         result = common.write_study(out, f"calibration_{name}", result, markdown)
         plot(result, out / f"calibration_{name}.png")
     return 0
+
+
+def _stored(out, name: str, args) -> dict:
+    """The stored result that ``--merge`` adds to, checked to be of the same images and
+    arguments."""
+    path = out / f"calibration_{name}.json"
+    if not path.exists():
+        raise SystemExit(f"--merge: no stored results at {path}; run without --merge first.")
+    stored = json.loads(path.read_text())
+    for key in ("count", "reference", "check", "halvings", "tolerance", "seeds"):
+        if stored["args"].get(key) != getattr(args, key):
+            raise SystemExit(f"--merge: the stored results have --{key} "
+                             f"{stored['args'].get(key)}, this run {getattr(args, key)}.")
+    return stored
 
 
 if __name__ == "__main__":

@@ -79,16 +79,32 @@ def registry_default(models, samples):
     return None
 
 
+# The radius searches of the rows below, named whatever the default's is: 16 fixed probes,
+# four halvings interpolated (the default until 2026-12-04), or two secant steps.
+HALVINGS = dict(calibration_probes=16, probe_draw="fixed", calibration="interpolate",
+                calibration_steps=4)
+SECANT = dict(calibration_probes=16, probe_draw="fixed", calibration="secant",
+              calibration_steps=2)
+
 # label -> (registered method, config factory (models, samples) -> config or None, samples).
 VARIANTS = {
     "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
     # The former default, with 8 calibration probes (half a basis of the 16-d latent: radii
     # farther from their target, benchmarks/calibration.py); then the default with three
     # halvings: 48 probe decodings in three rounds (the default: 64 in four).
-    "deepvid_8probes": ("deepvid", deepvid_variant(default_with(calibration_probes=8)),
-                        (512,)),
-    "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(calibration_steps=3)),
-                          (512,)),
+    "deepvid_8probes": ("deepvid", deepvid_variant(default_with(**HALVINGS,
+                                                                calibration_probes=8)), (512,)),
+    "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(**HALVINGS,
+                                                                  calibration_steps=3)), (512,)),
+    # The radius by two secant steps on the same 16 probes (32 probe decodings); then with the
+    # last step's 16 probes reused as the first neighbours (496 more decoded, not 512); then
+    # three steps, so as many extra decodings (32) as two steps without the reuse.
+    "deepvid_secant": ("deepvid", deepvid_variant(default_with(**SECANT)), (512,)),
+    "deepvid_secant_reuse": ("deepvid", deepvid_variant(default_with(**SECANT,
+                                                                     reuse_probes=True)),
+                             (512,)),
+    "deepvid_secant3_reuse": ("deepvid", deepvid_variant(default_with(
+        **SECANT | dict(calibration_steps=3), reuse_probes=True)), (512,)),
     "deepvid_fixed_smooth": ("deepvid", deepvid_variant(ex.FIXED_SMOOTH), (512, 1024)),
     "deepvid_fast": ("deepvid_fast", deepvid_variant(ex.FAST), (512, 1024)),
     "lime": ("lime", registry_default, (512, 1024)),

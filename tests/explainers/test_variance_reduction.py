@@ -138,8 +138,9 @@ def test_fixed_probes_are_orthonormal_directions_at_the_typical_radius(probes, l
     assert np.abs(r @ r.T / latent_dim - np.eye(probes)).max() > 0.1
 
 
-@pytest.mark.parametrize("calibration", ["bisect", "interpolate"])
-def test_block_and_vmap_paths_agree_on_the_new_draws(calibration):
+@pytest.mark.parametrize(("calibration", "reuse"), [("bisect", False), ("interpolate", False),
+                                                    ("secant", False), ("secant", True)])
+def test_block_and_vmap_paths_agree_on_the_new_draws(calibration, reuse):
     """Blocked and per-instance programs give the same explanations with every new option:
     antithetic draws, fixed probes, both radius calibrations, patch mixing on a shifted grid
     (its cells carried with the codes in the blocked program), a smoothness grid and a
@@ -147,7 +148,7 @@ def test_block_and_vmap_paths_agree_on_the_new_draws(calibration):
     tp = _teacher()
     cfg = ex.ExplainConfig(vae=VCFG, neighbors=NeighborConfig(
         num=32, draw="antithetic", probe_draw="fixed", calibration=calibration, patch_mix=3,
-        patch_mix_share=0.7, patch_mix_shift=True),
+        patch_mix_share=0.4, patch_mix_shift=True, reuse_probes=reuse),
                            holdout=8, student=StudentConfig(
                                method="lasso", steps=10, lasso_smooth_grid=(0.0, 0.5),
                                lasso_screen=0.5))
@@ -242,7 +243,7 @@ def test_the_ridge_start_is_the_lasso_weighted_by_the_ridge_fit():
     ({"draw": "sobol"}, "NeighborConfig.draw must be one of"),
     ({"probe_draw": "grid"}, "NeighborConfig.probe_draw must be one of"),
     ({"draw": "lattice", "sampler": "pixel"}, "draw='lattice' shapes the VAE sampler"),
-    ({"calibration": "secant"}, "NeighborConfig.calibration must be one of"),
+    ({"calibration": "newton"}, "NeighborConfig.calibration must be one of"),
 ])
 def test_bad_draw_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -271,10 +272,10 @@ def test_interpolated_calibration_is_not_quantised():
     """On a flip fraction linear in the scale (s / 4), "interpolate" finds the exact scale of
     the target; "bisect" the middle of a bracket of width max / 2**steps."""
     for target in (0.2, 0.37):
-        exact = neighbors.bisect_scale(lambda s: s / 4, NeighborConfig(
+        exact = neighbors.search_scale(lambda s: s / 4, NeighborConfig(
             calibration="interpolate", target_flip=target))
         np.testing.assert_allclose(exact, 4 * target, rtol=1e-5)
-        mid = float(neighbors.bisect_scale(lambda s: s / 4, NeighborConfig(target_flip=target)))
+        mid = float(neighbors.search_scale(lambda s: s / 4, NeighborConfig(target_flip=target)))
         assert (mid - 0.125) % 0.25 == pytest.approx(0.0, abs=1e-6)
         assert abs(mid - 4 * target) <= 0.125 + 1e-6
     logits = jnp.array([[2.0, 0.0], [0.0, 3.0]])
@@ -282,6 +283,111 @@ def test_interpolated_calibration_is_not_quantised():
         calibration="interpolate")), 1 - jax.nn.softmax(logits)[:, 0], rtol=1e-6)
     np.testing.assert_array_equal(neighbors.probe_flips(logits, jnp.array([0, 0]),
                                                         NeighborConfig()), [0.0, 1.0])
+
+
+@pytest.mark.parametrize(("radius", "slope"), [(0.3, 1.5), (0.7, 3.0), (1.2, 4.5), (2.0, 6.0)])
+def test_secant_calibration_hits_a_log_logistic_flip_curve_in_two_steps(radius, slope):
+    """On soft flips logistic in the log scale, sigmoid(slope * log(s / radius) + logit(target)),
+    whatever the slope (within the clip) and the radius, "secant" finds the radius after two
+    evaluations (the first at calibration_start, the second off it unless the prior slope is
+    right); each evaluation is one call of ``flips``, batched over the shape."""
+    target = 0.16
+    logit_t = np.log(target / (1 - target))
+    radii = jnp.asarray([radius, radius * 1.1])
+    calls = []
+
+    def flips(s):
+        calls.append(s.shape)
+        return jax.nn.sigmoid(slope * jnp.log(s / radii) + logit_t)
+
+    cfg = NeighborConfig(calibration="secant", calibration_steps=2, target_flip=target)
+    found = neighbors.search_scale(flips, cfg, shape=(2,))
+    np.testing.assert_allclose(found, radii, rtol=1e-3)
+    assert calls == [(2,), (2,)]
+    one = neighbors.search_scale(flips, dataclasses.replace(cfg, calibration_steps=1), (2,))
+    if slope != neighbors.SECANT_SLOPE:  # one step trusts the prior slope: off the radius
+        assert np.min(np.abs(np.log(np.asarray(one) / np.asarray(radii)))) > 0.01
+
+
+def test_secant_calibration_stays_in_range_and_goes_the_right_way():
+    """A flip fraction that never reaches the target (0) ends at max_latent_scale; one that is
+    past it everywhere (1, e.g. a reconstruction the teacher already relabels) at the bottom of
+    the range, max / 1024; a flat one (no slope to measure) moves by the prior slope, not NaN."""
+    cfg = NeighborConfig(calibration="secant", calibration_steps=3)
+    none = neighbors.search_scale(lambda s: jnp.zeros_like(s), cfg)
+    np.testing.assert_allclose(none, cfg.max_latent_scale, rtol=1e-5)
+    past = neighbors.search_scale(lambda s: jnp.ones_like(s), cfg)
+    np.testing.assert_allclose(past, cfg.max_latent_scale / 1024, rtol=1e-4)
+    flat = neighbors.search_scale(lambda s: jnp.full_like(s, 0.05), cfg)
+    assert np.isfinite(flat) and cfg.calibration_start < float(flat) <= cfg.max_latent_scale
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"calibration": "newton"}, "calibration"),
+    ({"calibration_start": 0.0}, "calibration_start"),
+    ({"calibration_start": -1.0}, "calibration_start"),
+    ({"calibration_start": 5.0}, "must not exceed max_latent_scale"),
+    ({"calibration_start": "0.7"}, "calibration_start"),
+])
+def test_bad_calibration_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NeighborConfig(**kwargs)
+
+
+def test_reused_probes_are_the_first_neighbours_and_the_rest_unchanged():
+    """reuse_probes: the first calibration_probes neighbours (and their teacher logits) are the
+    last calibration step's probes, decoded at that step's scale in the fixed directions; the
+    other neighbours are those the same key gives without it, row for row."""
+    tp = _teacher()
+    nc = NeighborConfig(num=32, probe_draw="fixed", calibration="secant", calibration_steps=2,
+                        calibration_probes=6, patch_mix=3, patch_mix_share=0.5)
+    kw = dict(teacher_apply=teacher_apply_for(TINY_TEACHER), teacher_params=tp, vae_params=VP)
+    keys = jax.random.split(jax.random.PRNGKey(3), len(IMAGES))
+
+    def run(reuse):
+        cfg = ex.ExplainConfig(vae=VCFG, holdout=8, return_neighbors=True,
+                               neighbors=dataclasses.replace(nc, reuse_probes=reuse))
+        return ex.explain_batch(IMAGES, keys, config=cfg, **kw)
+
+    plain, reused = run(False), run(True)
+    np.testing.assert_array_equal(plain.scale, reused.scale)
+    np.testing.assert_allclose(reused.neighbors[:, 6:], plain.neighbors[:, 6:], atol=1e-6)
+    assert np.abs(np.asarray(reused.neighbors[:, :6] - plain.neighbors[:, :6])).max() > 0.01
+    # the probes of the last step: decode mean + s_last * eps at the scale the search stepped to
+    mean, _ = vae.encode(VP, IMAGES, config=VCFG)
+    eps = neighbors.probe_noise(None, nc, VCFG.latent_dim)
+    teacher = teacher_apply_for(TINY_TEACHER)
+    for i in range(len(IMAGES)):
+        label = jnp.argmax(teacher(tp, IMAGES[i:i + 1])[0])
+        seen = []
+
+        def flips(s, i=i, label=label):
+            x = vae.decode(VP, mean[i] + s * eps, config=VCFG)
+            seen.append(s)
+            return jnp.mean(neighbors.probe_flips(teacher(tp, x), label, nc)), x
+
+        _, last = neighbors.search_scale(flips, nc, with_last=True)
+        np.testing.assert_allclose(reused.neighbors[i, :6], last, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(reused.neighbor_probs[i, :6]),
+            np.asarray(jax.nn.softmax(teacher(tp, last))), atol=1e-5)
+
+
+@pytest.mark.parametrize(("neighbors_kw", "message"), [
+    ({"reuse_probes": True, "latent_scale": 1.0}, "reuses a calibrated radius's probes"),
+    ({"reuse_probes": True, "sampler": "pixel"}, "reuses a calibrated radius's probes"),
+    ({"reuse_probes": "yes"}, "reuse_probes"),
+])
+def test_bad_reuse_probes_configs(neighbors_kw, message):
+    with pytest.raises(ValueError, match=message):
+        NeighborConfig(**neighbors_kw)
+
+
+def test_reused_probes_must_fit_among_the_plain_fitted_neighbours():
+    with pytest.raises(ValueError, match="neither patch-mixed nor held out"):
+        ex.ExplainConfig(neighbors=NeighborConfig(num=64, reuse_probes=True, patch_mix=2,
+                                                  patch_mix_share=0.9, calibration_probes=16),
+                         holdout=16)
 
 
 def _sparse_case(seed, n=240, d=144, k=3, read=6):

@@ -32,7 +32,6 @@ from deepvid_jax.driver import map_instances
 from deepvid_jax.explainers.base import Attribution, check_inputs
 from deepvid_jax.explainers.deepvid.neighbors import (
     NeighborConfig,
-    bisect_scale,
     calibrate_scale,
     expand_patch_cells,
     latent_codes,
@@ -41,6 +40,7 @@ from deepvid_jax.explainers.deepvid.neighbors import (
     probe_flips,
     probe_noise,
     sample_neighbors,
+    search_scale,
 )
 from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student_selected
 from deepvid_jax.metrics import fidelity as metrics
@@ -121,6 +121,13 @@ class ExplainConfig:
             )
         if self.num_classes < 2:
             raise ValueError(f"ExplainConfig.num_classes must be >= 2, got {self.num_classes}.")
+        nc = self.neighbors
+        if nc.reuse_probes and nc.calibration_probes > mixed_rows(nc, self.num_fit)[0]:
+            raise ValueError(
+                f"NeighborConfig.reuse_probes puts the {nc.calibration_probes} calibration "
+                f"probes among the {mixed_rows(nc, self.num_fit)[0]} fitted neighbours that are "
+                "neither patch-mixed nor held out; use fewer probes, more neighbours or a "
+                "smaller patch_mix_share.")
         band = self.neighbors.latent_band
         if band is not None and len(band) != self.vae.latent_dim:
             raise ValueError(f"NeighborConfig.latent_band has {len(band)} bands; the VAE has "
@@ -248,12 +255,17 @@ def explain_instance(
         return _distil(image, nb, both[0], both[1:], None, config)
     # The instance's label is needed first, to calibrate the radius around it.
     t_instance = teacher_apply(teacher_params, image[None])[0]
-    scale, k_nb = _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
-                             config)
+    scale, k_nb, probes = _calibrate(image, key, t_instance, teacher_apply, teacher_params,
+                                     vae_params, config)
     nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale,
                           split=config.num_fit)
     nb = jnp.where(_mix_masks(k_nb, image.shape, config), image[None], nb)
-    t_logits = teacher_apply(teacher_params, nb)
+    if nc.reuse_probes:  # the first rows are the probes (the blocked program decodes no others)
+        p = nc.calibration_probes
+        nb = jnp.concatenate([probes[0], nb[p:]])
+        t_logits = jnp.concatenate([probes[1], teacher_apply(teacher_params, nb[p:])])
+    else:
+        t_logits = teacher_apply(teacher_params, nb)
     return _distil(image, nb, t_instance, t_logits, scale, config)
 
 
@@ -310,21 +322,25 @@ def neighbour_rows(
 
 
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
-               config: ExplainConfig) -> tuple[jax.Array, jax.Array]:
-    """(the calibrated latent scale [], the key of the neighbours) of one instance: the
+               config: ExplainConfig):
+    """(the calibrated latent scale [], the key of the neighbours, (the last step's probes
+    [P, H, W, C], their logits [P, K]) or None without ``reuse_probes``) of one instance: the
     instance's key is split into the probes' key and the neighbours'."""
     k_probe, k_nb = jax.random.split(key)
-    scale = calibrate_scale(
+    reuse = config.neighbors.reuse_probes
+    out = calibrate_scale(
         vae_params, image, k_probe, lambda x: teacher_apply(teacher_params, x),
-        jnp.argmax(t_instance), config.neighbors, config.vae)
-    return scale, k_nb
+        jnp.argmax(t_instance), config.neighbors, config.vae, with_last=reuse)
+    scale, probes = out if reuse else (out, None)
+    return scale, k_nb, probes
 
 
 def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, vae_params,
-                       config: ExplainConfig) -> tuple[jax.Array, jax.Array]:
+                       config: ExplainConfig):
     """`_calibrate` of a batch (images [B, H, W, C], keys [B], t_instance [B, K]) with each
-    bisection step's B x probes rows decoded and labelled in blocks: the same scales [B] and
-    neighbour keys [B], in a memory that does not grow with B x probes."""
+    search step's B x probes rows decoded and labelled in blocks: the same scales [B],
+    neighbour keys [B] and last probes ([B, P, H, W, C], [B, P, K]), in a memory that does not
+    grow with B x probes."""
     nc = config.neighbors
     k_probe, k_nb = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
     mean, logvar = vae.encode(vae_params, images, config=config.vae)  # [B, Z]
@@ -334,11 +350,13 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
 
     def flips(scale):  # [B] -> [B]
         z = mean[:, None] + scale[:, None, None] * std[:, None] * eps
-        _, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
+        x, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
                                     teacher_apply, teacher_params, config.block_size)
-        return jnp.mean(probe_flips(logits, label[:, None], nc), axis=1)
+        fraction = jnp.mean(probe_flips(logits, label[:, None], nc), axis=1)
+        return fraction, ((x, logits) if nc.reuse_probes else None)
 
-    return bisect_scale(flips, nc, shape=(images.shape[0],)), k_nb
+    scale, probes = search_scale(flips, nc, shape=(images.shape[0],), with_last=True)
+    return scale, k_nb, probes
 
 
 def _distil(image, nb, t_instance, t_logits, scale, config: ExplainConfig) -> Explanation:
@@ -415,10 +433,10 @@ def explain_batch(
         return jax.vmap(fn)(images, keys)
     nc = config.neighbors
     t_instance = teacher_apply(teacher_params, images)
-    scale = None
+    scale = probes = None
     if nc.calibrated:  # the probes in blocks too, then the neighbours
-        scale, keys = _calibrate_blocked(images, keys, t_instance, teacher_apply,
-                                         teacher_params, vae_params, config)
+        scale, keys, probes = _calibrate_blocked(images, keys, t_instance, teacher_apply,
+                                                 teacher_params, vae_params, config)
     if nc.sampler == "vae":
         fixed = nc.latent_scale if scale is None else None
         rows = jax.vmap(lambda im, k, s: latent_codes(
@@ -432,8 +450,12 @@ def explain_batch(
 
         def generate(x):
             return x
-    nb, t_logits = label_in_blocks(rows, generate, teacher_apply, teacher_params,
+    skip = nc.calibration_probes if nc.reuse_probes else 0  # rows the probes stand for
+    nb, t_logits = label_in_blocks(rows[:, skip:], generate, teacher_apply, teacher_params,
                                    config.block_size)
+    if skip:
+        nb, t_logits = (jnp.concatenate(pair, 1) for pair in zip(probes, (nb, t_logits),
+                                                                 strict=True))
     return jax.vmap(lambda im, n, ti, tl, s: _distil(im, n, ti, tl, s, config))(
         images, nb, t_instance, t_logits, scale)
 

@@ -26,7 +26,7 @@ DRAWS = ("random", "antithetic", "lattice")
 # How the calibration probes' directions are drawn (`NeighborConfig.probe_draw`).
 PROBE_DRAWS = ("random", "fixed")
 # How the calibrated radius is read off the probes (`NeighborConfig.calibration`).
-CALIBRATIONS = ("bisect", "interpolate")
+CALIBRATIONS = ("bisect", "interpolate", "secant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,19 @@ class NeighborConfig:
         it aims at moves in steps of ``1 / calibration_probes``) or "interpolate" (each probe
         counts ``1 - `` the teacher's probability of the instance's label, a flip fraction
         continuous in the scale, and the scale is interpolated linearly inside the last
-        bracket: no quantisation, at the same probe work).
+        bracket: no quantisation, at the same probe work) or "secant" (the same soft flips, no
+        bracket: the first step probes ``calibration_start``, each later one, and the answer,
+        follow the secant of the logit of the flip fraction against the log of the scale
+        through the last two steps (the first by the slope `SECANT_SLOPE`), `secant_scale`:
+        the soft flip of a probe is close to logistic in the log scale, so two steps land
+        where four halvings do).
+      calibration_start: "secant" only: the scale of its first step (the median calibrated
+        radius of the README's MNIST and KMNIST models is about 0.7).
+      reuse_probes: with a calibrated radius, the last calibration step's probes, already
+        decoded and labelled, are the first ``calibration_probes`` neighbours the student is
+        fitted on, and only the others are drawn and decoded (the probes' decodings are then
+        not extra work). They lie at the last step's scale, near the radius found, in the
+        probes' directions.
       pixel_noise: standard deviation of the pixel noise of the "pixel" sampler.
       mask_keep: probability that the "mask" sampler keeps a pixel (all channels together).
       mask_value: what a masked pixel becomes.
@@ -109,6 +121,8 @@ class NeighborConfig:
     # 16 x 6 (docs/design/radius.md), at less cost (docs/results/bench.md).
     calibration_probes: int = 8
     calibration_steps: int = 4
+    calibration_start: float = 0.7
+    reuse_probes: bool = False
     patch_mix: int = 0
     patch_mix_share: float = 0.5
     patch_mix_keep: float = 0.5
@@ -137,9 +151,17 @@ class NeighborConfig:
         if self.patch_mix and self.sampler != "vae":
             raise ValueError(f"NeighborConfig.patch_mix mixes VAE neighbours with the instance; "
                              f"the {self.sampler!r} sampler has none (use sampler='vae').")
-        validate.fields(self, open_probability=("target_flip",), positive=("max_latent_scale",),
-                        boolean=("use_posterior_std",),
+        validate.fields(self, open_probability=("target_flip",),
+                        positive=("max_latent_scale", "calibration_start"),
+                        boolean=("use_posterior_std", "reuse_probes"),
                         positive_int=("calibration_probes", "calibration_steps"))
+        if self.calibration_start > self.max_latent_scale:
+            raise ValueError(f"NeighborConfig.calibration_start ({self.calibration_start}) must "
+                             f"not exceed max_latent_scale ({self.max_latent_scale}).")
+        if self.reuse_probes and not self.calibrated:
+            raise ValueError("NeighborConfig.reuse_probes reuses a calibrated radius's probes; "
+                             "this config has none (it needs sampler='vae', latent_scale=None "
+                             "and latent_band=None).")
         if self.latent_band is not None:
             if not isinstance(self.latent_band, tuple) or not self.latent_band:
                 raise ValueError("NeighborConfig.latent_band must be a non-empty tuple of "
@@ -300,15 +322,18 @@ def calibrate_scale(
     label: jax.Array,
     config: NeighborConfig,
     vae_config: VAEConfig,
-) -> jax.Array:
+    with_last: bool = False,
+):
     """The latent scale at which ``config.target_flip`` of the neighbours of ``image`` [H, W, C]
-    get another label than ``label`` (bisection; `NeighborConfig.target_flip`).
+    get another label than ``label`` (`search_scale`; `NeighborConfig.target_flip`).
 
     Args:
       logits_of: images [P, H, W, C] -> the teacher's logits [P, K].
+      with_last: also return the last step's probes [P, H, W, C] and their logits [P, K].
 
     Returns:
-      scalar scale in [0, config.max_latent_scale].
+      scalar scale in [0, config.max_latent_scale] (with ``with_last``: (it, (probes,
+      logits))).
     """
     mean, logvar = vae.encode(vae_params, image[None], config=vae_config)
     std = jnp.exp(0.5 * logvar) if config.use_posterior_std else jnp.ones_like(mean)
@@ -316,15 +341,17 @@ def calibrate_scale(
 
     def flips(scale):
         probes = vae.decode(vae_params, mean + scale * std * eps, config=vae_config)
-        return jnp.mean(probe_flips(logits_of(probes), label, config))
+        logits = logits_of(probes)
+        return jnp.mean(probe_flips(logits, label, config)), (probes, logits)
 
-    return bisect_scale(flips, config)
+    scale, last = search_scale(flips, config, with_last=True)
+    return (scale, last) if with_last else scale
 
 
 def probe_flips(logits: jax.Array, label: jax.Array, config: NeighborConfig) -> jax.Array:
     """Per probe, whether the teacher relabels it (logits [..., K], label [...] broadcast):
-    1.0 / 0.0 ("bisect"), or 1 - the probability of ``label`` ("interpolate")."""
-    if config.calibration == "interpolate":
+    1.0 / 0.0 ("bisect"), or 1 - the probability of ``label`` ("interpolate", "secant")."""
+    if config.calibration != "bisect":
         p = jax.nn.softmax(logits, axis=-1)
         label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), logits.shape[:-1])
         return 1.0 - jnp.take_along_axis(p, label[..., None], -1)[..., 0]
@@ -349,32 +376,87 @@ def probe_noise(key: jax.Array, config: NeighborConfig, latent_dim: int) -> jax.
 _FIXED_PROBE_SEED = 0x5EED  # `probe_draw="fixed"`: the seed of the probes shared by all
 
 
-def bisect_scale(
-    flips: Callable[[jax.Array], jax.Array], config: NeighborConfig, shape: tuple = ()
-) -> jax.Array:
-    """The latent scales (of ``shape``) where ``flips(scales)`` (label-flip fractions, same
-    shape) crosses ``config.target_flip``: ``calibration_steps`` halvings of
-    [0, ``max_latent_scale``], elementwise; then the middle of the last bracket ("bisect") or
-    the linear interpolation of the flip fractions measured at its ends ("interpolate"; the
-    ends never measured count as 0 at scale 0 and 1 at the top)."""
+def search_scale(
+    flips: Callable, config: NeighborConfig, shape: tuple = (), *, with_last: bool = False,
+):
+    """The latent scales (of ``shape``) where ``flips(scales)`` (flip fractions, same shape)
+    crosses ``config.target_flip``, by ``config.calibration``'s search: `secant_scale` for
+    "secant", else `bisect_scale`.
+
+    With ``with_last``, ``flips`` returns (fractions, anything, e.g. the probes and their
+    logits) and so does the search: (scales, that of its last evaluation)."""
+    measure = flips if with_last else (lambda s: (flips(s), None))
+    search = secant_scale if config.calibration == "secant" else bisect_scale
+    scale, last = search(measure, config, shape)
+    return (scale, last) if with_last else scale
+
+
+# "secant"'s first slope: the median slope of the logit of the 16 fixed probes' soft flip
+# against the log scale where it crosses 0.16, on 100 held-out images of the README's MNIST
+# (3.5) and KMNIST (3.0) models; the later slopes are measured, within [1/2, 10] (a noisy pair
+# of steps may give any slope, or none).
+SECANT_SLOPE, SECANT_SLOPES = 3.0, (0.5, 10.0)
+
+
+def secant_scale(flips: Callable, config: NeighborConfig, shape: tuple = ()):
+    """The latent scales (of ``shape``) where the soft flip fractions in [0, 1] of
+    ``flips(scales) -> (fractions, aux)`` cross ``config.target_flip``, and the last
+    evaluation's ``aux``: by the secant method on the logit of the flip fraction against the
+    log of the scale, ``calibration_steps`` evaluations, the first at
+    ``config.calibration_start``, each next one (and the answer) where the line through the
+    last two (the first alone with the slope `SECANT_SLOPE`) meets the target's logit; every
+    scale kept in [``max_latent_scale`` / 1024, ``max_latent_scale``]. A soft flip that is
+    logistic in the log scale is hit exactly after two steps; the probes' flips are close to
+    that near the target (docs/design/radius.md)."""
+    def logit(f):  # flips of exactly 0 or 1 have none: clipped, they still say which way
+        f = jnp.clip(f, 1e-4, 1.0 - 1e-4)
+        return jnp.log(f) - jnp.log1p(-f)
+
+    target = math.log(config.target_flip / (1.0 - config.target_flip))
+    lo, hi = math.log(config.max_latent_scale / 1024), math.log(config.max_latent_scale)
+
+    def step(_, state):
+        a1, l1, slope, _ = state  # the last step (log scale, logit flip); the slope to use
+        a2 = jnp.clip(a1 + (target - l1) / slope, lo, hi)
+        f2, aux = flips(jnp.exp(a2))
+        l2 = logit(f2)
+        measured = (l2 - l1) / jnp.where(a2 == a1, 1.0, a2 - a1)
+        return a2, l2, jnp.where(a2 == a1, slope, jnp.clip(measured, *SECANT_SLOPES)), aux
+
+    a = jnp.full(shape, math.log(config.calibration_start), jnp.float32)
+    first, aux = flips(jnp.exp(a))
+    a, f, slope, aux = jax.lax.fori_loop(
+        1, config.calibration_steps, step,
+        (a, logit(first), jnp.full(shape, SECANT_SLOPE, jnp.float32), aux))
+    return jnp.exp(jnp.clip(a + (target - f) / slope, lo, hi)), aux
+
+
+def bisect_scale(flips: Callable, config: NeighborConfig, shape: tuple = ()):
+    """The latent scales (of ``shape``) where the label-flip fractions of ``flips(scales) ->
+    (fractions, aux)`` cross ``config.target_flip``, and the last evaluation's ``aux``:
+    ``calibration_steps`` halvings of [0, ``max_latent_scale``], elementwise; then the middle
+    of the last bracket ("bisect") or the linear interpolation of the flip fractions measured at
+    its ends ("interpolate"; the ends never measured count as 0 at scale 0 and 1 at the top)."""
     target = config.target_flip
 
-    def halve(_, bounds):
-        lo, hi, f_lo, f_hi = bounds
+    def halve(_, state):
+        lo, hi, f_lo, f_hi, _ = state
         mid = 0.5 * (lo + hi)
-        f = flips(mid)
+        f, aux = flips(mid)
         below = f < target
         return (jnp.where(below, mid, lo), jnp.where(below, hi, mid),
-                jnp.where(below, f, f_lo), jnp.where(below, f_hi, f))
+                jnp.where(below, f, f_lo), jnp.where(below, f_hi, f), aux)
 
     zeros = jnp.zeros(shape, jnp.float32)
-    lo, hi, f_lo, f_hi = jax.lax.fori_loop(
+    aux = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
+                       jax.eval_shape(lambda: flips(zeros)[1]))
+    lo, hi, f_lo, f_hi, aux = jax.lax.fori_loop(
         0, config.calibration_steps, halve,
-        (zeros, jnp.full(shape, config.max_latent_scale, jnp.float32), zeros, zeros + 1.0))
+        (zeros, jnp.full(shape, config.max_latent_scale, jnp.float32), zeros, zeros + 1.0, aux))
     if config.calibration == "bisect":
-        return 0.5 * (lo + hi)
+        return 0.5 * (lo + hi), aux
     t = jnp.clip((target - f_lo) / jnp.maximum(f_hi - f_lo, 1e-6), 0.0, 1.0)
-    return lo + t * (hi - lo)
+    return lo + t * (hi - lo), aux
 
 
 def mixed_rows(config: NeighborConfig, num_fit: int) -> tuple[int, int]:
