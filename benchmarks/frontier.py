@@ -92,10 +92,10 @@ VARIANTS = {
     # The former default, with 8 calibration probes (half a basis of the 16-d latent: radii
     # farther from their target, benchmarks/calibration.py); then the default with three
     # halvings: 48 probe decodings in three rounds (the default: 64 in four).
-    "deepvid_8probes": ("deepvid", deepvid_variant(default_with(**HALVINGS,
-                                                                calibration_probes=8)), (512,)),
-    "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(**HALVINGS,
-                                                                  calibration_steps=3)), (512,)),
+    "deepvid_8probes": ("deepvid", deepvid_variant(default_with(
+        **HALVINGS | dict(calibration_probes=8))), (512,)),
+    "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(
+        **HALVINGS | dict(calibration_steps=3))), (512,)),
     # The radius by two secant steps on the same 16 probes (32 probe decodings); then with the
     # last step's 16 probes reused as the first neighbours (496 more decoded, not 512); then
     # three steps, so as many extra decodings (32) as two steps without the reuse.
