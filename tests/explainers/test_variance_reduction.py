@@ -11,7 +11,7 @@ from conftest import TINY_TEACHER
 
 from deepvid_jax.data import sources as data
 from deepvid_jax.explainers.deepvid import core as ex
-from deepvid_jax.explainers.deepvid import lasso, neighbors, student
+from deepvid_jax.explainers.deepvid import lasso, neighbors, radius, student
 from deepvid_jax.explainers.deepvid.neighbors import NeighborConfig
 from deepvid_jax.explainers.deepvid.student import StudentConfig
 from deepvid_jax.models import vae
@@ -109,15 +109,15 @@ def test_fixed_probes_make_the_radius_a_function_of_the_image_alone():
     def scales(probe_draw):
         nc = NeighborConfig(num=32, probe_draw=probe_draw, calibration_probes=16,
                             calibration_steps=8)
-        return [float(neighbors.calibrate_scale(VP, image, jax.random.PRNGKey(k), logits_of,
+        return [float(radius.calibrate_scale(VP, image, jax.random.PRNGKey(k), logits_of,
                                                 jnp.int32(0), nc, VCFG)) for k in range(4)]
 
     fixed, keyed = scales("fixed"), scales("random")
     assert len(set(fixed)) == 1 and 0 < fixed[0] < 3.9
     assert len(set(keyed)) > 1
     np.testing.assert_array_equal(
-        neighbors.probe_noise(jax.random.PRNGKey(0), NeighborConfig(probe_draw="fixed"), 3),
-        neighbors.probe_noise(jax.random.PRNGKey(1), NeighborConfig(probe_draw="fixed"), 3))
+        radius.probe_noise(jax.random.PRNGKey(0), NeighborConfig(probe_draw="fixed"), 3),
+        radius.probe_noise(jax.random.PRNGKey(1), NeighborConfig(probe_draw="fixed"), 3))
 
 
 @pytest.mark.parametrize("probes, latent_dim", [(16, 16), (8, 16), (20, 8)])
@@ -126,14 +126,14 @@ def test_fixed_probes_are_orthonormal_directions_at_the_typical_radius(probes, l
     standard normal draw's typical length); fewer are orthogonal but span only part of it;
     more come in blocks of Z, each block a basis. A key's random probes are none of these."""
     cfg = NeighborConfig(probe_draw="fixed", calibration_probes=probes)
-    p = np.asarray(neighbors.probe_noise(jax.random.PRNGKey(0), cfg, latent_dim), np.float64)
+    p = np.asarray(radius.probe_noise(jax.random.PRNGKey(0), cfg, latent_dim), np.float64)
     assert p.shape == (probes, latent_dim)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), np.sqrt(latent_dim), rtol=1e-5)
     for start in range(0, probes, latent_dim):
         block = p[start:start + latent_dim] / np.sqrt(latent_dim)
         np.testing.assert_allclose(block @ block.T, np.eye(len(block)), atol=1e-5)
     assert np.linalg.matrix_rank(p, tol=1e-3) == min(probes, latent_dim)
-    r = np.asarray(neighbors.probe_noise(
+    r = np.asarray(radius.probe_noise(
         jax.random.PRNGKey(0), dataclasses.replace(cfg, probe_draw="random"), latent_dim))
     assert np.abs(r @ r.T / latent_dim - np.eye(probes)).max() > 0.1
 
@@ -272,28 +272,28 @@ def test_interpolated_calibration_is_not_quantised():
     """On a flip fraction linear in the scale (s / 4), "interpolate" finds the exact scale of
     the target; "bisect" the middle of a bracket of width max / 2**steps."""
     for target in (0.2, 0.37):
-        exact = neighbors.search_scale(lambda s: s / 4, NeighborConfig(
+        exact = radius.search_scale(lambda s: s / 4, NeighborConfig(
             calibration="interpolate", target_flip=target))
         np.testing.assert_allclose(exact, 4 * target, rtol=1e-5)
-        mid = float(neighbors.search_scale(lambda s: s / 4, NeighborConfig(target_flip=target)))
+        mid = float(radius.search_scale(lambda s: s / 4, NeighborConfig(target_flip=target)))
         assert (mid - 0.125) % 0.25 == pytest.approx(0.0, abs=1e-6)
         assert abs(mid - 4 * target) <= 0.125 + 1e-6
     logits = jnp.array([[2.0, 0.0], [0.0, 3.0]])
-    np.testing.assert_allclose(neighbors.probe_flips(logits, jnp.array([0, 0]), NeighborConfig(
+    np.testing.assert_allclose(radius.probe_flips(logits, jnp.array([0, 0]), NeighborConfig(
         calibration="interpolate")), 1 - jax.nn.softmax(logits)[:, 0], rtol=1e-6)
-    np.testing.assert_array_equal(neighbors.probe_flips(logits, jnp.array([0, 0]),
+    np.testing.assert_array_equal(radius.probe_flips(logits, jnp.array([0, 0]),
                                                         NeighborConfig()), [0.0, 1.0])
 
 
-@pytest.mark.parametrize(("radius", "slope"), [(0.3, 1.5), (0.7, 3.0), (1.2, 4.5), (2.0, 6.0)])
-def test_secant_calibration_hits_a_log_logistic_flip_curve_in_two_steps(radius, slope):
+@pytest.mark.parametrize(("true_radius", "slope"), [(0.3, 1.5), (0.7, 3.0), (1.2, 4.5), (2.0, 6.0)])
+def test_secant_calibration_hits_a_log_logistic_flip_curve_in_two_steps(true_radius, slope):
     """On soft flips logistic in the log scale, sigmoid(slope * log(s / radius) + logit(target)),
     whatever the slope (within the clip) and the radius, "secant" finds the radius after two
     evaluations (the first at calibration_start, the second off it unless the prior slope is
     right); each evaluation is one call of ``flips``, batched over the shape."""
     target = 0.16
     logit_t = np.log(target / (1 - target))
-    radii = jnp.asarray([radius, radius * 1.1])
+    radii = jnp.asarray([true_radius, true_radius * 1.1])
     calls = []
 
     def flips(s):
@@ -301,11 +301,11 @@ def test_secant_calibration_hits_a_log_logistic_flip_curve_in_two_steps(radius, 
         return jax.nn.sigmoid(slope * jnp.log(s / radii) + logit_t)
 
     cfg = NeighborConfig(calibration="secant", calibration_steps=2, target_flip=target)
-    found = neighbors.search_scale(flips, cfg, shape=(2,))
+    found = radius.search_scale(flips, cfg, shape=(2,))
     np.testing.assert_allclose(found, radii, rtol=1e-3)
     assert calls == [(2,), (2,)]
-    one = neighbors.search_scale(flips, dataclasses.replace(cfg, calibration_steps=1), (2,))
-    if slope != neighbors.SECANT_SLOPE:  # one step trusts the prior slope: off the radius
+    one = radius.search_scale(flips, dataclasses.replace(cfg, calibration_steps=1), (2,))
+    if slope != radius.SECANT_SLOPE:  # one step trusts the prior slope: off the radius
         assert np.min(np.abs(np.log(np.asarray(one) / np.asarray(radii)))) > 0.01
 
 
@@ -314,11 +314,11 @@ def test_secant_calibration_stays_in_range_and_goes_the_right_way():
     past it everywhere (1, e.g. a reconstruction the teacher already relabels) at the bottom of
     the range, max / 1024; a flat one (no slope to measure) moves by the prior slope, not NaN."""
     cfg = NeighborConfig(calibration="secant", calibration_steps=3)
-    none = neighbors.search_scale(lambda s: jnp.zeros_like(s), cfg)
+    none = radius.search_scale(lambda s: jnp.zeros_like(s), cfg)
     np.testing.assert_allclose(none, cfg.max_latent_scale, rtol=1e-5)
-    past = neighbors.search_scale(lambda s: jnp.ones_like(s), cfg)
+    past = radius.search_scale(lambda s: jnp.ones_like(s), cfg)
     np.testing.assert_allclose(past, cfg.max_latent_scale / 1024, rtol=1e-4)
-    flat = neighbors.search_scale(lambda s: jnp.full_like(s, 0.05), cfg)
+    flat = radius.search_scale(lambda s: jnp.full_like(s, 0.05), cfg)
     assert np.isfinite(flat) and cfg.calibration_start < float(flat) <= cfg.max_latent_scale
 
 
@@ -334,13 +334,15 @@ def test_bad_calibration_configs(kwargs, message):
         NeighborConfig(**kwargs)
 
 
-def test_reused_probes_are_the_first_neighbours_and_the_rest_unchanged():
+@pytest.mark.parametrize(("share", "reused"), [(0.5, 6), (0.85, 4)])
+def test_reused_probes_are_the_first_neighbours_and_the_rest_unchanged(share, reused):
     """reuse_probes: the first calibration_probes neighbours (and their teacher logits) are the
-    last calibration step's probes, decoded at that step's scale in the fixed directions; the
-    other neighbours are those the same key gives without it, row for row."""
+    last calibration step's probes, decoded at that step's scale in the fixed directions, or as
+    many as there are plain fitted rows (24 fitted, 85 % mixed: 4); the other neighbours are
+    those the same key gives without it, row for row."""
     tp = _teacher()
     nc = NeighborConfig(num=32, probe_draw="fixed", calibration="secant", calibration_steps=2,
-                        calibration_probes=6, patch_mix=3, patch_mix_share=0.5)
+                        calibration_probes=6, patch_mix=3, patch_mix_share=share)
     kw = dict(teacher_apply=teacher_apply_for(TINY_TEACHER), teacher_params=tp, vae_params=VP)
     keys = jax.random.split(jax.random.PRNGKey(3), len(IMAGES))
 
@@ -349,45 +351,48 @@ def test_reused_probes_are_the_first_neighbours_and_the_rest_unchanged():
                                neighbors=dataclasses.replace(nc, reuse_probes=reuse))
         return ex.explain_batch(IMAGES, keys, config=cfg, **kw)
 
-    plain, reused = run(False), run(True)
-    np.testing.assert_array_equal(plain.scale, reused.scale)
-    np.testing.assert_allclose(reused.neighbors[:, 6:], plain.neighbors[:, 6:], atol=1e-6)
-    assert np.abs(np.asarray(reused.neighbors[:, :6] - plain.neighbors[:, :6])).max() > 0.01
+    plain, out = run(False), run(True)
+    assert ex.reused_probes(dataclasses.replace(
+        ex.ExplainConfig(vae=VCFG, holdout=8), neighbors=dataclasses.replace(
+            nc, reuse_probes=True))) == reused
+    np.testing.assert_array_equal(plain.scale, out.scale)
+    np.testing.assert_allclose(out.neighbors[:, reused:], plain.neighbors[:, reused:], atol=1e-6)
+    assert np.abs(np.asarray(out.neighbors[:, :reused] - plain.neighbors[:, :reused])).max() > 0.01
     # the probes of the last step: decode mean + s_last * eps at the scale the search stepped to
     mean, _ = vae.encode(VP, IMAGES, config=VCFG)
-    eps = neighbors.probe_noise(None, nc, VCFG.latent_dim)
+    eps = radius.probe_noise(None, nc, VCFG.latent_dim)
     teacher = teacher_apply_for(TINY_TEACHER)
     for i in range(len(IMAGES)):
         label = jnp.argmax(teacher(tp, IMAGES[i:i + 1])[0])
-        seen = []
-
         def flips(s, i=i, label=label):
             x = vae.decode(VP, mean[i] + s * eps, config=VCFG)
-            seen.append(s)
-            return jnp.mean(neighbors.probe_flips(teacher(tp, x), label, nc)), x
+            return jnp.mean(radius.probe_flips(teacher(tp, x), label, nc)), x
 
-        _, last = neighbors.search_scale(flips, nc, with_last=True)
-        np.testing.assert_allclose(reused.neighbors[i, :6], last, atol=1e-5)
+        _, last = radius.search_scale(flips, nc, with_last=True)
+        np.testing.assert_allclose(out.neighbors[i, :reused], last[:reused], atol=1e-5)
         np.testing.assert_allclose(
-            np.asarray(reused.neighbor_probs[i, :6]),
-            np.asarray(jax.nn.softmax(teacher(tp, last))), atol=1e-5)
+            np.asarray(out.neighbor_probs[i, :reused]),
+            np.asarray(jax.nn.softmax(teacher(tp, last[:reused]))), atol=1e-5)
 
 
-@pytest.mark.parametrize(("neighbors_kw", "message"), [
-    ({"reuse_probes": True, "latent_scale": 1.0}, "reuses a calibrated radius's probes"),
-    ({"reuse_probes": True, "sampler": "pixel"}, "reuses a calibrated radius's probes"),
-    ({"reuse_probes": "yes"}, "reuse_probes"),
-])
-def test_bad_reuse_probes_configs(neighbors_kw, message):
-    with pytest.raises(ValueError, match=message):
-        NeighborConfig(**neighbors_kw)
+def test_bad_reuse_probes_configs():
+    with pytest.raises(ValueError, match="reuse_probes"):
+        NeighborConfig(reuse_probes="yes")
 
 
-def test_reused_probes_must_fit_among_the_plain_fitted_neighbours():
-    with pytest.raises(ValueError, match="neither patch-mixed nor held out"):
-        ex.ExplainConfig(neighbors=NeighborConfig(num=64, reuse_probes=True, patch_mix=2,
-                                                  patch_mix_share=0.9, calibration_probes=16),
-                         holdout=16)
+def test_reuse_probes_has_no_effect_without_a_calibrated_radius():
+    """As the other calibration fields: the default with a fixed scale, bit for bit."""
+    kw = dict(teacher_apply=teacher_apply_for(TINY_TEACHER), teacher_params=_teacher(),
+              vae_params=VP)
+    keys = jax.random.split(jax.random.PRNGKey(4), len(IMAGES))
+
+    def run(reuse):
+        nc = NeighborConfig(num=32, latent_scale=1.0, reuse_probes=reuse)
+        cfg = ex.ExplainConfig(vae=VCFG, holdout=8, neighbors=nc)
+        assert ex.reused_probes(cfg) == 0
+        return ex.explain_batch(IMAGES, keys, config=cfg, **kw).weights
+
+    np.testing.assert_array_equal(run(True), run(False))
 
 
 def _sparse_case(seed, n=240, d=144, k=3, read=6):

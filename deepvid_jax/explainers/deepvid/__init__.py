@@ -5,7 +5,9 @@ by the teacher, distilled into a linear student whose weight images are the expl
   default is DeepVID's) and presets (`FAST`, `FIXED_RADIUS`, `FIXED_SMOOTH`: the former
   default), and the registered explainer function `deepvid_attribution`;
 - `neighbors`: where neighbours come from (VAE latent bands, pixel noise, masks);
-- `student`: the linear students (exact ridge, the sparse lasso, the KD student).
+- `radius`: the calibrated radius of the VAE neighbours (the probes and their search);
+- `student`: the linear students (exact ridge, the sparse lasso, the KD student);
+- `lasso`: the sparse student's solver (FISTA and its options).
 """
 
 from deepvid_jax.explainers.deepvid.core import (

@@ -32,14 +32,16 @@ from deepvid_jax.driver import map_instances
 from deepvid_jax.explainers.base import Attribution, check_inputs
 from deepvid_jax.explainers.deepvid.neighbors import (
     NeighborConfig,
-    calibrate_scale,
     expand_patch_cells,
     latent_codes,
     mixed_rows,
     patch_mix_cells,
+    sample_neighbors,
+)
+from deepvid_jax.explainers.deepvid.radius import (
+    calibrate_scale,
     probe_flips,
     probe_noise,
-    sample_neighbors,
     search_scale,
 )
 from deepvid_jax.explainers.deepvid.student import StudentConfig, fit_student_selected
@@ -55,9 +57,11 @@ class ExplainConfig:
 
     ``ExplainConfig()`` is DeepVID's default, the registered "deepvid": 512 VAE neighbours (448 to
     fit) at a radius calibrated per image (16 fixed probes in orthonormal directions, a whole basis
-    of a 16-d latent space such as the README's VAEs have, and 4 halvings; the radius interpolated:
-    a function of the image alone, not of the key) to a soft flip fraction of 0.16, at which about a
-    fifth of the plain decodings change the teacher's label; 70 % of those fitted on take random 2x2
+    of a 16-d latent space such as the README's VAEs have, and 3 secant steps on the logit of the
+    flip fraction against the log radius: a function of the image alone, not of the key) to a soft
+    flip fraction of 0.16, at which about a fifth of the plain decodings change the teacher's
+    label; the last step's 16 probes are the first 16 fitted neighbours, so the search costs 32
+    extra decodings; 70 % of those fitted on take random 2x2
     patches from the instance on a grid shifted per neighbour, so that pixels which move together in
     VAE decodings come apart. The student is the group lasso over classes (a pixel is kept or
     dropped for every class) on the half of the pixels most correlated with the teacher's logits,
@@ -95,8 +99,9 @@ class ExplainConfig:
     vae: VAEConfig = VAEConfig()
     neighbors: NeighborConfig = NeighborConfig(num=512, patch_mix=2, patch_mix_share=0.7,
                                                patch_mix_shift=True, probe_draw="fixed",
-                                               calibration_probes=16,
-                                               calibration="interpolate", target_flip=0.16)
+                                               calibration_probes=16, calibration="secant",
+                                               calibration_steps=3, reuse_probes=True,
+                                               target_flip=0.16)
     student: StudentConfig = StudentConfig(method="lasso", lasso=0.025, lasso_group=True,
                                            lasso_reweight=3, steps=30, lasso_rescale=True,
                                            lasso_screen=0.5, lasso_smooth_grid=(0.0, 1.5),
@@ -121,13 +126,6 @@ class ExplainConfig:
             )
         if self.num_classes < 2:
             raise ValueError(f"ExplainConfig.num_classes must be >= 2, got {self.num_classes}.")
-        nc = self.neighbors
-        if nc.reuse_probes and nc.calibration_probes > mixed_rows(nc, self.num_fit)[0]:
-            raise ValueError(
-                f"NeighborConfig.reuse_probes puts the {nc.calibration_probes} calibration "
-                f"probes among the {mixed_rows(nc, self.num_fit)[0]} fitted neighbours that are "
-                "neither patch-mixed nor held out; use fewer probes, more neighbours or a "
-                "smaller patch_mix_share.")
         band = self.neighbors.latent_band
         if band is not None and len(band) != self.vae.latent_dim:
             raise ValueError(f"NeighborConfig.latent_band has {len(band)} bands; the VAE has "
@@ -260,10 +258,10 @@ def explain_instance(
     nb = sample_neighbors(image, k_nb, vae_params, nc, config.vae, scale=scale,
                           split=config.num_fit)
     nb = jnp.where(_mix_masks(k_nb, image.shape, config), image[None], nb)
-    if nc.reuse_probes:  # the first rows are the probes (the blocked program decodes no others)
-        p = nc.calibration_probes
-        nb = jnp.concatenate([probes[0], nb[p:]])
-        t_logits = jnp.concatenate([probes[1], teacher_apply(teacher_params, nb[p:])])
+    p = reused_probes(config)
+    if p:  # the first rows are the probes (the blocked program decodes no others)
+        nb = jnp.concatenate([probes[0][:p], nb[p:]])
+        t_logits = jnp.concatenate([probes[1][:p], teacher_apply(teacher_params, nb[p:])])
     else:
         t_logits = teacher_apply(teacher_params, nb)
     return _distil(image, nb, t_instance, t_logits, scale, config)
@@ -321,13 +319,25 @@ def neighbour_rows(
     return rows, generate
 
 
+def reused_probes(config: ExplainConfig) -> int:
+    """How many of the last calibration step's probes are the first fitted neighbours
+    (`NeighborConfig.reuse_probes`): the first ``calibration_probes`` of them, or as many as
+    there are fitted neighbours neither patch-mixed nor held out; 0 without the reuse or a
+    calibrated radius."""
+    validate.config(config, ExplainConfig, "config")
+    nc = config.neighbors
+    if not (nc.reuse_probes and nc.calibrated):
+        return 0
+    return min(nc.calibration_probes, mixed_rows(nc, config.num_fit)[0])
+
+
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
                config: ExplainConfig):
     """(the calibrated latent scale [], the key of the neighbours, (the last step's probes
     [P, H, W, C], their logits [P, K]) or None without ``reuse_probes``) of one instance: the
     instance's key is split into the probes' key and the neighbours'."""
     k_probe, k_nb = jax.random.split(key)
-    reuse = config.neighbors.reuse_probes
+    reuse = bool(reused_probes(config))
     out = calibrate_scale(
         vae_params, image, k_probe, lambda x: teacher_apply(teacher_params, x),
         jnp.argmax(t_instance), config.neighbors, config.vae, with_last=reuse)
@@ -353,7 +363,7 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
         x, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
                                     teacher_apply, teacher_params, config.block_size)
         fraction = jnp.mean(probe_flips(logits, label[:, None], nc), axis=1)
-        return fraction, ((x, logits) if nc.reuse_probes else None)
+        return fraction, ((x, logits) if reused_probes(config) else None)
 
     scale, probes = search_scale(flips, nc, shape=(images.shape[0],), with_last=True)
     return scale, k_nb, probes
@@ -450,12 +460,12 @@ def explain_batch(
 
         def generate(x):
             return x
-    skip = nc.calibration_probes if nc.reuse_probes else 0  # rows the probes stand for
+    skip = reused_probes(config)  # rows the probes stand for
     nb, t_logits = label_in_blocks(rows[:, skip:], generate, teacher_apply, teacher_params,
                                    config.block_size)
     if skip:
-        nb, t_logits = (jnp.concatenate(pair, 1) for pair in zip(probes, (nb, t_logits),
-                                                                 strict=True))
+        nb, t_logits = (jnp.concatenate([p[:, :skip], q], 1)
+                        for p, q in zip(probes, (nb, t_logits), strict=True))
     return jax.vmap(lambda im, n, ti, tl, s: _distil(im, n, ti, tl, s, config))(
         images, nb, t_instance, t_logits, scale)
 
