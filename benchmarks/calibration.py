@@ -29,7 +29,7 @@ import numpy as np
 
 from deepvid_jax import driver, files, validate, viz
 from deepvid_jax.explainers.deepvid import core as ex
-from deepvid_jax.explainers.deepvid import neighbors as nbm
+from deepvid_jax.explainers.deepvid import radius
 from deepvid_jax.models import vae
 
 DEFAULT = ex.ExplainConfig().neighbors
@@ -94,7 +94,7 @@ def measure(models, images, args, stored: dict | None = None) -> dict:
 
     @jax.jit
     def reference_block(x, keys):
-        return nbm.search_scale(
+        return radius.search_scale(
             lambda sc: _flips(models, x["mean"], x["std"], x["labels"], ref_eps, sc)[0],
             ref_config, shape=(x["mean"].shape[0],))
 
@@ -135,7 +135,7 @@ def _schemes(models, images, labels, inputs, blocks, check, reference, past, row
             continue
         config = dataclasses.replace(DEFAULT, **change)
         calibrate = jax.jit(lambda x, keys, c=config: jax.vmap(
-            lambda im, k, lab: nbm.calibrate_scale(models.vae_params, im, k, teacher, lab, c,
+            lambda im, k, lab: radius.calibrate_scale(models.vae_params, im, k, teacher, lab, c,
                                                    models.vae_config))(
             x["images"], keys, x["labels"]))
         scales = [blocks(calibrate, seed, images=images)
@@ -190,7 +190,7 @@ def markdown(result: dict) -> str:
     return "\n".join([*lines, *("\n" + n for n in result.get("notes", []))]) + "\n"
 
 
-PLOTTED = ("8 fixed x 4", "8 random x 4", "16 fixed x 4", "32 fixed x 4")
+PLOTTED = ("8 fixed x 4", "8 random x 4", "16 fixed x 4", "32 fixed x 4", "16 fixed x 3 secant")
 
 
 def default_label() -> str | None:

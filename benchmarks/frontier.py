@@ -80,31 +80,32 @@ def registry_default(models, samples):
 
 
 # The radius searches of the rows below, named whatever the default's is: 16 fixed probes,
-# four halvings interpolated (the default until 2026-12-04), or two secant steps.
+# four halvings interpolated (64 probe decodings, none reused), or two secant steps.
 HALVINGS = dict(calibration_probes=16, probe_draw="fixed", calibration="interpolate",
-                calibration_steps=4)
+                calibration_steps=4, reuse_probes=False)
 SECANT = dict(calibration_probes=16, probe_draw="fixed", calibration="secant",
               calibration_steps=2)
 
 # label -> (registered method, config factory (models, samples) -> config or None, samples).
 VARIANTS = {
     "deepvid": ("deepvid", deepvid_variant(ex.ExplainConfig()), (256, 512)),
-    # The former default, with 8 calibration probes (half a basis of the 16-d latent: radii
-    # farther from their target, benchmarks/calibration.py); then the default with three
-    # halvings: 48 probe decodings in three rounds (the default: 64 in four).
+    # The radius by four halvings, interpolated, the probes not reused (64 extra decodings; the
+    # default takes three secant steps and reuses the last one's probes: 32); then with 8
+    # calibration probes (half a basis of the 16-d latent: radii farther from their target,
+    # benchmarks/calibration.py); then with three halvings (48).
+    "deepvid_halvings": ("deepvid", deepvid_variant(default_with(**HALVINGS)), (512,)),
     "deepvid_8probes": ("deepvid", deepvid_variant(default_with(
         **HALVINGS | dict(calibration_probes=8))), (512,)),
     "deepvid_3halvings": ("deepvid", deepvid_variant(default_with(
         **HALVINGS | dict(calibration_steps=3))), (512,)),
-    # The radius by two secant steps on the same 16 probes (32 probe decodings); then with the
-    # last step's 16 probes reused as the first neighbours (496 more decoded, not 512); then
-    # three steps, so as many extra decodings (32) as two steps without the reuse.
-    "deepvid_secant": ("deepvid", deepvid_variant(default_with(**SECANT)), (512,)),
+    # The radius by two secant steps on the same 16 probes (32 probe decodings), none reused;
+    # then with the last step's 16 probes reused as the first neighbours (496 more decoded, not
+    # 512): 16 extra decodings, the default's three steps 32.
+    "deepvid_secant": ("deepvid", deepvid_variant(default_with(**SECANT,
+                                                               reuse_probes=False)), (512,)),
     "deepvid_secant_reuse": ("deepvid", deepvid_variant(default_with(**SECANT,
                                                                      reuse_probes=True)),
                              (512,)),
-    "deepvid_secant3_reuse": ("deepvid", deepvid_variant(default_with(
-        **SECANT | dict(calibration_steps=3), reuse_probes=True)), (512,)),
     "deepvid_fixed_smooth": ("deepvid", deepvid_variant(ex.FIXED_SMOOTH), (512, 1024)),
     "deepvid_fast": ("deepvid_fast", deepvid_variant(ex.FAST), (512, 1024)),
     "lime": ("lime", registry_default, (512, 1024)),
