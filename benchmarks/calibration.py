@@ -136,7 +136,7 @@ def _schemes(models, images, labels, inputs, blocks, check, reference, past, row
         config = dataclasses.replace(DEFAULT, **change)
         calibrate = jax.jit(lambda x, keys, c=config: jax.vmap(
             lambda im, k, lab: radius.calibrate_scale(models.vae_params, im, k, teacher, lab, c,
-                                                   models.vae_config))(
+                                                      models.vae_config))(
             x["images"], keys, x["labels"]))
         scales = [blocks(calibrate, seed, images=images)
                   for seed in range(args.seeds if config.probe_draw == "random" else 1)]

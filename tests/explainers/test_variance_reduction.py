@@ -364,6 +364,7 @@ def test_reused_probes_are_the_first_neighbours_and_the_rest_unchanged(share, re
     teacher = teacher_apply_for(TINY_TEACHER)
     for i in range(len(IMAGES)):
         label = jnp.argmax(teacher(tp, IMAGES[i:i + 1])[0])
+
         def flips(s, i=i, label=label):
             x = vae.decode(VP, mean[i] + s * eps, config=VCFG)
             return jnp.mean(radius.probe_flips(teacher(tp, x), label, nc)), x

@@ -334,8 +334,8 @@ def reused_probes(config: ExplainConfig) -> int:
 def _calibrate(image, key, t_instance, teacher_apply, teacher_params, vae_params,
                config: ExplainConfig):
     """(the calibrated latent scale [], the key of the neighbours, (the last step's probes
-    [P, H, W, C], their logits [P, K]) or None without ``reuse_probes``) of one instance: the
-    instance's key is split into the probes' key and the neighbours'."""
+    [P, H, W, C], their logits [P, K]) or None when none is reused, `reused_probes`) of one
+    instance: the instance's key is split into the probes' key and the neighbours'."""
     k_probe, k_nb = jax.random.split(key)
     reuse = bool(reused_probes(config))
     out = calibrate_scale(
@@ -357,13 +357,14 @@ def _calibrate_blocked(images, keys, t_instance, teacher_apply, teacher_params, 
     std = jnp.exp(0.5 * logvar) if nc.use_posterior_std else jnp.ones_like(mean)
     eps = jax.vmap(lambda k: probe_noise(k, nc, mean.shape[-1]))(k_probe)  # [B, P, Z]
     label = jnp.argmax(t_instance, -1)
+    reuse = bool(reused_probes(config))
 
     def flips(scale):  # [B] -> [B]
         z = mean[:, None] + scale[:, None, None] * std[:, None] * eps
         x, logits = label_in_blocks(z, lambda r: vae.decode(vae_params, r, config=config.vae),
                                     teacher_apply, teacher_params, config.block_size)
         fraction = jnp.mean(probe_flips(logits, label[:, None], nc), axis=1)
-        return fraction, ((x, logits) if reused_probes(config) else None)
+        return fraction, ((x, logits) if reuse else None)
 
     scale, probes = search_scale(flips, nc, shape=(images.shape[0],), with_last=True)
     return scale, k_nb, probes
