@@ -348,3 +348,22 @@ def test_bad_block_size_is_clear():
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="block_size"):
             ex.ExplainConfig(block_size=bad)
+
+
+def test_students_fitted_in_groups_equal_the_whole_chunk(setup):
+    """``student_block`` changes only how many instances' students one vmapped program fits:
+    groups of 2 in chunks of 3 (a group and a remainder of 1) give the whole chunk's
+    explanations, with the default's lasso and its smoothness grid."""
+    images, tp, vp = setup
+    cfg = dataclasses.replace(SMALL, student=dataclasses.replace(ex.ExplainConfig().student,
+                                                                 steps=10))
+    whole = _run(images, tp, vp, dataclasses.replace(cfg, student_block=None))
+    grouped = _run(images, tp, vp, dataclasses.replace(cfg, student_block=2))
+    np.testing.assert_array_equal(grouped.smooth, whole.smooth)
+    _assert_trees_close(grouped, whole)
+
+
+def test_bad_student_block_is_clear():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="student_block"):
+            ex.ExplainConfig(student_block=bad)

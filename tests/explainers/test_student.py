@@ -438,3 +438,56 @@ def test_a_smoothness_penalty_keeps_both_of_two_adjacent_correlated_pixels():
     assert smooth[0] > smooth[1] > 0.5 * smooth[0]
     assert 0 < smooth[4] < 0.1 * smooth[0]  # below the read pixel
     assert not smooth[[2, 3, 5, 6, 7]].any()
+
+
+def test_dense_laplacian_is_the_grid_laplacian_on_the_kept_pixels():
+    """The matrix the selected lasso folds into its Gram matrix is `grid_laplacian` of the
+    whole grid with the other pixels at zero, restricted to the kept pixels (and the whole
+    grid's Laplacian when all are kept)."""
+    shape = (4, 5, 2)
+    d = 40
+    keep = jnp.asarray(np.random.default_rng(0).permutation(d)[:23])
+    z = np.random.default_rng(1).normal(size=(23, 3)).astype(np.float32)
+    full = np.zeros((d, 3), np.float32)
+    full[np.asarray(keep)] = z
+    want = np.asarray(lasso.grid_laplacian(jnp.asarray(full), shape))[np.asarray(keep)]
+    dense = lasso._dense_laplacian(keep, shape, jnp.float32)
+    np.testing.assert_allclose(dense @ z, want, atol=1e-5)
+    np.testing.assert_allclose(lasso._screened_laplacian(keep, shape)(jnp.asarray(z)), want,
+                               atol=1e-5)
+    inc = _grid_incidence(*shape)
+    np.testing.assert_allclose(lasso._dense_laplacian(None, shape, jnp.float32), inc.T @ inc,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "screen"), [(80, 0.5), (30, 1.0)])
+def test_selected_lasso_of_one_smoothness_is_the_lasso_at_it(n, screen):
+    """A grid of one value chooses it, and the fit is `fit_lasso`'s at that smoothness (with
+    the Laplacian folded into the screened Gram matrix; without a Gram matrix, N < D, as
+    there), reweighting and rescaling included."""
+    shape = (6, 5, 1)
+    rng = np.random.default_rng(2)
+    x = rng.random((n + 20, 30)).astype(np.float32)
+    t = (x @ (rng.normal(size=(30, 3)) * (rng.random((30, 1)) < 0.3))).astype(np.float32)
+    kw = dict(group=True, reweight=2, shape=shape, rescale=True, screen=screen)
+    want, wb, lam = lasso.fit_lasso(x[:n], t[:n], 0.05, 40, smooth=0.7, **kw)
+    w, b, lam2, chosen = lasso.fit_lasso_selected(x[:n], t[:n], x[n:], t[n:], 0.05, 40, (0.7,),
+                                                  **kw)
+    assert float(chosen) == pytest.approx(0.7)
+    np.testing.assert_allclose(w, want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(b, wb, atol=1e-5 * np.abs(wb).max())
+    assert float(lam2) == pytest.approx(float(lam))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(smooth_grid=()), "smooth_grid"), (dict(smooth_grid=[0.0, 1.0]), "smooth_grid"),
+    (dict(smooth_grid=(0.0, -1.0)), r"smooth_grid\[1\]"), (dict(tolerance=-1.0), "tolerance"),
+    (dict(relative=float("nan")), "relative"), (dict(screen=0.0), "screen"),
+    (dict(smooth_grid=(0.0, 1.0), shape=(5, 5, 1)), "image shape"),
+])
+def test_bad_selected_lasso_arguments_are_clear(kwargs, message):
+    x = np.random.default_rng(3).random((40, 30)).astype(np.float32)
+    t = x[:, :3].copy()
+    args = dict(smooth_grid=(0.0, 1.0), shape=(6, 5, 1)) | kwargs
+    with pytest.raises(ValueError, match=message):
+        lasso.fit_lasso_selected(x[:30], t[:30], x[30:], t[30:], 0.05, 10, **args)

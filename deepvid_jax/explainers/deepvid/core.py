@@ -67,14 +67,16 @@ class ExplainConfig:
     dropped for every class) on the half of the pixels most correlated with the teacher's logits,
     penalty 0.025, reweighted three times (small weights, which on unread pixels are sampling noise,
     penalised more; large ones less), each of the four fits stopped after 30 FISTA iterations, and
-    finally rescaled by the one factor that fits the teacher best; fitted twice, without and with a
-    smoothness penalty on adjacent pixels' weights (1.5 of the mean pixel variance), and the smooth
-    fit kept unless it costs more than 40 % of the other's held-out error, so a teacher that reads
-    strokes gets a smooth map, stable across seeds, and one that reads single pixels a per-pixel
-    map. Chosen on the frontier of seed agreement, leak onto pixels a teacher cannot see and time
-    (docs/design/stable-default.md); one smoothness for every image, at 1,024 neighbours, is
-    `FIXED_SMOOTH`. `NeighborConfig()` and `StudentConfig()` alone are the plain VAE sampler and the
-    ridge student: the presets beside this class (`FAST`, `FIXED_RADIUS`) are built from them.
+    finally rescaled by the one factor that fits the teacher best. The first fit is made twice,
+    without and with a smoothness penalty on adjacent pixels' weights (1.5 of the mean pixel
+    variance), the smooth one kept unless it costs more than 40 % of the other's held-out error,
+    and only the kept one is reweighted, so a teacher that reads strokes gets a smooth map, stable
+    across seeds, and one that reads single pixels a per-pixel map; the students are fitted 8
+    instances at a time. Chosen on the frontier of seed agreement, leak onto pixels a teacher
+    cannot see and time (docs/design/stable-default.md); one smoothness for every image, at
+    1,024 neighbours, is `FIXED_SMOOTH`. `NeighborConfig()` and `StudentConfig()` alone are the
+    plain VAE sampler and the ridge student: the presets beside this class (`FAST`,
+    `FIXED_RADIUS`) are built from them.
 
     Attributes:
       num_classes: K; the teacher must output K logits.
@@ -90,6 +92,10 @@ class ExplainConfig:
         A calibrated radius's probes are not blocked (probes x instances rows). The default
         measured best on a 2-core CPU (1.8-3.8x the unblocked rate, flat in batch;
         docs/design/blocks.md).
+      student_block: fit the students this many instances at a time (a `lax.map` over groups
+        of the chunk's instances, vmapped within a group; None: the whole chunk at once, which
+        suits an accelerator better). On a CPU a small group's Gram matrices stay in cache
+        across the lasso's iterations (docs/design/stable-default.md).
       return_neighbors: also return the neighbours and the teacher's probabilities on them.
       shard: split each chunk's instances over all local devices when there are several
         accelerators (not over CPU devices: `map_instances`).
@@ -110,6 +116,7 @@ class ExplainConfig:
     holdout: int = 64
     chunk_size: int = 64
     block_size: int | None = 1024
+    student_block: int | None = 8
     return_neighbors: bool = False
     shard: bool = True
 
@@ -117,7 +124,7 @@ class ExplainConfig:
         validate.config(self.vae, VAEConfig, "ExplainConfig.vae")
         validate.config(self.neighbors, NeighborConfig, "ExplainConfig.neighbors")
         validate.config(self.student, StudentConfig, "ExplainConfig.student")
-        validate.fields(self, positive_int=("chunk_size", "block_size"),
+        validate.fields(self, positive_int=("chunk_size", "block_size", "student_block"),
                         nonneg_int=("holdout", "num_classes"))
         if not 1 <= self.holdout < self.neighbors.num:
             raise ValueError(
@@ -467,8 +474,8 @@ def explain_batch(
     if skip:
         nb, t_logits = (jnp.concatenate([p[:, :skip], q], 1)
                         for p, q in zip(probes, (nb, t_logits), strict=True))
-    return jax.vmap(lambda im, n, ti, tl, s: _distil(im, n, ti, tl, s, config))(
-        images, nb, t_instance, t_logits, scale)
+    return jax.lax.map(lambda a: _distil(*a, config), (images, nb, t_instance, t_logits, scale),
+                       batch_size=config.student_block or images.shape[0])
 
 
 def deepvid_attribution(params, images, classes, keys, *, models: Models,

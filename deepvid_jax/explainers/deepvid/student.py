@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from deepvid_jax import validate
-from deepvid_jax.explainers.deepvid.lasso import _centred, fit_lasso
+from deepvid_jax.explainers.deepvid.lasso import _centred, fit_lasso, fit_lasso_selected
 
 SOLVERS = ("adam", "ridge", "kd", "lasso")  # `StudentConfig.method`: how the student is fitted
 LASSO_STARTS = ("zero", "ridge")  # `StudentConfig.lasso_start`: the first round's weights
@@ -243,16 +243,12 @@ def fit_student_selected(
       shape: the image shape (H, W, C).
 
     Returns:
-      (W [D, K], b [K], penalty [], smoothness []): of the fits whose squared error on the
-      held-out neighbours' class-centred logits exceeds the least one by at most
-      ``config.lasso_smooth_tolerance`` standard errors (of the mean per-neighbour difference
-      from the best fit) plus ``config.lasso_smooth_relative`` times the least error, the one
-      of the largest smoothness. The standard-error part alone, at 1, is the
-      one-standard-error rule (Hastie, Tibshirani & Friedman, 2009, 7.10), which keeps an
-      image's choice from following its draw where smoothness costs no significant fit; the
-      relative part lets smoothness cost a stated share of the fit, which separates a teacher
-      that reads shapes (smoothing costs it little) from one that reads single pixels (it
-      costs that one several times its error) better than the standard error does.
+      (W [D, K], b [K], penalty [], smoothness []): with a grid, the lasso's first round is
+      fitted at every smoothness, `lasso.choose_smoothness` picks one by the first-round fits'
+      error on the held-out neighbours' class-centred logits (the smoothest whose error
+      exceeds the least by at most ``config.lasso_smooth_tolerance`` standard errors plus
+      ``config.lasso_smooth_relative`` times the least error), and only that one is
+      reweighted (`lasso.fit_lasso_selected`).
     """
     validate.array(x, "x", ndim=2)
     validate.array(teacher_logits, "teacher_logits", shape=(x.shape[0], None))
@@ -267,20 +263,15 @@ def fit_student_selected(
                          shape=_static_shape(shape))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "shape"))
 def _fit_selected(x, teacher_logits, x_held, teacher_held, *, config: StudentConfig, shape):
-    """`fit_student_selected`'s program with a smoothness grid (validated arguments)."""
-    grid = jnp.asarray(config.lasso_smooth_grid, x.dtype)
-    w, b, penalty = jax.vmap(lambda m: _lasso(x, teacher_logits, config, shape, m))(grid)
-    y = teacher_held - jnp.mean(teacher_held, axis=1, keepdims=True)
-    err = jnp.mean((jnp.einsum("md,gdk->gmk", x_held, w) + b[:, None] - y) ** 2, axis=2)
-    best = jnp.argmin(jnp.mean(err, axis=1))
-    diff = err - err[best]  # [G, M] against the best fit
-    se = jnp.std(diff, axis=1) / jnp.sqrt(max(x_held.shape[0] - 1, 1))
-    ok = jnp.mean(diff, axis=1) <= (config.lasso_smooth_tolerance * se
-                                    + config.lasso_smooth_relative * jnp.mean(err[best]))
-    pick = jnp.argmax(jnp.where(ok, grid, -1.0))  # the smoothest acceptable (first of equals)
-    return w[pick], b[pick], penalty[pick], grid[pick]
+    """`fit_student_selected` with a smoothness grid (validated arguments)."""
+    ridge = config.penalties[0] if config.lasso_start == "ridge" else None
+    return fit_lasso_selected(
+        x, teacher_logits, x_held, teacher_held, config.lasso, config.steps,
+        config.lasso_smooth_grid, config.lasso_smooth_tolerance, config.lasso_smooth_relative,
+        config.lasso_refit, group=config.lasso_group, reweight=config.lasso_reweight,
+        shape=shape, rescale=config.lasso_rescale, ridge_start=ridge,
+        screen=config.lasso_screen)
 
 
 def distillation_loss(
