@@ -31,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--pairs", type=options.NON_NEGATIVE, default=d.pairs,
                    help="Alternating timed calls of each DeepVID row and decode_classify; "
                    "their median time ratio is the one reported (0: the rows' own ratio).")
+    p.add_argument("--student-block", type=options.NON_NEGATIVE, default=d.student_block,
+                   help="DeepVID's students are fitted this many instances at a time "
+                   f"(default {d.student_block}, best on a CPU); 0: the whole batch at once "
+                   "(try it on an accelerator).")
     p.add_argument("--lime-images", type=options.POSITIVE, default=d.lime_images)
     p.add_argument("--out", default="runs/bench")
     p.set_defaults(func=run)
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Benchmarks, writes the results, prints the ratios."""
     config = bench_lib.BenchConfig(methods=args.methods, batch_sizes=args.batch_sizes,
                                    samples=args.samples, repeats=args.repeats, pairs=args.pairs,
-                                   lime_images=args.lime_images)
+                                   lime_images=args.lime_images,
+                                   student_block=args.student_block or None)
     out = files.check_writable_dir(args.out, "--out")
     ds = options.load(args, args.split)
     models, trained = _models(args, ds.info)

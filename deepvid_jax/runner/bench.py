@@ -62,6 +62,8 @@ class BenchConfig:
       lime_images: images explained by the `lime` package per sample count.
       block_size: the ``block_size`` of the configs that have one (DeepVID's) and of
         ``decode_classify``.
+      student_block: the ``student_block`` of the configs that have one (DeepVID's): the
+        instances whose students one vmapped program fits (None: the whole batch).
       pairs: after the rows, each DeepVID row (`paired`) and ``decode_classify`` at its batch
         size and sample count are called alternately this many times (A B, then B A), and the
         median of the per-pair time ratios is reported (``decode_classify_ratio``): a machine
@@ -76,11 +78,13 @@ class BenchConfig:
     min_seconds: float = 0.5
     lime_images: int = 4
     block_size: int = deepvid.ExplainConfig.block_size
+    student_block: int | None = deepvid.ExplainConfig.student_block
     pairs: int = 3
 
     def __post_init__(self):
         validate.fields(self, positive_ints=("batch_sizes", "samples"),
-                        positive_int=("repeats", "lime_images", "block_size"),
+                        positive_int=("repeats", "lime_images", "block_size",
+                                      "student_block"),
                         nonneg=("min_seconds",), nonneg_int=("pairs",))
         if not self.methods:
             raise ValueError("BenchConfig.methods is empty.")
@@ -147,16 +151,20 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def bench_config(method: registry.Method, samples: int, block_size: int) -> Any:
+def bench_config(method: registry.Method, samples: int, block_size: int,
+                 student_block: int | None = deepvid.ExplainConfig.student_block) -> Any:
     """``method``'s registered config with ``samples`` samples when it is sampled, and
-    ``block_size`` when the config has one."""
+    ``block_size`` and ``student_block`` when the config has them."""
     config = registry.with_samples(method.config, samples) if method.sampled else method.config
     if dataclasses.is_dataclass(config) and hasattr(config, "block_size"):
         config = dataclasses.replace(config, block_size=block_size)
+    if dataclasses.is_dataclass(config) and hasattr(config, "student_block"):
+        config = dataclasses.replace(config, student_block=student_block)
     return config
 
 
-def program(method: str, models: Models, samples: int, block_size: int) -> Callable:
+def program(method: str, models: Models, samples: int, block_size: int,
+            student_block: int | None = deepvid.ExplainConfig.student_block) -> Callable:
     """``fn(images, classes, keys) -> pytree`` of one row, unjitted: the registered explainer's
     function (`registry.Method.fn`) at `bench_config`, or the ``decode_classify`` reference.
 
@@ -176,7 +184,7 @@ def program(method: str, models: Models, samples: int, block_size: int) -> Calla
                                            tp, block_size)[1]
         return decode_classify
     m = registry.get(method)
-    config = bench_config(m, samples, block_size)
+    config = bench_config(m, samples, block_size, student_block)
     m.check(models, config)
     params, static = models.params(), models.static()
     return lambda x, c, keys: m.fn(params, x, c, keys, models=static, config=config)
@@ -353,7 +361,7 @@ def run(models: Models, images: np.ndarray, config: BenchConfig = BenchConfig(),
                 log(f"{method:22s} B=    1 S={s}: {r['explanations_per_s']:9.2f} expl/s")
                 continue
             try:
-                fn = program(method, models, s or 0, config.block_size)
+                fn = program(method, models, s or 0, config.block_size, config.student_block)
             except ValueError as e:  # models without what it needs
                 log(f"{method}: skipped ({e})")
                 break

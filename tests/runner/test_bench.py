@@ -91,6 +91,9 @@ def test_the_rows_are_the_registry_and_two_references():
     assert (rise.num_masks, rise.batch) == (16, 16)
     deepvid = bench.bench_config(dv.get("deepvid"), 16, 8)
     assert (deepvid.neighbors.num, deepvid.holdout, deepvid.block_size) == (16, 2, 8)
+    assert deepvid.student_block == dv.ExplainConfig().student_block
+    assert bench.bench_config(dv.get("deepvid"), 16, 8, None).student_block is None
+    assert bench.bench_config(dv.get("deepvid"), 16, 8, 3).student_block == 3
     assert bench.bench_config(dv.get("gradient"), 16, 8) == dv.get("gradient").config
 
 
@@ -157,6 +160,7 @@ def test_a_foreign_json_in_out_is_refused_not_overwritten(tiny_run, tmp_path):
     ({"repeats": 0}, "repeats"),
     ({"pairs": -1}, "pairs"),
     ({"pairs": 1.5}, "pairs"),
+    ({"student_block": 0}, "student_block"),
 ])
 def test_bad_bench_settings_are_clear(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -177,13 +181,14 @@ def test_bad_bench_arguments_are_usage_errors(argv, message, capsys):
 def test_bench_command_end_to_end(tmp_path, capsys):
     rc = deepvid_main(["bench", "--dataset", "digits", "--methods", "deepvid,decode_classify",
                        "--batch-sizes", str(BATCH), "--samples", str(SAMPLES),
-                       "--out", str(tmp_path)])
+                       "--student-block", "0", "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "untrained models" in out and "decoding and classifying" in out
     result = next(iter(json.loads((tmp_path / "bench.json").read_text())["runs"].values()))
     assert [r["method"] for r in result["rows"]] == ["deepvid", "decode_classify"]
     assert np.isfinite(result["matmul_flops_per_s"])
+    assert result["config"]["student_block"] is None  # 0: the whole batch at once
 
 
 def test_deepvid_rows_get_the_median_ratio_of_alternating_pairs(tiny_run):

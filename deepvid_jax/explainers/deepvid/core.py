@@ -93,9 +93,10 @@ class ExplainConfig:
         measured best on a 2-core CPU (1.8-3.8x the unblocked rate, flat in batch;
         docs/design/blocks.md).
       student_block: fit the students this many instances at a time (a `lax.map` over groups
-        of the chunk's instances, vmapped within a group; None: the whole chunk at once, which
-        suits an accelerator better). On a CPU a small group's Gram matrices stay in cache
-        across the lasso's iterations (docs/design/stable-default.md).
+        of the chunk's instances, vmapped within a group; None: the whole chunk at once). On a
+        CPU a small group's Gram matrices stay in cache across the lasso's iterations
+        (docs/design/stable-default.md); on an accelerator, where the loop serialises work it
+        could run at once, None may be faster (not measured).
       return_neighbors: also return the neighbours and the teacher's probabilities on them.
       shard: split each chunk's instances over all local devices when there are several
         accelerators (not over CPU devices: `map_instances`).
