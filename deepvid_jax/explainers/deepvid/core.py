@@ -96,7 +96,8 @@ class ExplainConfig:
         of the chunk's instances, vmapped within a group; None: the whole chunk at once). On a
         CPU a small group's Gram matrices stay in cache across the lasso's iterations
         (docs/design/stable-default.md); on an accelerator, where the loop serialises work it
-        could run at once, None may be faster (not measured).
+        could run at once, None may be faster (not measured). Used with ``block_size``; with
+        ``block_size=None`` the whole per-instance program is vmapped over the chunk.
       return_neighbors: also return the neighbours and the teacher's probabilities on them.
       shard: split each chunk's instances over all local devices when there are several
         accelerators (not over CPU devices: `map_instances`).
