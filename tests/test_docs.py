@@ -164,6 +164,18 @@ def test_every_included_file_and_figure_exists():
     assert checked > 20
 
 
+def test_every_documented_bench_method_exists():
+    """A regenerate command in the docs that names a removed `deepvid bench` row would fail."""
+    from deepvid_jax.runner import bench
+
+    methods = re.compile(r"--methods[ =]+([\w,]+)")
+    named = {(md.name, name) for md in [*markdown_files(), ROOT / "benchmarks" / "README.md"]
+             for found in methods.findall(md.read_text()) for name in found.split(",") if name}
+    assert len(named) >= 5
+    unknown = sorted(f"{where}: {name}" for where, name in named if name not in bench.ROWS)
+    assert not unknown, f"documented bench rows that do not exist: {unknown}"
+
+
 @docs_only  # the docs extension needs the docs extra (docutils): make docs-test
 def test_every_public_name_has_a_docstring():
     ext = _load("deepvid_docs", DOCS / "_ext" / "deepvid_docs.py")
