@@ -1,6 +1,6 @@
-"""DeepVID's student fitted three ways, and the ridge student at fixed penalties: held-out
-fidelity, seed agreement, label-flip fraction and time per explanation, in one run on one
-machine.
+"""DeepVID's student fitted four ways (today's default, the lasso, among them), and the ridge
+student at fixed penalties: held-out fidelity, seed agreement, label-flip fraction and time per
+explanation, in one run on one machine.
 
     python benchmarks/student_methods.py --settings mnist kmnist --count 64
 
@@ -25,6 +25,8 @@ METHODS = {
     "adam (200 steps, the former default)": StudentConfig(method="adam"),
     "ridge (closed form, GCV)": StudentConfig(method="ridge", penalties=GCV_PENALTIES),
     "kd (ridge + 25 Adam steps)": StudentConfig(method="kd", steps=25, penalties=GCV_PENALTIES),
+    # Today's default student (`ExplainConfig().student`), on the same neighbours as the others.
+    "lasso (today's default)": ex.ExplainConfig().student,
 }
 
 
@@ -58,9 +60,12 @@ def markdown(result: dict) -> str:
              f"neighbours ({a['holdout']} held out) at latent scale {a['latent_scale']}, "
              f"{a['seeds']} seeds", "",
              "| student | held-out top-1 | held-out KL | seed agreement | label-flip fraction "
-             "| penalty (median, absolute) | ms / explanation |", "|---|---|---|---|---|---|---|"]
+             "| penalty (median, absolute; ridge's L2 unless marked) | ms / explanation |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         penalty = f"{r['penalty_median']:.2f}" if "penalty_median" in r else "–"
+        if "lasso" in name and "penalty_median" in r:  # the lasso reports its L1 penalty
+            penalty += " (L1)"
         lines.append(f"| {name} | {common.fidelity_cells(r)} | {penalty} | "
                      f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -73,10 +78,15 @@ def main(argv=None) -> int:
                    default=[0.01, 0.3, 1.0, 10.0],
                    help="Also the ridge student at these fixed penalties (relative to the mean "
                    "eigenvalue); '' for none.")
+    p.add_argument("--replot", action="store_true",
+                   help="Only redraw the tables from the existing results.")
     args = p.parse_args(argv)
+    out = common.out_dir(args, "student_methods")
     for name in args.settings:
-        common.write_study(common.out_dir(args, "student_methods"), f"student_methods_{name}",
-                           run(args, name), markdown)
+        if args.replot:
+            common.rewrite_study(out, f"student_methods_{name}", markdown)
+        else:
+            common.write_study(out, f"student_methods_{name}", run(args, name), markdown)
     return 0
 
 
