@@ -28,6 +28,7 @@ from common import (
     interval,
     load,
     out_dir,
+    rewrite_study,
     setting,
     timing,
     write_study,
@@ -116,8 +117,6 @@ def quality_markdown(result: dict) -> str:
                 f"{q['insertion']['mean']:.3f} ± {q['insertion']['ci95']:.3f} | "
                 f"{q['average_drop_pct']['mean']:.1f} ± {q['average_drop_pct']['ci95']:.1f} | "
                 f"{q['increase_pct']['mean']:.1f} ± {q['increase_pct']['ci95']:.1f} |")
-    lines.append("")
-    lines += [f"![{name}](saliency_{name}.png)" for name in result["quality"]]
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +144,13 @@ def main(argv=None) -> int:
                    "machine); writes saliency_speed.{json,md}. Without it: quality only, "
                    "saliency.{json,md}.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replot", action="store_true",
+                   help="Only redraw the tables from the existing results.")
     args = p.parse_args(argv)
-    if args.speed_only:
+    if args.replot:
+        rewrite_study(out_dir(args, "saliency"), "saliency", quality_markdown)
+        rewrite_study(out_dir(args, "saliency"), "saliency_speed", speed_markdown)
+    elif args.speed_only:
         write_study(out_dir(args, "saliency"), "saliency_speed", speed_run(args),
                     speed_markdown)
     else:
