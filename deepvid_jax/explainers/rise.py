@@ -60,22 +60,26 @@ def rise_masks(key: jax.Array, num: int, height: int, width: int, grid: int,
     return jax.vmap(lambda m, y, x: jax.lax.dynamic_slice(m, (y, x), (height, width)))(up, dy, dx)
 
 
-def _saliency_one(image, class_idx, key, teacher_apply: TeacherApply, teacher_params,
-                  config: RiseConfig) -> jax.Array:
-    """RISE of one image [1, H, W, C] for class_idx [1], its masks from ``key``: -> [1, H, W]."""
-    b, h, w, _ = image.shape
+def _saliency(images, classes, keys, teacher_apply: TeacherApply, teacher_params,
+              config: RiseConfig) -> jax.Array:
+    """RISE of images [B, H, W, C] for classes [B], image i's masks from ``keys[i]``: -> [B, H,
+    W]. The teacher sees ``config.batch`` masked copies of every image per call, the whole batch
+    flattened into one call: a vmap over the images runs the same operations several times
+    slower on a CPU (batched convolutions)."""
+    b, h, w, _ = images.shape
     n_batches = -(-config.num_masks // config.batch)
-    masks = rise_masks(key, n_batches * config.batch, h, w, config.grid, config.keep)
-    masks = masks.reshape(n_batches, config.batch, h, w)
+    masks = jax.vmap(lambda k: rise_masks(k, n_batches * config.batch, h, w, config.grid,
+                                          config.keep))(keys)
+    masks = jnp.moveaxis(masks.reshape(b, n_batches, config.batch, h, w), 1, 0)
     valid = (jnp.arange(n_batches * config.batch) < config.num_masks).reshape(n_batches, -1)
 
     def body(total, mv):
-        m, v = mv
-        x = image[:, None] * m[None, :, :, :, None]  # [1, M, H, W, C]
-        p = jax.nn.softmax(teacher_apply(teacher_params, x.reshape(-1, *image.shape[1:])))
+        m, v = mv  # [B, M, H, W], [M]
+        x = images[:, None] * m[..., None]  # [B, M, H, W, C]
+        p = jax.nn.softmax(teacher_apply(teacher_params, x.reshape(-1, *images.shape[1:])))
         p = p.reshape(b, config.batch, -1)
-        pc = jnp.take_along_axis(p, class_idx[:, None, None], axis=2)[..., 0] * v  # [1, M]
-        return total + jnp.einsum("bm,mhw->bhw", pc, m), None
+        pc = jnp.take_along_axis(p, classes[:, None, None], axis=2)[..., 0] * v  # [B, M]
+        return total + jnp.einsum("bm,bmhw->bhw", pc, m), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((b, h, w)), (masks, valid))
     return total / (config.num_masks * config.keep)
@@ -94,11 +98,8 @@ def rise_attribution(params, images, classes, keys, *, models: Models,
                                    config_type=RiseConfig)
     images, classes = jnp.asarray(images), jnp.asarray(classes, jnp.int32)
 
-    def one(x, c, k):
-        return _saliency_one(x[None], c[None], k, models.teacher_apply, params["teacher"],
-                             config)[0]
-
-    maps = jax.vmap(one)(images, classes, keys)
+    maps = _saliency(images, classes, jnp.asarray(keys), models.teacher_apply, params["teacher"],
+                     config)
     return Attribution(per_pixel(maps, images.shape[-1]), {})
 
 
