@@ -58,19 +58,27 @@ def machine(m: dict) -> str:
     return f"{m.get('cpu_count', '?')}-core CPU ({devices}), JAX {m.get('jax', '?')}"
 
 
-def bench_rate(doc: dict, device_prefix: str, method: str, batch: int, samples: int
-               ) -> tuple[float, str]:
-    """Explanations/s of one `deepvid bench` row, and the device's name."""
+def bench_row(doc: dict, device_prefix: str, method: str, batch: int, samples: int
+              ) -> tuple[dict, str]:
+    """One `deepvid bench` row (the first of a device whose name starts with
+    ``device_prefix``), and the device's name."""
     for name, run in dig(doc, "runs").items():
         if not name.startswith(device_prefix):
             continue
         for row in run["rows"]:
             if (row["method"], row["batch"], row.get("samples")) == (method, batch, samples):
-                rate = row.get("explanations_per_s")
-                if rate is None:
-                    raise HeadlineError(f"bench row {method} {batch}x{samples} on {name}: not run")
-                return rate, f"{name}, JAX {run['device']['jax']}"
+                return row, f"{name}, JAX {run['device']['jax']}"
     raise HeadlineError(f"no bench row {method} batch {batch} samples {samples} on {device_prefix}")
+
+
+def bench_rate(doc: dict, device_prefix: str, method: str, batch: int, samples: int
+               ) -> tuple[float, str]:
+    """Explanations/s of one `deepvid bench` row, and the device's name."""
+    row, device = bench_row(doc, device_prefix, method, batch, samples)
+    rate = row.get("explanations_per_s")
+    if rate is None:
+        raise HeadlineError(f"bench row {method} {batch}x{samples} on {device}: not run")
+    return rate, device
 
 
 @dataclass(frozen=True)
@@ -116,19 +124,13 @@ def _ratio(method: str, batches: tuple[int, ...], samples: int, name: str
     per batch size."""
     def value(results: Path) -> tuple[str, str]:
         doc = json.loads((results / name).read_text())
-        parts, dev = [], None
+        parts = []
         for batch in batches:
-            for run_name, run in dig(doc, "runs").items():
-                if not run_name.startswith("cpu"):
-                    continue
-                for row in run["rows"]:
-                    if ((row["method"], row["batch"], row.get("samples"))
-                            == (method, batch, samples) and "decode_classify_ratio" in row):
-                        parts.append(f"{row['decode_classify_ratio']:.2f}x")
-                        dev = f"{run_name}, JAX {run['device']['jax']}"
-            if len(parts) != batches.index(batch) + 1:
+            row, dev = bench_row(doc, "cpu", method, batch, samples)
+            if "decode_classify_ratio" not in row:
                 raise HeadlineError(f"no decode+classify ratio of {method} batch {batch} "
                                     f"samples {samples} on the CPU in {name}")
+            parts.append(f"{row['decode_classify_ratio']:.2f}x")
         return " / ".join(parts), dev
     return value
 
