@@ -453,8 +453,8 @@ def test_dense_laplacian_is_the_grid_laplacian_on_the_kept_pixels():
     want = np.asarray(lasso.grid_laplacian(jnp.asarray(full), shape))[np.asarray(keep)]
     dense = lasso._dense_laplacian(keep, shape, jnp.float32)
     np.testing.assert_allclose(dense @ z, want, atol=1e-5)
-    np.testing.assert_allclose(lasso._screened_laplacian(keep, shape)(jnp.asarray(z)), want,
-                               atol=1e-5)
+    np.testing.assert_allclose(lasso._screened_laplacian(keep, shape)(jnp.asarray(z.T)).T,
+                               want, atol=1e-5)
     inc = _grid_incidence(*shape)
     np.testing.assert_allclose(lasso._dense_laplacian(None, shape, jnp.float32), inc.T @ inc,
                                atol=1e-6)

@@ -444,7 +444,7 @@ def test_the_screened_laplacian_is_the_grid_laplacian_of_the_kept_pixels(shape):
     full = np.zeros((d, 3), np.float32)
     full[keep] = z
     want = np.asarray(lasso.grid_laplacian(jnp.asarray(full), shape))[keep]
-    got = lasso._screened_laplacian(jnp.asarray(keep), shape)(jnp.asarray(z))
+    got = lasso._screened_laplacian(jnp.asarray(keep), shape)(jnp.asarray(z.T)).T  # [K, M]
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 

@@ -208,13 +208,16 @@ def _laplacian(p: _Problem, shape):
     pixels at 0)."""
     if p.keep is None:
         return lambda v: grid_laplacian(v.T, shape).T
-    return _screened_laplacian(p.keep, shape, rows=True)
+    return _screened_laplacian(p.keep, shape)
+
+
+def _smoothed(hess, laplacian, mu):
+    """The Hessian of the squared error plus the smoothness penalty mu/2 w^T L w."""
+    return lambda v: hess(v) + mu * laplacian(v)
 
 
 def _run(p: _Problem, hess, lipschitz, scale, w, count):
     """``count`` FISTA steps from ``w`` [K, M] with the (weighted, by ``scale``) L1 penalty."""
-    dtype = w.dtype
-
     def prox(u):  # the proximal map of the (weighted) penalty, thresholds lam * scale / L
         tau = p.lam * scale / lipschitz
         if p.group:
@@ -222,17 +225,17 @@ def _run(p: _Problem, hess, lipschitz, scale, w, count):
             return u * jnp.maximum(1.0 - tau / jnp.maximum(norm, 1e-30), 0.0)
         return jnp.sign(u) * jnp.maximum(jnp.abs(u) - tau, 0.0)
 
-    return _fista(hess, p.c, lipschitz, prox, w, count, dtype)
+    return _fista(hess, p.c, lipschitz, prox, w, count)
 
 
-def _fista(hess, c, lipschitz, prox, w, count, dtype):
+def _fista(hess, c, lipschitz, prox, w, count):
     def step(carry, _):
         w, z, t = carry
         w_next = prox(z - (hess(z) - c) / lipschitz)
         t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
         return (w_next, w_next + ((t - 1.0) / t_next) * (w_next - w), t_next), None
 
-    (w, _, _), _ = jax.lax.scan(step, (w, w, jnp.ones((), dtype)), None, count)
+    (w, _, _), _ = jax.lax.scan(step, (w, w, jnp.ones((), w.dtype)), None, count)
     return w
 
 
@@ -257,7 +260,7 @@ def _later_rounds(p: _Problem, hess, lipschitz, w, steps, reweight, refit_steps)
             reweight)
     if refit_steps:
         support = (w != 0).astype(w.dtype)
-        w = _fista(hess, p.c, lipschitz, lambda u: u * support, w, refit_steps, w.dtype)
+        w = _fista(hess, p.c, lipschitz, lambda u: u * support, w, refit_steps)
     return w
 
 
@@ -285,8 +288,8 @@ def _fit_lasso(x, teacher_logits, relative_penalty, smooth, *, steps, refit_step
     if smoothing:  # of the whole grid (screened-out pixels at 0); mu relative to the mean
         # pixel variance (the mean eigenvalue of the Gram matrix / N); its Laplacian's largest
         # eigenvalue is below 8
-        mu_s, laplacian, plain = smooth * p.pixel_var, _laplacian(p, shape), hess
-        hess = lambda v: plain(v) + mu_s * laplacian(v)  # noqa: E731
+        mu_s = smooth * p.pixel_var
+        hess = _smoothed(hess, _laplacian(p, shape), mu_s)
         lipschitz = lipschitz + 8.0 * mu_s
     w = _first_round(p, hess, lipschitz, steps, ridge_start)
     w = _later_rounds(p, hess, lipschitz, w, steps, reweight, refit_steps)
@@ -344,8 +347,8 @@ def fit_lasso_selected(x: jax.Array, teacher_logits: jax.Array, x_held: jax.Arra
 
 
 def _fit_lasso_selected(x, teacher_logits, x_held, teacher_held, relative_penalty, *, steps,
-                    smooth_grid, tolerance, relative, refit_steps, group, reweight, shape,
-                    rescale, ridge_start, screen):
+                        smooth_grid, tolerance, relative, refit_steps, group, reweight, shape,
+                        rescale, ridge_start, screen):
     """`fit_lasso_selected`'s program (arguments as there, validated)."""
     smoothing = any(v > 0 for v in smooth_grid)
     if smoothing:
@@ -357,7 +360,7 @@ def _fit_lasso_selected(x, teacher_logits, x_held, teacher_held, relative_penalt
     laplacian = _laplacian(p, shape) if smoothing else None
 
     def first(m):
-        hess = (lambda v: plain(v) + m * laplacian(v)) if smoothing else plain
+        hess = _smoothed(plain, laplacian, m) if smoothing else plain
         return _first_round(p, hess, p.lipschitz + 8.0 * m, steps, ridge_start)
 
     firsts = jax.vmap(first)(mu)  # [G, K, M]
@@ -370,7 +373,7 @@ def _fit_lasso_selected(x, teacher_logits, x_held, teacher_held, relative_penalt
         folded = p.gram + m * _dense_laplacian(p.keep, shape, x.dtype)
         hess = lambda v: v @ folded  # noqa: E731
     else:
-        hess = lambda v: plain(v) + m * laplacian(v)  # noqa: E731
+        hess = _smoothed(plain, laplacian, m)
     w = _later_rounds(p, hess, p.lipschitz + 8.0 * m, firsts[pick], steps, reweight,
                       refit_steps)
     w, b = _finish(p, w, rescale)
@@ -430,10 +433,10 @@ def _grid_neighbours(keep: jax.Array, shape: tuple[int, int, int]):
     return jnp.where(inside, near, m), inside
 
 
-def _screened_laplacian(keep: jax.Array, shape: tuple[int, int, int], rows: bool = False):
+def _screened_laplacian(keep: jax.Array, shape: tuple[int, int, int]):
     """`grid_laplacian` of the whole grid restricted to the pixels ``keep`` [M] (indices into
-    the flattened (H, W, C) grid), the others at 0, as a function of their weights [M, K] (with
-    ``rows``, [K, M]): each kept pixel's in-grid neighbour count times its weight, minus its
+    the flattened (H, W, C) grid), the others at 0, as a function of their weights [K, M] (the
+    iterations' layout): each kept pixel's in-grid neighbour count times its weight, minus its
     kept neighbours' weights. The neighbours are looked up once, so each FISTA step gathers
     M x 4 weights a class instead of scattering the weights into the whole grid and gathering
     them back."""
@@ -441,11 +444,8 @@ def _screened_laplacian(keep: jax.Array, shape: tuple[int, int, int], rows: bool
     degree = jnp.sum(inside, axis=1)
 
     def laplacian(z):
-        if rows:
-            padded = jnp.concatenate([z, jnp.zeros((z.shape[0], 1), z.dtype)], axis=1)
-            return degree * z - jnp.sum(padded[:, near], axis=2)
-        padded = jnp.concatenate([z, jnp.zeros((1, z.shape[1]), z.dtype)])
-        return degree[:, None] * z - jnp.sum(padded[near], axis=1)
+        padded = jnp.concatenate([z, jnp.zeros((z.shape[0], 1), z.dtype)], axis=1)
+        return degree * z - jnp.sum(padded[:, near], axis=2)
     return laplacian
 
 
