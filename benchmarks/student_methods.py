@@ -64,8 +64,8 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         penalty = f"{r['penalty_median']:.2f}" if "penalty_median" in r else "–"
-        if "lasso" in name and "penalty_median" in r:  # the lasso reports its L1 penalty
-            penalty += " (L1)"
+        if "penalty_median" in r and METHODS.get(name, StudentConfig()).method == "lasso":
+            penalty += " (L1)"  # the lasso reports its L1 penalty (the sweep's rows are ridge)
         lines.append(f"| {name} | {common.fidelity_cells(r)} | {penalty} | "
                      f"{r['ms_per_explanation']:.1f} |")
     return "\n".join(lines) + "\n"
